@@ -1,0 +1,77 @@
+"""YAML loading that remembers the line of every key, for ``file:line: key: message`` errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .errors import FlagFileError
+
+
+class Located:
+    """A loaded YAML document plus the 1-based line of each dotted key path."""
+
+    def __init__(self, file: str, data: Any, lines: dict[str, int]) -> None:
+        self.file = file
+        self.data = data
+        self.lines = lines
+
+    def line(self, path: str) -> int | None:
+        """The line of ``path`` or of its nearest parent that has one."""
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if "." not in path and "[" not in path:
+                return self.lines.get("")
+            cut = max(path.rfind("."), path.rfind("["))
+            path = path[:cut]
+
+    def error(self, path: str, message: str) -> FlagFileError:
+        return FlagFileError(self.file, self.line(path), path, message)
+
+
+def load_located(file: str, text: str) -> Located:
+    """Parse one YAML document; a syntax error becomes a FlagFileError at its line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise FlagFileError(file, line, "", f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise FlagFileError(file, None, "", f"invalid YAML: {exc}") from None
+    lines: dict[str, int] = {"": 1}
+    if node is None:
+        return Located(file, None, lines)
+    data = _convert(node, "", lines, file)
+    return Located(file, data, lines)
+
+
+def _convert(node: yaml.Node, path: str, lines: dict[str, int], file: str) -> Any:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise FlagFileError(file, key_node.start_mark.line + 1, path, "keys must be text")
+            child = f"{path}.{key}" if path else key
+            if key in out:
+                raise FlagFileError(file, key_node.start_mark.line + 1, child, "duplicate key")
+            lines[child] = key_node.start_mark.line + 1
+            out[key] = _convert(value_node, child, lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [
+            _convert(item, f"{path}[{i}]", lines, file) for i, item in enumerate(node.value)
+        ]
+    # Scalars: let the safe constructor resolve ints, floats, bools, nulls.
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise FlagFileError(file, node.start_mark.line + 1, path, f"invalid value: {exc}") from None
+    finally:
+        loader.dispose()

@@ -1,0 +1,171 @@
+"""The ``rollout`` command line: parse arguments, call ``rollout.commands``, map errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import psycopg
+
+from . import __version__, commands
+from .errors import EXIT_USAGE, RolloutError
+from .report import FORMATS
+from .shadow import Progress
+from .verdict import verdict_exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    session = commands.Session(Path(args.workspace), dsn=args.dsn, store_dsn=args.store_dsn,
+                               say=_err)
+    try:
+        code: int = args.run(session, args)
+        return code
+    except RolloutError as exc:
+        _err(f"rollout: error: {exc}")
+        return exc.exit_code
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()
+        _err(f"rollout: database error: {text[0] if text else type(exc).__name__}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("rollout: interrupted")
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dsn", help="target database (else DATABASE_URL, PG*, or embedded)")
+    common.add_argument("--store-dsn", help="database for the toolkit's state (default: target)")
+    common.add_argument("--workspace", default=".", help="folder with flags/ (default: .)")
+
+    parser = argparse.ArgumentParser(
+        prog="rollout", description="Feature-flagged PostgreSQL query rollouts.")
+    parser.add_argument("--version", action="version", version=f"pg-rollout {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common], help="scaffold a workspace")
+    p.add_argument("dir", nargs="?", default=None, help="folder (default: --workspace)")
+    p.set_defaults(run=_init)
+
+    p = sub.add_parser("demo", parents=[common], help="load demo data, shadow-run, report")
+    p.add_argument("--scale", type=float, default=1.0, help="data set size (default 1.0)")
+    p.add_argument("--samples", type=int, default=None, help="samples per flag")
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("check", parents=[common], help="validate flag files")
+    p.add_argument("flags", nargs="*", metavar="FLAG")
+    p.add_argument("--offline", action="store_true", help="do not prepare queries on a database")
+    p.set_defaults(run=_check)
+
+    p = sub.add_parser("shadow", parents=[common], help="offline shadow run of a flag")
+    p.add_argument("flag", metavar="FLAG")
+    p.add_argument("--stage", help="stage to run (default: the first stage)")
+    p.add_argument("--tenant", action="append", default=[], help="tenant (repeatable)")
+    p.add_argument("--samples", type=int, help="paired executions (default: gates.min_samples)")
+    p.add_argument("--seed", type=int, help="random seed for parameter order")
+    p.set_defaults(run=_shadow)
+
+    p = sub.add_parser("report", parents=[common], help="go/no-go report of a stage")
+    p.add_argument("flag", metavar="FLAG")
+    p.add_argument("--stage", help="stage to judge (default: the first stage)")
+    p.add_argument("--format", default=",".join(FORMATS), help="html,md,json (default: all)")
+    p.add_argument("--out", help="output folder (default: WORKSPACE/reports)")
+    p.set_defaults(run=_report)
+    return parser
+
+
+def _init(session: commands.Session, args: argparse.Namespace) -> int:
+    target = Path(args.dir) if args.dir else session.workspace
+    written = commands.init(target)
+    for path in written:
+        print(f"created {path}")
+    print(f"workspace ready in {target}: edit flags/example.yaml, then `rollout check`")
+    return 0
+
+
+def _check(session: commands.Session, args: argparse.Namespace) -> int:
+    problems = commands.check(session, args.flags, database=not args.offline)
+    for line in problems:
+        _err(line)
+    if problems:
+        return EXIT_USAGE
+    names = args.flags or sorted(session.load().flags)
+    print(f"ok: {len(names)} flag(s) valid" + ("" if args.offline else ", queries prepare"))
+    return 0
+
+
+def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
+    with _progress(f"{args.flag}") as bar:
+        summary = commands.shadow(session, args.flag, stage=args.stage, tenants=args.tenant,
+                                  samples=args.samples, seed=args.seed, progress=bar)
+    tenants = ", ".join(str(t) if t is not None else "(none)" for t in summary.tenants)
+    print(f"{summary.flag} / {summary.stage}: {summary.samples} samples over {tenants}; "
+          f"{summary.mismatches} mismatches, {summary.new_failures} new-path failures, "
+          f"{summary.legacy_failures} legacy failures (run {summary.run_id})")
+    return 0
+
+
+def _report(session: commands.Session, args: argparse.Namespace) -> int:
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    written = commands.report(session, args.flag, stage=args.stage, formats=formats,
+                              out=Path(args.out) if args.out else None)
+    print(f"{args.flag} / {written.body['stage']}: {written.verdict}")
+    for reason in written.body["reasons"]:
+        print(f"  - {reason}")
+    for path in written.files:
+        print(f"  {path}")
+    return verdict_exit_code(written.verdict)
+
+
+def _demo(session: commands.Session, args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    with ExitStack() as stack:
+        def progress(label: str) -> Progress | None:
+            return stack.enter_context(_progress(label))
+
+        rows = run_demo(session, scale=args.scale, samples=args.samples, progress=progress)
+    header = ("flag", "stage", "samples", "mismatches", "latency", "verdict", "report")
+    table = [header] + [
+        (r.flag, r.stage, str(r.samples), str(r.mismatches),
+         "n/a" if r.latency_change_pct is None else f"{r.latency_change_pct:+.1f} %",
+         r.verdict, str(r.report)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Progress | None]:
+    """A progress bar on a terminal (stderr); nothing when output is redirected."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    with Bar(f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+             transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Errors raised by pg-rollout, each mapped to a CLI exit code.
+
+::
+
+    RolloutError                 exit 2, one line on stderr
+     ├── InputError              bad command-line input (unknown flag, stage, tenant ...)
+     │    └── FlagFileError      a flag file or workspace file is wrong: file:line: key: what
+     ├── ConnectionFailed        the target or store database cannot be reached
+     └── StoreError              the rollout schema is missing, too new, or a write failed
+
+Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.verdict``.
+"""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+
+
+class RolloutError(Exception):
+    """Base class: a failure the user can act on, reported as one line."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(RolloutError):
+    """Bad input on the command line or in the library call."""
+
+
+class FlagFileError(InputError):
+    """A flag file (or a file it names) is invalid."""
+
+    def __init__(self, file: str, line: int | None, key: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        self.message = message
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class ConnectionFailed(RolloutError):
+    """A database could not be reached; the message names it without its password."""
+
+
+class StoreError(RolloutError):
+    """The toolkit's own state in schema ``rollout`` could not be read or written."""

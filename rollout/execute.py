@@ -1,0 +1,60 @@
+"""Run one path of a flag once, safely: timeouts, read-only or always-rolled-back transactions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from .compare import ResultSet
+from .observations import PathResult
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-execution bounds, applied with SET LOCAL inside the execution's transaction."""
+
+    statement_timeout_ms: int = 10_000
+    lock_timeout_ms: int = 2_000
+
+
+def execute(
+    conn: psycopg.Connection[Any],
+    query: str,
+    params: Mapping[str, Any],
+    *,
+    write: bool,
+    limits: Limits,
+) -> tuple[PathResult, ResultSet | None]:
+    """Execute ``query`` in its own transaction; never raises a database error.
+
+    ``kind: read`` runs in a READ ONLY transaction; ``kind: write`` in a transaction that is
+    always rolled back, so nothing persists. Latency covers execute plus fetching every row.
+    """
+    conn.read_only = not write
+    try:
+        with conn.transaction(force_rollback=write), conn.cursor() as cur:
+            cur.execute(pgsql.SQL("SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}")
+                        .format(limits.statement_timeout_ms, limits.lock_timeout_ms))
+            start = time.perf_counter_ns()
+            cur.execute(query.encode(), params)
+            rows = cur.fetchall() if cur.description is not None else None
+            elapsed = time.perf_counter_ns() - start
+            desc = cur.description or []
+            result = ResultSet(
+                columns=tuple(d.name for d in desc),
+                type_oids=tuple(d.type_code for d in desc),
+                rows=rows,
+                rowcount=cur.rowcount,
+            )
+    except psycopg.Error as exc:
+        if exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError):
+            raise  # a client-side problem (missing parameter...) is the caller's input error
+        text = str(exc).strip()
+        return PathResult(None, None, exc.sqlstate or "08000", text.splitlines()[0] if text else
+                          type(exc).__name__), None
+    return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), result

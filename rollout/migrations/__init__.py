@@ -1,0 +1,1 @@
+"""Versioned SQL migrations of schema ``rollout``, applied in file-name order."""

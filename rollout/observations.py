@@ -1,0 +1,59 @@
+"""One paired execution of the legacy and new path: the row every report is built from."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PathResult:
+    """What one path did: latency, rows, error; ``rows`` holds the result for comparison."""
+
+    ns: int | None
+    row_count: int | None
+    sqlstate: str | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A row of ``rollout.observations``; field order is the COPY column order."""
+
+    observed_at: datetime
+    flag: str
+    stage: str
+    sql_hash: str
+    tenant: str | None
+    decision: str
+    first_path: str | None
+    params: dict[str, Any] | None
+    legacy_ns: int | None
+    new_ns: int | None
+    legacy_rows: int | None
+    new_rows: int | None
+    legacy_sqlstate: str | None
+    new_sqlstate: str | None
+    legacy_error: str | None
+    new_error: str | None
+    matched: bool | None
+    diff: list[dict[str, Any]] | None
+    run_id: uuid.UUID | None = None
+    batch_id: uuid.UUID | None = None
+
+    @property
+    def legacy_failed(self) -> bool:
+        return self.legacy_error is not None or self.legacy_sqlstate is not None
+
+    @property
+    def new_failed(self) -> bool:
+        return self.new_error is not None or self.new_sqlstate is not None
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Observation))

@@ -1,0 +1,131 @@
+"""Build a stage's go/no-go report from the store and write it as HTML, Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import InputError
+from .flags import Flag
+from .render import render_html, render_markdown
+from .store import Store
+from .verdict import judge
+
+SCHEMA_VERSION = 1
+FORMATS = ("html", "md", "json")
+
+
+@dataclass(frozen=True)
+class WrittenReport:
+    report_id: uuid.UUID
+    verdict: str
+    body: dict[str, Any]
+    files: list[Path]
+
+
+def build_report(flag: Flag, stage: str, store: Store, *, database: str) -> dict[str, Any]:
+    """Everything a release manager needs for one stage, JSON-ready."""
+    if flag.stage(stage) is None:
+        names = ", ".join(s.name for s in flag.stages)
+        raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
+    observations = store.observations(flag.name, stage, flag.sql_hash)
+    runs = store.runs(flag.name, stage, flag.sql_hash)
+    core = judge(flag, observations)
+    versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "report_id": str(uuid.uuid4()),
+        "flag": flag.name,
+        "description": flag.description,
+        "owner": flag.owner,
+        "kind": flag.kind,
+        "stage": stage,
+        "stages": [s.name for s in flag.stages],
+        "sql_hash": flag.sql_hash,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "toolkit_version": __version__,
+        **core,
+        "queries": {"legacy": flag.legacy.sql, "new": flag.new.sql,
+                    "legacy_source": flag.legacy.source, "new_source": flag.new.source},
+        "rollback": rollback_plan(flag, stage),
+        "environment": {
+            "server_version": ", ".join(versions) or None,
+            "database": database,
+            "runs": [str(r["run_id"]) for r in runs],
+            "first_observation": observations[0].observed_at.isoformat(timespec="seconds")
+            if observations else None,
+            "last_observation": observations[-1].observed_at.isoformat(timespec="seconds")
+            if observations else None,
+            "toolkit_version": __version__,
+        },
+    }
+
+
+def rollback_plan(flag: Flag, stage: str) -> dict[str, Any]:
+    """The two steps back: return serving to the previous stage (or kill), then undo schema."""
+    names = [s.name for s in flag.stages]
+    i = names.index(stage)
+    reason = shlex.quote(f"roll back {flag.name} from {stage}")
+    if i == 0:
+        command = f"rollout flag kill {flag.name} --reason {reason}"
+        first = f"Return all serving to legacy: {command}"
+    else:
+        command = f"rollout flag set {flag.name} --stage {names[i - 1]} --reason {reason}"
+        first = f"Step serving back to stage {names[i - 1]}: {command}"
+    rb = flag.rollback
+    steps = [first]
+    if rb.none_reason:
+        steps.append(f"No schema rollback: {rb.none_reason}")
+    elif rb.script_path:
+        steps.append("Undo the schema change: "
+                     f"psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -1 -f {rb.script_path}")
+    else:
+        steps.append("No rollback script: the schema change cannot be undone by the toolkit")
+    return {
+        "script_path": rb.script_path, "script": rb.script,
+        "migration_path": rb.migration_path, "migration": rb.migration,
+        "none_reason": rb.none_reason,
+        "verified": False,
+        "verification": "not verified: this version does not verify rollback scripts",
+        "flag_command": command,
+        "steps": steps,
+    }
+
+
+def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, database: str,
+                 formats: Sequence[str] = FORMATS) -> WrittenReport:
+    """Render the report to ``out_dir/<flag>/<stage>.<fmt>`` and record it in the store.
+
+    Files are written to a temporary name and renamed, so a failure leaves no half report.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise InputError(f"unknown report format {', '.join(unknown) or '(none)'}; "
+                         f"use {', '.join(FORMATS)}")
+    body = build_report(flag, stage, store, database=database)
+    target = out_dir / flag.name
+    target.mkdir(parents=True, exist_ok=True)
+    rendered = {
+        "html": lambda: render_html(body),
+        "md": lambda: render_markdown(body),
+        "json": lambda: json.dumps(body, indent=2, sort_keys=False, default=str) + "\n",
+    }
+    texts = {fmt: rendered[fmt]() for fmt in formats}
+    files = []
+    for fmt, text in texts.items():
+        final = target / f"{stage}.{fmt}"
+        tmp = final.with_suffix(final.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(final)
+        files.append(final)
+    report_id = store.save_report(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
+                                  verdict=body["verdict"], samples=body["samples"], body=body,
+                                  files=[str(f) for f in files])
+    return WrittenReport(report_id, body["verdict"], body, files)

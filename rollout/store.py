@@ -1,0 +1,142 @@
+"""The toolkit's own state in schema ``rollout``: migrations, runs, observations, reports."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from . import __version__
+from .errors import StoreError
+from .observations import COLUMNS, Observation
+
+MIGRATION_LOCK = 0x726F6C6C  # advisory lock key: concurrent first runs migrate once
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every packaged migration, in order."""
+    out = []
+    for entry in resources.files("rollout.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            out.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def migrate(conn: psycopg.Connection[Any]) -> list[str]:
+    """Bring schema ``rollout`` up to date, idempotently; return the names applied now."""
+    applied: list[str] = []
+    known = migrations()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+        conn.execute("CREATE SCHEMA IF NOT EXISTS rollout")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS rollout.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM rollout.schema_migrations")}
+        newest = max((v for v, _, _ in known), default=0)
+        if done and max(done) > newest:
+            raise StoreError(
+                f"schema rollout is at version {max(done)}, newer than this toolkit knows "
+                f"({newest}); upgrade pg-rollout")
+        for version, name, sql in known:
+            if version in done:
+                continue
+            conn.execute(sql.encode())
+            conn.execute("INSERT INTO rollout.schema_migrations (version, name) VALUES (%s, %s)",
+                         [version, name])
+            applied.append(name)
+    return applied
+
+
+class Store:
+    """Reads and writes the rollout schema over one connection (autocommit)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @classmethod
+    def open(cls, conn: psycopg.Connection[Any]) -> Store:
+        conn.autocommit = True
+        try:
+            migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot prepare schema rollout: {_first_line(exc)}") from None
+        return cls(conn)
+
+    # -- runs -----------------------------------------------------------------------------
+    def start_run(self, *, flag: str, stage: str, sql_hash: str, tenants: Sequence[str | None],
+                  requested: int | None, target: str, server_version: str) -> uuid.UUID:
+        run_id = uuid.uuid4()
+        self.conn.execute(
+            "INSERT INTO rollout.runs (run_id, flag, stage, source, sql_hash, tenants,"
+            " requested_samples, target, server_version, toolkit_version)"
+            " VALUES (%s, %s, %s, 'offline', %s, %s, %s, %s, %s, %s)",
+            [run_id, flag, stage, sql_hash, [t or "" for t in tenants], requested, target,
+             server_version, __version__],
+        )
+        return run_id
+
+    def finish_run(self, run_id: uuid.UUID, samples: int, status: str = "finished") -> None:
+        self.conn.execute(
+            "UPDATE rollout.runs SET samples = %s, status = %s, finished_at = now()"
+            " WHERE run_id = %s", [samples, status, run_id])
+
+    # -- observations ---------------------------------------------------------------------
+    def write_observations(self, rows: Iterable[Observation]) -> int:
+        """Write observations with COPY in one transaction; return how many."""
+        cols = ", ".join(COLUMNS)
+        jsonb = {COLUMNS.index("params"), COLUMNS.index("diff")}
+        n = 0
+        with self.conn.transaction(), self.conn.cursor() as cur, cur.copy(
+            f"COPY rollout.observations ({cols}) FROM STDIN"
+        ) as copy:
+            for obs in rows:
+                values = list(astuple(obs))
+                for i in jsonb:
+                    if values[i] is not None:
+                        values[i] = Jsonb(values[i])
+                copy.write_row(values)
+                n += 1
+        return n
+
+    def observations(self, flag: str, stage: str, sql_hash: str) -> list[Observation]:
+        """Every observation of a flag's stage for the current SQL, offline and online."""
+        cols = ", ".join(COLUMNS)
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT {cols} FROM rollout.observations"
+                " WHERE flag = %s AND stage = %s AND sql_hash = %s ORDER BY observed_at, id",
+                [flag, stage, sql_hash])
+            return [Observation(*row) for row in cur]
+
+    def runs(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT run_id, tenants, samples, status, target, server_version, started_at,"
+                " finished_at FROM rollout.runs WHERE flag = %s AND stage = %s AND sql_hash = %s"
+                " ORDER BY started_at", [flag, stage, sql_hash])
+            return cur.fetchall()
+
+    # -- reports --------------------------------------------------------------------------
+    def save_report(self, *, flag: str, stage: str, sql_hash: str, verdict: str, samples: int,
+                    body: dict[str, Any], files: Sequence[str]) -> uuid.UUID:
+        report_id = uuid.UUID(body["report_id"]) if "report_id" in body else uuid.uuid4()
+        self.conn.execute(
+            "INSERT INTO rollout.reports (report_id, flag, stage, sql_hash, verdict, samples,"
+            " body, files) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [report_id, flag, stage, sql_hash, verdict, samples, Jsonb(body), list(files)])
+        return report_id
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,54 @@
+"""A workspace: the folder holding ``flags/``, ``rollback/`` and ``reports/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import FlagFileError, InputError
+from .flags import Flag, load_flag
+
+
+@dataclass
+class Workspace:
+    """Flags, their queries and rollback scripts, validated and read fresh from disk."""
+
+    root: Path
+    flags: dict[str, Flag] = field(default_factory=dict)
+    errors: list[FlagFileError] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, root: str | Path = ".", strict: bool = True) -> Workspace:
+        """Read every ``flags/*.yaml``; with ``strict`` the first invalid file raises."""
+        path = Path(root)
+        flags_dir = path / "flags"
+        if not flags_dir.is_dir():
+            raise InputError(f"{path}: not a workspace (no flags/ folder); run `rollout init`")
+        ws = cls(path)
+        files = sorted([*flags_dir.glob("*.yaml"), *flags_dir.glob("*.yml")])
+        for file in files:
+            try:
+                flag = load_flag(file, path)
+            except FlagFileError as exc:
+                if strict:
+                    raise
+                ws.errors.append(exc)
+                continue
+            ws.flags[flag.name] = flag
+        return ws
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def state_dir(self) -> Path:
+        """Local, git-ignored state (the embedded server's data directory)."""
+        return self.root / ".rollout"
+
+    def flag(self, name: str) -> Flag:
+        try:
+            return self.flags[name]
+        except KeyError:
+            known = ", ".join(sorted(self.flags)) or "none"
+            raise InputError(f"unknown flag '{name}' (known: {known})") from None

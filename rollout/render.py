@@ -278,9 +278,10 @@ def _list(value: Any) -> list[Any]:
 
 
 def _str(value: Any, default: str = "") -> str:
+    """An identifier or free text as a string (numbers verbatim, no thousands separators)."""
     if value is None:
         return default
-    return value if isinstance(value, str) else fmt_num(value)
+    return value if isinstance(value, str) else fmt_value(value)
 
 
 def _context(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,7 +294,7 @@ def _context(report: Mapping[str, Any]) -> dict[str, Any]:
         "verdict": verdict,
         "verdict_class": VERDICT_CLASS.get(verdict, "inconclusive"),
         "verdict_icon": VERDICT_ICON.get(verdict, VERDICT_ICON["INCONCLUSIVE"]),
-        "reasons": [_str(r) for r in _list(report.get("reasons"))],
+        "reasons": [_str(r) for r in _reasons(report.get("reasons"))],
         "generated_at": _str(report.get("generated_at")),
         "toolkit_version": _str(report.get("toolkit_version")),
         "samples": report.get("samples"),
@@ -307,6 +308,10 @@ def _context(report: Mapping[str, Any]) -> dict[str, Any]:
         "rollback": _rollback(report.get("rollback")),
         "environment": _environment(report.get("environment")),
     }
+
+
+def _reasons(raw: Any) -> list[Any]:
+    return [raw] if isinstance(raw, str) and raw else _list(raw)
 
 
 def _stage_context(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -378,10 +383,13 @@ def _params_text(params: Any) -> str:
 
 
 def _cell(value: Any, changed: bool = False) -> dict[str, Any]:
+    """A diff table cell; NULL, the empty string and absent columns are marked, not blank."""
+    classes = ["chg"] if changed else []
+    if value is None or value == "":
+        classes.append("null")
     return {
-        "text": _clip(fmt_value(value), HTML_MAX_VALUE),
-        "null": value is None,
-        "changed": changed,
+        "text": "''" if value == "" else _clip(fmt_value(value), HTML_MAX_VALUE),
+        "css": " ".join(classes),
     }
 
 
@@ -454,7 +462,7 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
                         "cells": [
                             _cell(row.get(c), changed=_str(c) in changed)
                             if c in row
-                            else {"text": "(absent)", "null": True, "changed": True}
+                            else {"text": "(absent)", "css": "chg null"}
                             for c in columns
                         ],
                     }

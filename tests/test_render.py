@@ -311,7 +311,21 @@ def test_html_correctness_diffs() -> None:
         assert title in text
     assert '<td class="chg">1.60</td>' in page
     assert '<span class="col odd">sum</span>' in page
-    assert '<td class=" null">NULL</td>' in page
+    assert '<td class="null">NULL</td>' in page
+    assert "<td>7</td>" in page
+
+
+def test_html_marks_empty_and_absent_values() -> None:
+    report = make_report()
+    changed = report["mismatches"]["samples"][0]["diff"][4]
+    changed["legacy"] = {"id": 12345, "total": "", "note": "x"}
+    changed["new"] = {"id": 12345, "total": None}
+    changed["columns"] = ["total", "note"]
+    page = render_html(report)
+    assert "<td>12345</td>" in page  # identifiers keep their digits, no thousands separator
+    assert '<td class="chg null">&#39;&#39;</td>' in page
+    assert '<td class="chg null">NULL</td>' in page
+    assert '<td class="chg null">(absent)</td>' in page
 
 
 def test_html_bounds_diff_samples() -> None:

@@ -1,0 +1,133 @@
+"""One fixture chain for the database: a server (ROLLOUT_TEST_DSN or embedded), a database per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from rollout.connection import start_embedded
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An admin DSN: ROLLOUT_TEST_DSN, else an embedded PostgreSQL started once per run."""
+    dsn = os.environ.get("ROLLOUT_TEST_DSN")
+    if not dsn:
+        data = tmp_path_factory.mktemp("pg") / "data"
+        dsn = start_embedded(data, database="postgres", keep_running=False)
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        pytest.exit(f"cannot connect to the test PostgreSQL: {exc}", returncode=2)
+    return dsn
+
+
+@pytest.fixture
+def db(server_dsn: str) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"rollout_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(server_dsn)
+    params["dbname"] = name
+    yield make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+FIXTURE_SCHEMA = """
+CREATE TABLE items (
+    id      integer PRIMARY KEY,
+    tenant  text NOT NULL,
+    grp     integer NOT NULL,
+    val     double precision NOT NULL,
+    note    text
+);
+INSERT INTO items
+SELECT n, (ARRAY['acme', 'globex', 'initech'])[1 + n % 3], n % 10, (n % 17) - 3, CASE WHEN n % 5 = 0 THEN NULL ELSE 'n' || n END
+FROM generate_series(1, 3000) AS n;
+ANALYZE items;
+"""
+
+
+@pytest.fixture
+def shop(db: str) -> str:
+    """A small fixture schema (table ``items``) in a fresh database; returns its DSN."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(FIXTURE_SCHEMA.encode())
+    return db
+
+
+def flag_yaml(name: str, legacy: str, new: str, *, kind: str = "read", order: str = "strict",
+              min_samples: int = 60, rollback: str | None = "script", extra: str = "") -> str:
+    """A flag file for the fixture schema; ``rollback='script'`` names rollback/NAME.sql."""
+    rb = {"script": f"rollback:\n  script: rollback/{name}.sql\n",
+          None: ""}.get(rollback, rollback or "")
+    return textwrap.dedent(f"""\
+        name: {name}
+        description: fixture flag {name}
+        owner: tests
+        kind: {kind}
+        queries:
+          legacy: |
+        {textwrap.indent(legacy.strip(), '    ')}
+          new: |
+        {textwrap.indent(new.strip(), '    ')}
+        params:
+          sample: SELECT DISTINCT grp FROM items WHERE tenant = %(tenant)s LIMIT %(limit)s
+          tenants: SELECT DISTINCT tenant FROM items ORDER BY 1
+        compare:
+          order: {order}
+        stages:
+          - name: pilot
+            shadow: {{tenants: [acme, globex]}}
+          - name: everyone
+            serve: {{tenants: ["*"]}}
+        gates:
+          min_samples: {min_samples}
+          latency: {{quantile: 0.95, max_regression: 5.0, confidence: 0.98}}
+        """) + rb + extra
+
+
+WorkspaceMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_workspace(tmp_path: Path) -> WorkspaceMaker:
+    """Write flag files (name -> YAML text) into a fresh workspace; returns its root."""
+
+    def make(flags: dict[str, str], files: dict[str, str] | None = None) -> Path:
+        root = tmp_path / "ws"
+        for sub in ("flags", "rollback", "reports", "queries"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for name, text in flags.items():
+            (root / "flags" / f"{name}.yaml").write_text(text)
+            (root / "rollback" / f"{name}.sql").write_text(f"-- undo of {name}\nSELECT 1;\n")
+        for rel, text in (files or {}).items():
+            (root / rel).write_text(text)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def demo_workspace(tmp_path: Path) -> Path:
+    """A copy of the repository's example workspace (flags, queries, rollback)."""
+    root = tmp_path / "demo-ws"
+    for sub in ("flags", "queries", "rollback"):
+        shutil.copytree(REPO / sub, root / sub)
+    (root / "reports").mkdir()
+    return root

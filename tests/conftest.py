@@ -1,4 +1,4 @@
-"""One fixture chain for the database: a server (ROLLOUT_TEST_DSN or embedded), a database per test."""
+"""One fixture chain: a server (ROLLOUT_TEST_DSN or embedded), then a database per test."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ CREATE TABLE items (
     note    text
 );
 INSERT INTO items
-SELECT n, (ARRAY['acme', 'globex', 'initech'])[1 + n % 3], n % 10, (n % 17) - 3, CASE WHEN n % 5 = 0 THEN NULL ELSE 'n' || n END
+SELECT n, (ARRAY['acme', 'globex', 'initech'])[1 + n % 3], n % 10, (n % 17) - 3,
+       CASE WHEN n % 5 = 0 THEN NULL ELSE 'n' || n END
 FROM generate_series(1, 3000) AS n;
 ANALYZE items;
 """

@@ -55,8 +55,8 @@ def test_equivalent_rewrite_has_zero_mismatches(
     assert len(rows) == 40
     assert {r["tenant"] for r in rows} == {"acme", "globex"}
     assert all(r["matched"] is True for r in rows)
-    assert all(r["legacy_ns"] > 0 and r["new_ns"] > 0 for r in rows)  # type: ignore[operator]
-    assert all(r["legacy_rows"] == r["new_rows"] and r["legacy_rows"] > 0  # type: ignore[operator]
+    assert all(r["legacy_ns"] > 0 and r["new_ns"] > 0 for r in rows)
+    assert all(r["legacy_rows"] == r["new_rows"] and r["legacy_rows"] > 0
                for r in rows)
     # Scientist's lesson: both orders occur, so neither path always runs warm.
     assert {r["first_path"] for r in rows} == {"legacy", "new"}
@@ -71,7 +71,7 @@ def test_different_rewrite_is_caught_with_the_right_diff(
     assert summary.mismatches == len([r for r in rows if r["matched"] is False]) > 0
     with psycopg.connect(shop) as conn:
         for r in rows:
-            grp = r["params"]["grp"]  # type: ignore[index]
+            grp = r["params"]["grp"]
             negatives = conn.execute(
                 "SELECT id, val FROM items WHERE tenant = 'acme' AND grp = %s"
                 " AND val < 0 ORDER BY id", [grp]).fetchall()
@@ -80,12 +80,12 @@ def test_different_rewrite_is_caught_with_the_right_diff(
                 continue
             assert r["matched"] is False
             diff = r["diff"]
-            assert diff[0] == {"kind": "row_count", "legacy": r["legacy_rows"],  # type: ignore[index]
+            assert diff[0] == {"kind": "row_count", "legacy": r["legacy_rows"],
                                "new": r["new_rows"]}
-            missing = [d["row"] for d in diff if d["kind"] == "missing"]  # type: ignore[union-attr]
+            missing = [d["row"] for d in diff if d["kind"] == "missing"]
             assert [(m["id"], m["val"]) for m in missing] == [
                 (str(i), str(v)) for i, v in negatives][: len(missing)]
-            assert not [d for d in diff if d["kind"] == "extra"]  # type: ignore[union-attr]
+            assert not [d for d in diff if d["kind"] == "extra"]
 
 
 def checksum(dsn: str) -> str:
@@ -121,7 +121,7 @@ def test_failures_are_recorded_with_sqlstate(shop: str, make_workspace: Workspac
     failed = [r for r in rows if r["new_sqlstate"] is not None]
     assert failed, "grp 3 divides by zero in the new path"
     assert {r["new_sqlstate"] for r in failed} == {"22012"}
-    assert all(r["params"]["grp"] == 3 for r in failed)  # type: ignore[index]
+    assert all(r["params"]["grp"] == 3 for r in failed)
     assert summary.new_failures == len(failed)
     assert all(r["legacy_sqlstate"] is None for r in rows)
 

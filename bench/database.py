@@ -56,7 +56,7 @@ def bench_database() -> Iterator[BenchDB]:
         data = Path(tempfile.mkdtemp(prefix="rollout-bench-"))
         # registered before the server's own exit hook, so it runs after the server has stopped
         atexit.register(shutil.rmtree, data, ignore_errors=True)
-        _say("starting an embedded PostgreSQL")
+        say("starting an embedded PostgreSQL")
         admin = start_embedded(data / "data", database="postgres", keep_running=False)
         source = "embedded"
     name = f"rollout_bench_{uuid.uuid4().hex[:12]}"
@@ -68,7 +68,7 @@ def bench_database() -> Iterator[BenchDB]:
     try:
         workspace = Workspace.load(REPO)
         with connect(dsn, autocommit=True) as conn:
-            _say(f"loading the demo data (scale {SCALE})")
+            say(f"loading the demo data (scale {SCALE})")
             load_demo(conn, scale=SCALE)
             for flag in workspace.flags.values():
                 if flag.rollback.migration:
@@ -82,5 +82,5 @@ def bench_database() -> Iterator[BenchDB]:
                 sql.Identifier(name)))
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)

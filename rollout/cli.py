@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -14,6 +15,7 @@ from . import __version__, commands
 from .errors import EXIT_USAGE, RolloutError
 from .report import FORMATS
 from .shadow import Progress
+from .state import FlagState
 from .verdict import verdict_exit_code
 
 
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shadow", parents=[common], help="offline shadow run of a flag")
     p.add_argument("flag", metavar="FLAG")
-    p.add_argument("--stage", help="stage to run (default: the first stage)")
+    p.add_argument("--stage", help="stage to run (default: the flag's current stage)")
     p.add_argument("--tenant", action="append", default=[], help="tenant (repeatable)")
     p.add_argument("--samples", type=int, help="paired executions (default: gates.min_samples)")
     p.add_argument("--seed", type=int, help="random seed for parameter order")
@@ -75,11 +77,117 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", parents=[common], help="go/no-go report of a stage")
     p.add_argument("flag", metavar="FLAG")
-    p.add_argument("--stage", help="stage to judge (default: the first stage)")
+    p.add_argument("--stage", help="stage to judge (default: the flag's current stage)")
     p.add_argument("--format", default=",".join(FORMATS), help="html,md,json (default: all)")
     p.add_argument("--out", help="output folder (default: WORKSPACE/reports)")
     p.set_defaults(run=_report)
+
+    actor = argparse.ArgumentParser(add_help=False)
+    actor.add_argument("--actor", default=None, help="who makes the change (default: OS user)")
+    actor.add_argument("--reason", default=None, help="why; recorded in the audit trail")
+
+    p = sub.add_parser("flag", help="runtime flag state: list, show, set, kill, resume")
+    fsub = p.add_subparsers(dest="flag_command", metavar="ACTION", required=True)
+    q = fsub.add_parser("list", parents=[common], help="every flag with its live state")
+    q.set_defaults(run=_flag_list)
+    q = fsub.add_parser("show", parents=[common], help="stages, live state, targets, events")
+    q.add_argument("flag", metavar="FLAG")
+    q.set_defaults(run=_flag_show)
+    q = fsub.add_parser("set", parents=[common, actor], help="move a flag to a stage")
+    q.add_argument("flag", metavar="FLAG")
+    q.add_argument("--stage", required=True)
+    q.set_defaults(run=_flag_set)
+    q = fsub.add_parser("kill", parents=[common, actor], help="serve legacy everywhere, now")
+    q.add_argument("flag", metavar="FLAG")
+    q.set_defaults(run=_flag_kill)
+    q = fsub.add_parser("resume", parents=[common, actor], help="undo a kill")
+    q.add_argument("flag", metavar="FLAG")
+    q.set_defaults(run=_flag_resume)
+
+    p = sub.add_parser("advance", parents=[common, actor],
+                       help="next stage, only on a fresh GO report for the current one")
+    p.add_argument("flag", metavar="FLAG")
+    p.add_argument("--force", action="store_true", help="override the report check (--reason)")
+    p.set_defaults(run=_advance)
     return parser
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return str(args.actor or getpass.getuser())
+
+
+def _describe_state(st: FlagState) -> str:
+    if not st.started:
+        return "not started (serving legacy)"
+    live = "KILLED (serving legacy)" if st.killed else "live"
+    return f"stage {st.stage}, {live}, version {st.version}"
+
+
+def _flag_list(session: commands.Session, args: argparse.Namespace) -> int:
+    rows: list[tuple[str, ...]] = [("flag", "stage", "state", "version", "changed", "by")]
+    for flag, st in commands.flag_list(session):
+        rows.append((flag.name, st.stage or "-", "killed" if st.killed else
+                     ("live" if st.started else "not started"), str(st.version),
+                     st.updated_at.isoformat(timespec="seconds") if st.updated_at else "-",
+                     st.updated_by or "-"))
+    _table(rows)
+    return 0
+
+
+def _flag_show(session: commands.Session, args: argparse.Namespace) -> int:
+    view = commands.flag_show(session, args.flag)
+    flag, st = view.flag, view.state
+    print(f"{flag.name}: {flag.description}".rstrip(": "))
+    print(f"owner {flag.owner or '-'}, kind {flag.kind}; {_describe_state(st)}")
+    print("stages:")
+    for stage in flag.stages:
+        mark = "▶" if stage.name == st.stage else " "
+        parts = [f"serve {stage.serve.describe()}" if stage.serve else "",
+                 f"shadow {stage.shadow.describe()}" if stage.shadow else ""]
+        print(f"  {mark} {stage.name}: {'; '.join(p for p in parts if p) or 'nobody'}")
+    for path, tenants in sorted(view.targeted.items()):
+        print(f"targeted now ({path}): {', '.join(tenants)}")
+    if view.events:
+        print("last events:")
+    for e in view.events:
+        parts = [e.at.isoformat(timespec="seconds"), e.actor,
+                 e.action + (" (forced)" if e.forced else "")]
+        if e.from_stage != e.to_stage:
+            parts.append(f"{e.from_stage or '-'} → {e.to_stage}")
+        print("  " + " ".join(parts) + f" — {e.reason}")
+    return 0
+
+
+def _flag_set(session: commands.Session, args: argparse.Namespace) -> int:
+    st = commands.flag_set(session, args.flag, args.stage, actor=_actor(args),
+                           reason=args.reason or "")
+    print(f"{args.flag}: {_describe_state(st)}")
+    return 0
+
+
+def _flag_kill(session: commands.Session, args: argparse.Namespace) -> int:
+    st = commands.flag_kill(session, args.flag, actor=_actor(args), reason=args.reason or "")
+    print(f"{args.flag}: {_describe_state(st)}")
+    return 0
+
+
+def _flag_resume(session: commands.Session, args: argparse.Namespace) -> int:
+    st = commands.flag_resume(session, args.flag, actor=_actor(args), reason=args.reason or "")
+    print(f"{args.flag}: {_describe_state(st)}")
+    return 0
+
+
+def _advance(session: commands.Session, args: argparse.Namespace) -> int:
+    st = commands.advance(session, args.flag, actor=_actor(args), force=args.force,
+                          reason=args.reason)
+    print(f"{args.flag}: {_describe_state(st)}" + (" (forced)" if args.force else ""))
+    return 0
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _init(session: commands.Session, args: argparse.Namespace) -> int:
@@ -134,13 +242,10 @@ def _demo(session: commands.Session, args: argparse.Namespace) -> int:
 
         rows = run_demo(session, scale=args.scale, samples=args.samples, progress=progress)
     header = ("flag", "stage", "samples", "mismatches", "latency", "verdict", "report")
-    table = [header] + [
+    _table([header] + [
         (r.flag, r.stage, str(r.samples), str(r.mismatches),
          "n/a" if r.latency_change_pct is None else f"{r.latency_change_pct:+.1f} %",
-         r.verdict, str(r.report)) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+         r.verdict, str(r.report)) for r in rows])
     return 0
 
 

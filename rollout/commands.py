@@ -12,12 +12,15 @@ import psycopg
 
 from .connection import connect, redact, resolve_dsn
 from .dbcheck import check_flag
-from .errors import InputError
+from .errors import InputError, Refused
 from .execute import Limits
+from .flags import Flag
 from .report import FORMATS, WrittenReport, write_report
 from .scaffold import init_workspace
 from .shadow import Progress, RunSummary, run_shadow, target_tenants
+from .state import Event, FlagState, change, events, read_all, read_state
 from .store import Store
+from .targeting import Context
 from .workspace import Workspace
 
 Say = Callable[[str], None]
@@ -82,11 +85,11 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
            limits: Limits | None = None, progress: Progress | None = None) -> RunSummary:
     """Offline shadow run of one flag's stage; observations land in the store."""
     flag = session.load().flag(flag_name)
-    stage = stage or flag.first_stage
-    if flag.stage(stage) is None:
-        names = ", ".join(s.name for s in flag.stages)
-        raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
     with session.target() as conn, session.store() as store:
+        stage = stage or current_stage(store, flag)
+        if flag.stage(stage) is None:
+            names = ", ".join(s.name for s in flag.stages)
+            raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
         chosen: list[str | None] = list(tenants) if tenants else target_tenants(flag, stage, conn)
         return run_shadow(flag, conn, store, stage=stage, tenants=chosen,
                           samples=samples or flag.gates.min_samples, dsn=session.target_dsn,
@@ -97,8 +100,128 @@ def report(session: Session, flag_name: str, *, stage: str | None = None,
            formats: Sequence[str] = FORMATS, out: Path | None = None) -> WrittenReport:
     """Judge a stage and write its report files; the verdict decides the exit code."""
     flag = session.load().flag(flag_name)
-    stage = stage or flag.first_stage
     out_dir = out or (session.workspace / "reports")
     with session.store() as store:
+        stage = stage or current_stage(store, flag)
         return write_report(flag, stage, store, out_dir, database=redact(session.target_dsn),
                             formats=formats)
+
+
+# -- runtime flag state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlagOverview:
+    """What `rollout flag show` prints: the flag, its live state, who it targets, history."""
+
+    flag: Flag
+    state: FlagState
+    targeted: dict[str, list[str]]
+    events: list[Event]
+
+
+def current_stage(store: Store, flag: Flag) -> str:
+    """The live stage, or the first stage of a flag that has not been started."""
+    st = read_state(store.conn, flag.name)
+    return st.stage if st.stage is not None else flag.first_stage
+
+
+def flag_list(session: Session) -> list[tuple[Flag, FlagState]]:
+    ws = session.load()
+    with session.store() as store:
+        states = read_all(store.conn)
+    return [(f, states.get(f.name, FlagState(f.name, None, False, 0)))
+            for f in sorted(ws.flags.values(), key=lambda f: f.name)]
+
+
+def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview:
+    flag = session.load().flag(name)
+    with session.store() as store:
+        st = read_state(store.conn, flag.name)
+        history = events(store.conn, flag.name)
+    targeted: dict[str, list[str]] = {}
+    if resolve and st.started and not st.killed and st.stage and flag.tenants_sql:
+        with session.target() as conn:
+            rows = conn.execute(flag.tenants_sql.encode()).fetchall()
+        for (tenant, *_) in rows:
+            d = flag.decide(Context(tenant=str(tenant)), st.stage)
+            if d.path != "legacy":
+                targeted.setdefault(d.path, []).append(str(tenant))
+    return FlagOverview(flag, st, targeted, history)
+
+
+def flag_set(session: Session, name: str, stage: str, *, actor: str, reason: str) -> FlagState:
+    flag = session.load().flag(name)
+    with session.store() as store:
+        return change(store.conn, flag, "set", actor=actor, reason=reason, stage=stage)
+
+
+def flag_kill(session: Session, name: str, *, actor: str, reason: str) -> FlagState:
+    flag = session.load().flag(name)
+    with session.store() as store:
+        st = read_state(store.conn, flag.name)
+        if st.killed:
+            raise InputError(f"flag '{flag.name}' is already killed (since {st.updated_at})")
+        return change(store.conn, flag, "kill", actor=actor, reason=reason, killed=True,
+                      expected_version=st.version)
+
+
+def flag_resume(session: Session, name: str, *, actor: str, reason: str) -> FlagState:
+    flag = session.load().flag(name)
+    with session.store() as store:
+        st = read_state(store.conn, flag.name)
+        if not st.killed:
+            raise InputError(f"flag '{flag.name}' is not killed; nothing to resume")
+        return change(store.conn, flag, "resume", actor=actor, reason=reason, killed=False,
+                      expected_version=st.version)
+
+
+def advance(session: Session, name: str, *, actor: str, force: bool = False,
+            reason: str | None = None) -> FlagState:
+    """Move to the next stage only on a GO report for the current stage that is newer than
+    the last change of the flag's SQL or stage; ``force`` overrides, with a reason, audited."""
+    flag = session.load().flag(name)
+    if force and not (reason and reason.strip()):
+        raise InputError("--force needs --reason: say why the evidence is overridden")
+    stages = [s.name for s in flag.stages]
+    with session.store() as store:
+        st = read_state(store.conn, flag.name)
+        report_id = None
+        problem = None
+        if not st.started:
+            target = stages[0]
+            why = reason or f"start at the first stage {target}"
+        else:
+            if st.killed:
+                raise InputError(f"flag '{flag.name}' is killed; `rollout flag resume` first")
+            if st.stage not in stages:
+                raise InputError(f"flag '{flag.name}' is at stage '{st.stage}', which its file no "
+                                 f"longer defines; use `rollout flag set --stage`")
+            i = stages.index(st.stage)
+            if i == len(stages) - 1:
+                raise InputError(f"flag '{flag.name}' is already at its last stage '{st.stage}'")
+            target = stages[i + 1]
+            latest = store.latest_report(flag.name, st.stage)
+            problem = _advance_problem(flag, st, latest)
+            if latest is not None:
+                report_id = latest["report_id"]
+            if problem and not force:
+                raise Refused(f"not advancing '{flag.name}' past '{st.stage}': {problem}")
+            why = reason or f"report {report_id} for {st.stage} is GO"
+        return change(store.conn, flag, "advance", actor=actor, reason=why, stage=target,
+                      expected_version=st.version, report_id=report_id,
+                      forced=bool(force and problem))
+
+
+def _advance_problem(flag: Flag, st: FlagState, latest: dict[str, Any] | None) -> str | None:
+    if latest is None:
+        return f"no report for stage '{st.stage}' yet (run `rollout report {flag.name}`)"
+    when = latest["created_at"].isoformat(timespec="seconds")
+    if latest["verdict"] != "GO":
+        return f"the latest report for '{st.stage}' ({when}) is {latest['verdict']}"
+    if latest["sql_hash"] != flag.sql_hash:
+        return f"the flag's SQL changed after the latest report ({when})"
+    if st.updated_at is not None and latest["created_at"] <= st.updated_at:
+        return (f"the latest report ({when}) predates the flag's last change "
+                f"({st.updated_at.isoformat(timespec='seconds')})")
+    return None

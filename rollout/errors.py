@@ -5,8 +5,10 @@
     RolloutError                 exit 2, one line on stderr
      ├── InputError              bad command-line input (unknown flag, stage, tenant ...)
      │    └── FlagFileError      a flag file or workspace file is wrong: file:line: key: what
+     │    └── ConcurrentChange   a flag changed between reading and changing it (state.py)
      ├── ConnectionFailed        the target or store database cannot be reached
-     └── StoreError              the rollout schema is missing, too new, or a write failed
+     ├── StoreError              the rollout schema is missing, too new, or a write failed
+     └── Refused                 exit 1: `advance` without a fresh GO report for the stage
 
 Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.verdict``.
 """
@@ -44,3 +46,9 @@ class ConnectionFailed(RolloutError):
 
 class StoreError(RolloutError):
     """The toolkit's own state in schema ``rollout`` could not be read or written."""
+
+
+class Refused(RolloutError):
+    """A guarded operation (``rollout advance``) refused: the evidence does not allow it."""
+
+    exit_code = 1

@@ -137,6 +137,15 @@ class Store:
         return report_id
 
 
+    def latest_report(self, flag: str, stage: str) -> dict[str, Any] | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT report_id, verdict, sql_hash, samples, created_at FROM rollout.reports"
+                " WHERE flag = %s AND stage = %s ORDER BY created_at DESC LIMIT 1",
+                [flag, stage])
+            return cur.fetchone()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,84 @@
+"""Run every benchmark, print a table per benchmark and write ``bench/results/<name>.json``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import rollout
+
+from . import overhead
+from .database import BenchDB, bench_database, say
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Run = Callable[[BenchDB], dict[str, Any]]
+Table = Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]]
+
+BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
+    (overhead.NAME, overhead.run, overhead.table),
+)
+
+
+def main() -> int:
+    started = time.perf_counter()
+    with bench_database() as db:
+        say(f"database ready in {db.setup_s:.1f} s (PostgreSQL {db.server_version}, {db.source})")
+        for name, run, table in BENCHMARKS:
+            t0 = time.perf_counter()
+            result = run(db)
+            result["environment"] = _environment(db, time.perf_counter() - t0)
+            header, rows = table(result)
+            print(f"\n{name}: {result.get('description', '')}")
+            print(_format(header, rows))
+            out = _write(name, result)
+            print(f"results: {out.relative_to(RESULTS.parent.parent)}")
+    say(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _environment(db: BenchDB, seconds: float) -> dict[str, Any]:
+    """Context for comparing result files; no paths, hosts or connection strings."""
+    return {
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(seconds, 2),
+        "database": db.source,
+        "server_version": db.server_version,
+        "demo_scale": db.scale,
+        "python": platform.python_version(),
+        "psycopg": psycopg.__version__,
+        "libpq": psycopg.pq.version(),
+        "pg_rollout": rollout.__version__,
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+
+
+def _format(header: list[str], rows: list[list[str]]) -> str:
+    """A plain text table: first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def _write(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

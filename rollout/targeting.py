@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from typing import Literal
 
 BUCKETS = 100_000
 """Percent slices hash into this many buckets: 0.001 % resolution."""
+
+_sha1 = partial(hashlib.sha1, usedforsecurity=False)
+_first_8_bytes = struct.Struct(">Q").unpack_from
 
 Path = Literal["legacy", "shadow", "new"]
 
@@ -52,10 +57,12 @@ class Target:
     exclude: frozenset[str] = frozenset()
     percent: float | None = None
 
-    @property
-    def threshold(self) -> int:
-        """Buckets below this number are inside the percent slice."""
-        return BUCKETS if self.percent is None else round(self.percent * BUCKETS / 100)
+    threshold: int = field(init=False, repr=False, compare=False)
+    """Buckets below this number are inside the percent slice."""
+
+    def __post_init__(self) -> None:
+        cut = BUCKETS if self.percent is None else round(self.percent * BUCKETS / 100)
+        object.__setattr__(self, "threshold", cut)
 
     def matches(self, flag: str, ctx: Context) -> bool:
         tenant = ctx.tenant
@@ -65,10 +72,9 @@ class Target:
             return False
         if self.percent is None:
             return True
-        key = ctx.key if ctx.key is not None else tenant
-        if key is None:
-            return False
-        return bucket(flag, key) < self.threshold
+        if ctx.key is not None:
+            return bucket(flag, ctx.key) < self.threshold
+        return tenant is not None and tenant_bucket(flag, tenant) < self.threshold
 
     def describe(self) -> str:
         parts = []
@@ -99,8 +105,12 @@ def bucket(flag: str, key: str) -> int:
     docs/flags.md). Membership is ``bucket < percent * 1000``, so raising a percent only
     adds members.
     """
-    digest = hashlib.sha1(f"{flag}/{key}".encode(), usedforsecurity=False).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    return int(_first_8_bytes(_sha1((flag + "/" + key).encode()).digest())[0]) % BUCKETS
+
+
+tenant_bucket = lru_cache(maxsize=65_536)(bucket)
+"""``bucket`` for tenant keys, which repeat: a dictionary lookup after the first request.
+Request keys are mostly unique and skip the cache."""
 
 
 def decide(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ import psycopg
 
 import rollout
 
-from . import overhead
+from . import kill_switch, overhead
 from .database import BenchDB, bench_database, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -25,6 +26,7 @@ Table = Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]]
 
 BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (overhead.NAME, overhead.run, overhead.table),
+    (kill_switch.NAME, kill_switch.run, kill_switch.table),
 )
 
 
@@ -37,7 +39,7 @@ def main() -> int:
             result = run(db)
             result["environment"] = _environment(db, time.perf_counter() - t0)
             header, rows = table(result)
-            print(f"\n{name}: {result.get('description', '')}")
+            print("\n" + textwrap.fill(f"{name}: {result.get('description', '')}", width=100))
             print(_format(header, rows))
             out = _write(name, result)
             print(f"results: {out.relative_to(RESULTS.parent.parent)}")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import random
 import statistics
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from time import perf_counter_ns, process_time_ns
 from typing import Any
 
 import psycopg
 
 from rollout.connection import connect
-from rollout.execute import Limits
+from rollout.execute import Limits, apply_limits
 from rollout.flags import Flag
 from rollout.observations import Observation
-from rollout.shadow import BATCH, RunSummary, _pair, _split, draw_params
+from rollout.shadow import BATCH, RunSummary, _split, draw_params, run_pair
 from rollout.store import Store
 
 from .database import BenchDB, say
@@ -23,32 +25,37 @@ NAME = "shadow_overhead"
 FLAGS = ("orders-recent", "order-ship")
 TENANTS: tuple[str, ...] = ("acme", "megacorp")
 SAMPLES = 400
-"""Parameter sets per flag (split over ``TENANTS`` as ``run_shadow`` splits them)."""
+"""Parameter sets per flag, split over ``TENANTS`` as ``run_shadow`` splits them."""
 ROUNDS = 6
-"""Timed rounds; even, so baseline-first and runner-first rounds balance exactly."""
+"""Timed rounds over all parameter sets; even, so each side goes first equally often."""
 WARM_UP = 50
-"""Parameter sets run untimed by both sides first: plans prepared, caches warm."""
+"""Parameter sets both sides run untimed first: statements prepared, caches warm."""
 SEED = 20260101
 PATHS = ("legacy", "new")
 
 Plan = list[tuple[str | None, dict[str, Any]]]
+Side = Callable[[str | None, dict[str, Any]], None]
 
 
 def run(db: BenchDB) -> dict[str, Any]:
-    """Time the baseline and the runner for each flag, interleaved in rounds."""
+    """Time the baseline and the runner for each flag, interleaved pair by pair in rounds."""
     cases = []
     with connect(db.dsn, autocommit=True) as target, connect(db.dsn, autocommit=True) as sconn:
-        store = Store.open(sconn)
+        store = Store.open(sconn)  # the store on its own connection, as `rollout shadow` does
         for name in FLAGS:
             flag = db.workspace.flag(name)
             say(f"{NAME}: {name} ({flag.kind}), {SAMPLES} pairs x {ROUNDS} rounds")
             cases.append(_case(flag, target, store))
     return {
         "name": NAME,
-        "description": "per paired execution: run_shadow's per-pair work (SET LOCAL timeouts, "
-                       "both executions, comparison, Observation, COPY to the store) vs. the "
-                       "two queries run directly with psycopg, each in its own transaction",
+        "description": "per paired execution, the offline runner (session timeouts, both "
+                       "paths, comparison, Observation, COPY to the store) against running "
+                       "both queries directly with psycopg",
         "unit": "us",
+        "method": "rounds over the same parameter sets; within a round baseline and runner "
+                  "alternate pair by pair (the side going first alternates too); a round's "
+                  "per-pair time is its total over the pairs (COPY included) / pairs; figures "
+                  "are medians over rounds, ratio and added time are taken within each round",
         "samples": SAMPLES,
         "rounds": ROUNDS,
         "tenants": list(TENANTS),
@@ -72,38 +79,103 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+@dataclass
+class _Clock:
+    """Wall and client CPU time of one side in one round, and every pair's wall time."""
+
+    wall_ns: int = 0
+    cpu_ns: int = 0
+    pairs: list[int] = field(default_factory=list)
+
+    def time(self, side: Side, tenant: str | None, params: dict[str, Any]) -> None:
+        cpu = process_time_ns()  # read outside the wall-clock window: it costs ~0.5 us
+        start = perf_counter_ns()
+        side(tenant, params)
+        elapsed = perf_counter_ns() - start
+        self.cpu_ns += process_time_ns() - cpu
+        self.wall_ns += elapsed
+        self.pairs.append(elapsed)
+
+
+class _Baseline:
+    """(a) Both queries straight through psycopg, in the runner's order.
+
+    Each execution in its own transaction, READ ONLY for reads and rolled back for writes,
+    every row fetched: the database work the runner cannot avoid.
+    """
+
+    def __init__(self, flag: Flag, conn: psycopg.Connection[Any], seed: int) -> None:
+        self.conn = conn
+        self.write = flag.kind == "write"
+        self.sql = {"legacy": flag.legacy.sql, "new": flag.new.sql}
+        self.rng = random.Random(seed)  # same seed as the runner: same first path per pair
+        conn.read_only = not self.write
+
+    def pair(self, _tenant: str | None, params: dict[str, Any]) -> None:
+        first = self.rng.choice(PATHS)
+        for path in (first, "new" if first == "legacy" else "legacy"):
+            with self.conn.transaction(force_rollback=self.write), self.conn.cursor() as cur:
+                cur.execute(self.sql[path], params)
+                if cur.description is not None:
+                    cur.fetchall()
+
+
+class _Runner:
+    """(b) ``run_shadow``'s loop body over pre-drawn parameters.
+
+    ``run_shadow`` draws its own parameters, so its per-pair work is mirrored here: ``run_pair``
+    (both executions, comparison, the Observation), the summary counters,
+    and ``Store.write_observations`` every ``BATCH`` pairs and for the rest at the end.
+    Keep this in step with ``rollout.shadow.run_shadow``.
+    """
+
+    def __init__(self, flag: Flag, conn: psycopg.Connection[Any], store: Store, seed: int,
+                 run_id: uuid.UUID) -> None:
+        self.flag, self.conn, self.store, self.run_id = flag, conn, store, run_id
+        self.stage = flag.first_stage
+        apply_limits(conn, Limits())  # once per session, as run_shadow does
+        self.rng = random.Random(seed)
+        self.summary = RunSummary(run_id, flag.name, self.stage, list(TENANTS))
+        self.batch: list[Observation] = []
+        self.copy_ns = 0
+
+    def pair(self, tenant: str | None, params: dict[str, Any]) -> None:
+        obs = run_pair(self.flag, self.conn, self.stage, tenant, params, self.rng, self.run_id)
+        self.batch.append(obs)
+        s = self.summary
+        s.samples += 1
+        s.mismatches += obs.matched is False
+        s.legacy_failures += obs.legacy_failed
+        s.new_failures += obs.new_failed
+        s.by_tenant[tenant] = s.by_tenant.get(tenant, 0) + 1
+        if len(self.batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        start = perf_counter_ns()
+        self.store.write_observations(self.batch)
+        self.copy_ns += perf_counter_ns() - start
+        self.batch.clear()
+
+
 def _case(flag: Flag, target: psycopg.Connection[Any], store: Store) -> dict[str, Any]:
-    stage = flag.first_stage
-    limits = Limits()
     plan = _draw_plan(flag, target)
-    run_id = store.start_run(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
+    run_id = store.start_run(flag=flag.name, stage=flag.first_stage, sql_hash=flag.sql_hash,
                              tenants=list(TENANTS), requested=SAMPLES, target="bench",
                              server_version="")
-    warm = plan[:WARM_UP]
-    _baseline(flag, target, warm, SEED)
-    _runner(flag, target, store, stage, warm, limits, SEED, run_id)
-
-    base_rounds: list[dict[str, Any]] = []
-    runner_rounds: list[dict[str, Any]] = []
-    recorded = len(warm)
-    for r in range(ROUNDS):
-        seed = SEED + r + 1  # both sides of a round draw the same first paths
-        if r % 2 == 0:
-            base_rounds.append(_baseline(flag, target, plan, seed))
-            runner_rounds.append(_runner(flag, target, store, stage, plan, limits, seed, run_id))
-        else:
-            runner_rounds.append(_runner(flag, target, store, stage, plan, limits, seed, run_id))
-            base_rounds.append(_baseline(flag, target, plan, seed))
-        recorded += len(plan)
-    store.finish_run(run_id, recorded)
+    _round(flag, target, store, run_id, plan[:WARM_UP], SEED, baseline_first=True)
+    rounds = [_round(flag, target, store, run_id, plan, SEED + r + 1, baseline_first=r % 2 == 0)
+              for r in range(ROUNDS)]
+    store.finish_run(run_id, min(WARM_UP, len(plan)) + ROUNDS * len(plan))
 
     n = len(plan)
-    base, runner = _summary(base_rounds, n), _summary(runner_rounds, n)
-    runner["copy_us_per_pair"] = statistics.median(r["copy_ns"] / n / 1e3 for r in runner_rounds)
-    runner["mismatches"] = sum(r["mismatches"] for r in runner_rounds)
-    runner["failures"] = sum(r["failures"] for r in runner_rounds)
-    # both sides of a round ran back to back: compare within rounds, then take the median
-    pairs = list(zip(runner["rounds_per_pair_us"], base["rounds_per_pair_us"], strict=True))
+    base = _summary([b for b, _, _ in rounds], n)
+    runner = _summary([r for _, r, _ in rounds], n)
+    runner["copy_us_per_pair"] = statistics.median(x.copy_ns / n / 1e3 for _, _, x in rounds)
+    runner["mismatches"] = sum(x.summary.mismatches for _, _, x in rounds)
+    runner["failures"] = sum(x.summary.legacy_failures + x.summary.new_failures
+                             for _, _, x in rounds)
+    wall = list(zip(runner["rounds_per_pair_us"], base["rounds_per_pair_us"], strict=True))
     cpu = list(zip(runner["rounds_cpu_us"], base["rounds_cpu_us"], strict=True))
     return {
         "flag": flag.name,
@@ -112,19 +184,43 @@ def _case(flag: Flag, target: psycopg.Connection[Any], store: Store) -> dict[str
         "rounds": ROUNDS,
         "baseline": base,
         "runner": runner,
-        "ratio": statistics.median(r / b for r, b in pairs),
-        "added_us_per_pair": statistics.median(r - b for r, b in pairs),
+        "ratio": statistics.median(r / b for r, b in wall),
+        "added_us_per_pair": statistics.median(r - b for r, b in wall),
         "cpu_added_us_per_pair": statistics.median(r - b for r, b in cpu),
     }
 
 
-def _summary(rounds: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """Per-pair figures of one side: medians over rounds, and each round's value."""
-    per_pair = [r["total_ns"] / n / 1e3 for r in rounds]
-    cpu = [r["cpu_ns"] / n / 1e3 for r in rounds]
+def _round(flag: Flag, target: psycopg.Connection[Any], store: Store, run_id: uuid.UUID,
+           plan: Plan, seed: int, *, baseline_first: bool) -> tuple[_Clock, _Clock, _Runner]:
+    """One pass over ``plan``; the sides alternate pair by pair, cancelling drift between them.
+
+    The runner's last, partial batch is written at the end, as ``run_shadow`` does, and its
+    time is added to the runner's.
+    """
+    base, runner = _Baseline(flag, target, seed), _Runner(flag, target, store, seed, run_id)
+    base_clock, runner_clock = _Clock(), _Clock()
+    for i, (tenant, params) in enumerate(plan):
+        if (i % 2 == 0) == baseline_first:
+            base_clock.time(base.pair, tenant, params)
+            runner_clock.time(runner.pair, tenant, params)
+        else:
+            runner_clock.time(runner.pair, tenant, params)
+            base_clock.time(base.pair, tenant, params)
+    cpu = process_time_ns()
+    start = perf_counter_ns()
+    runner.flush()
+    runner_clock.wall_ns += perf_counter_ns() - start
+    runner_clock.cpu_ns += process_time_ns() - cpu
+    return base_clock, runner_clock, runner
+
+
+def _summary(clocks: list[_Clock], n: int) -> dict[str, Any]:
+    """One side's per-pair figures: medians over rounds, and each round's value."""
+    per_pair = [c.wall_ns / n / 1e3 for c in clocks]
+    cpu = [c.cpu_ns / n / 1e3 for c in clocks]
     return {
         "per_pair_us": statistics.median(per_pair),
-        "pair_p50_us": statistics.median(r["pair_p50_ns"] / 1e3 for r in rounds),
+        "pair_p50_us": statistics.median(statistics.median(c.pairs) / 1e3 for c in clocks),
         "cpu_us_per_pair": statistics.median(cpu),
         "rounds_per_pair_us": [round(x, 2) for x in per_pair],
         "rounds_cpu_us": [round(x, 2) for x in cpu],
@@ -132,7 +228,7 @@ def _summary(rounds: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 
 def _draw_plan(flag: Flag, conn: psycopg.Connection[Any]) -> Plan:
-    """``SAMPLES`` parameter sets over ``TENANTS``, shuffled once, as ``run_shadow`` draws them."""
+    """``SAMPLES`` parameter sets over ``TENANTS``, shuffled, as ``run_shadow`` draws them."""
     rng = random.Random(SEED)
     plan: Plan = []
     for tenant, n in zip(TENANTS, _split(SAMPLES, len(TENANTS)), strict=True):
@@ -142,76 +238,3 @@ def _draw_plan(flag: Flag, conn: psycopg.Connection[Any]) -> Plan:
         plan.extend((tenant, p) for p in drawn)
     rng.shuffle(plan)
     return plan
-
-
-def _baseline(flag: Flag, conn: psycopg.Connection[Any], plan: Plan,
-              seed: int) -> dict[str, Any]:
-    """(a) Both queries per parameter set straight through psycopg, same order as the runner.
-
-    Each execution gets its own transaction, READ ONLY for reads and rolled back for writes,
-    and every row is fetched: the database work the runner cannot avoid.
-    """
-    write = flag.kind == "write"
-    sql = {"legacy": flag.legacy.sql, "new": flag.new.sql}
-    rng = random.Random(seed)
-    conn.read_only = not write
-    pairs: list[int] = []
-    cpu = process_time_ns()
-    start = perf_counter_ns()
-    for _tenant, params in plan:
-        t0 = perf_counter_ns()
-        first = rng.choice(PATHS)
-        for path in (first, "new" if first == "legacy" else "legacy"):
-            with conn.transaction(force_rollback=write), conn.cursor() as cur:
-                cur.execute(sql[path], params)
-                if cur.description is not None:
-                    cur.fetchall()
-        pairs.append(perf_counter_ns() - t0)
-    total = perf_counter_ns() - start
-    return {"total_ns": total, "cpu_ns": process_time_ns() - cpu,
-            "pair_p50_ns": statistics.median(pairs)}
-
-
-def _runner(flag: Flag, conn: psycopg.Connection[Any], store: Store, stage: str, plan: Plan,
-            limits: Limits, seed: int, run_id: uuid.UUID) -> dict[str, Any]:
-    """(b) ``run_shadow``'s per-pair loop over pre-drawn parameters, COPY to the store included.
-
-    ``run_shadow`` draws its own parameters, so its loop body is mirrored here: ``_pair``
-    (SET LOCAL timeouts, both executions, comparison, the Observation), the summary counters,
-    and ``Store.write_observations`` every ``BATCH`` pairs and once at the end. Keep this in
-    step with ``rollout.shadow.run_shadow``.
-    """
-    rng = random.Random(seed)
-    summary = RunSummary(run_id, flag.name, stage, list(TENANTS))
-    batch: list[Observation] = []
-    pairs: list[int] = []
-    copy_ns = 0
-    cpu = process_time_ns()
-    start = perf_counter_ns()
-    for tenant, params in plan:
-        t0 = perf_counter_ns()
-        obs = _pair(flag, conn, stage, tenant, params, limits, rng, run_id)
-        batch.append(obs)
-        summary.samples += 1
-        summary.mismatches += obs.matched is False
-        summary.legacy_failures += obs.legacy_failed
-        summary.new_failures += obs.new_failed
-        summary.by_tenant[tenant] = summary.by_tenant.get(tenant, 0) + 1
-        if len(batch) >= BATCH:
-            c0 = perf_counter_ns()
-            store.write_observations(batch)
-            copy_ns += perf_counter_ns() - c0
-            batch.clear()
-        pairs.append(perf_counter_ns() - t0)
-    c0 = perf_counter_ns()
-    store.write_observations(batch)
-    copy_ns += perf_counter_ns() - c0
-    total = perf_counter_ns() - start
-    return {
-        "total_ns": total,
-        "cpu_ns": process_time_ns() - cpu,
-        "pair_p50_ns": statistics.median(pairs),
-        "copy_ns": copy_ns,
-        "mismatches": summary.mismatches,
-        "failures": summary.legacy_failures + summary.new_failures,
-    }

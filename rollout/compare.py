@@ -63,6 +63,8 @@ def compare(legacy: ResultSet, new: ResultSet, rules: CompareRules) -> Compariso
         out.add("column_types", columns=changed)
         return out
 
+    if rules.order == "strict" and not rules.ignore_columns and legacy.rows == new.rows:
+        return out  # Python equality implies values_equal for every cell
     rows_l = [tuple(r[i] for i in keep_l) for r in legacy.rows]
     rows_n = [tuple(r[i] for i in keep_n) for r in new.rows]
     if len(rows_l) != len(rows_n):

@@ -16,10 +16,20 @@ from .observations import PathResult
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-execution bounds, applied with SET LOCAL inside the execution's transaction."""
+    """Bounds on every execution, set once per session by ``apply_limits``."""
 
     statement_timeout_ms: int = 10_000
     lock_timeout_ms: int = 2_000
+
+
+def apply_limits(conn: psycopg.Connection[Any], limits: Limits) -> None:
+    """Set the timeouts for the session: every later execution on ``conn`` is bounded.
+
+    Session-level (not SET LOCAL per execution) so no execution pays an extra round trip.
+    """
+    with conn.transaction():
+        conn.execute(pgsql.SQL("SET statement_timeout = {}; SET lock_timeout = {}").format(
+            limits.statement_timeout_ms, limits.lock_timeout_ms))
 
 
 def execute(
@@ -28,21 +38,19 @@ def execute(
     params: Mapping[str, Any],
     *,
     write: bool,
-    limits: Limits,
 ) -> tuple[PathResult, ResultSet | None]:
     """Execute ``query`` in its own transaction; never raises a database error.
 
     ``kind: read`` runs in a READ ONLY transaction; ``kind: write`` in a transaction that is
     always rolled back, so nothing persists. Latency covers execute plus fetching every row.
+    Timeouts come from the session (``apply_limits``).
     """
     conn.read_only = not write
     try:
         with conn.transaction(force_rollback=write), conn.cursor() as cur:
-            cur.execute(pgsql.SQL("SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}")
-                        .format(limits.statement_timeout_ms, limits.lock_timeout_ms))
             start = time.perf_counter_ns()
             cur.execute(query.encode(), params)
-            rows = cur.fetchall() if cur.description is not None else None
+            rows = cur.fetchall() if cur.pgresult is not None and cur.pgresult.nfields else None
             elapsed = time.perf_counter_ns() - start
             desc = cur.description or []
             result = ResultSet(

@@ -14,7 +14,7 @@ import psycopg
 from .compare import compare
 from .connection import redact
 from .errors import InputError
-from .execute import Limits, execute
+from .execute import Limits, apply_limits, execute
 from .flags import Flag
 from .observations import Observation, PathResult
 from .store import Store
@@ -118,10 +118,11 @@ def run_shadow(
                              server_version=f"PostgreSQL {server_version}")
     summary = RunSummary(run_id, flag.name, stage, list(tenants))
     try:
-        _warm_up(flag, target, plan[0][1], limits)
+        apply_limits(target, limits)
+        _warm_up(flag, target, plan[0][1])
         batch: list[Observation] = []
         for done, (tenant, params) in enumerate(plan, 1):
-            obs = _pair(flag, target, stage, tenant, params, limits, rng, run_id)
+            obs = run_pair(flag, target, stage, tenant, params, rng, run_id)
             batch.append(obs)
             summary.samples += 1
             summary.mismatches += obs.matched is False
@@ -141,15 +142,15 @@ def run_shadow(
     return summary
 
 
-def _pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | None,
-          params: dict[str, Any], limits: Limits, rng: random.Random,
-          run_id: uuid.UUID) -> Observation:
+def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | None,
+             params: dict[str, Any], rng: random.Random, run_id: uuid.UUID) -> Observation:
+    """Both paths once, in random order, compared: one observation."""
     write = flag.kind == "write"
     first = rng.choice(("legacy", "new"))
     results = {}
     for path in (first, "new" if first == "legacy" else "legacy"):
         query = flag.legacy.sql if path == "legacy" else flag.new.sql
-        results[path] = _run(flag, conn, query, params, write, limits, path)
+        results[path] = _run(flag, conn, query, params, write, path)
     (legacy, legacy_set), (new, new_set) = results["legacy"], results["new"]
     matched: bool | None = None
     diff = None
@@ -169,18 +170,17 @@ def _pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | N
 
 
 def _run(flag: Flag, conn: psycopg.Connection[Any], query: str, params: dict[str, Any],
-         write: bool, limits: Limits, path: str) -> tuple[PathResult, Any]:
+         write: bool, path: str) -> tuple[PathResult, Any]:
     try:
-        return execute(conn, query, params, write=write, limits=limits)
+        return execute(conn, query, params, write=write)
     except psycopg.Error as exc:
         raise InputError(f"{flag.file}: queries.{path}: {_first_line(exc)}") from None
 
 
-def _warm_up(flag: Flag, conn: psycopg.Connection[Any], params: dict[str, Any],
-             limits: Limits) -> None:
+def _warm_up(flag: Flag, conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
     """One discarded execution per path: caches and plans settle, bad SQL fails early."""
     for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
-        result, _ = _run(flag, conn, query, params, flag.kind == "write", limits, path)
+        result, _ = _run(flag, conn, query, params, flag.kind == "write", path)
         if result.sqlstate is not None and result.sqlstate.startswith("42"):
             # syntax error, undefined table or column, missing privilege: the SQL is wrong
             raise InputError(f"{flag.file}: queries.{path}: {result.error}")

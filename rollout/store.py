@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import astuple
 from importlib import resources
 from typing import Any
 
@@ -100,7 +99,7 @@ class Store:
             f"COPY rollout.observations ({cols}) FROM STDIN"
         ) as copy:
             for obs in rows:
-                values = list(astuple(obs))
+                values = [getattr(obs, c) for c in COLUMNS]
                 for i in jsonb:
                     if values[i] is not None:
                         values[i] = Jsonb(values[i])

@@ -16,7 +16,7 @@ import psycopg
 
 import rollout
 
-from . import kill_switch, overhead
+from . import decision, kill_switch, overhead
 from .database import BenchDB, bench_database, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,6 +32,9 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
 
 def main() -> int:
     started = time.perf_counter()
+    # Pure CPU first, on a quiet machine: no server running yet.
+    say("decision: ours against UnleashClient (its own virtualenv)")
+    decision.run(RESULTS)
     with bench_database() as db:
         say(f"database ready in {db.setup_s:.1f} s (PostgreSQL {db.server_version}, {db.source})")
         for name, run, table in BENCHMARKS:

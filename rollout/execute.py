@@ -32,22 +32,48 @@ def apply_limits(conn: psycopg.Connection[Any], limits: Limits) -> None:
             limits.statement_timeout_ms, limits.lock_timeout_ms))
 
 
+def _set_local(limits: Limits) -> pgsql.Composed:
+    return pgsql.SQL("SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}").format(
+        limits.statement_timeout_ms, limits.lock_timeout_ms)
+
+
+def result_set(pgresult: psycopg.pq.abc.PGresult | None, rows: list[tuple[Any, ...]] | None,
+               rowcount: int) -> ResultSet:
+    """A ResultSet from a libpq result: column names and types without building Columns."""
+    if pgresult is None or rows is None:
+        return ResultSet((), (), rows, rowcount)
+    n = pgresult.nfields
+    names = tuple((pgresult.fname(i) or b"").decode() for i in range(n))
+    return ResultSet(names, tuple(pgresult.ftype(i) for i in range(n)), rows, rowcount)
+
+
+def failure(exc: psycopg.Error) -> PathResult:
+    """A failed execution: its SQLSTATE (08000 for a lost connection) and first line."""
+    text = str(exc).strip()
+    return PathResult(None, None, exc.sqlstate or "08000",
+                      text.splitlines()[0] if text else type(exc).__name__)
+
+
 def execute(
     conn: psycopg.Connection[Any],
     query: str,
     params: Mapping[str, Any],
     *,
     write: bool,
+    local_limits: Limits | None = None,
 ) -> tuple[PathResult, ResultSet | None]:
     """Execute ``query`` in its own transaction; never raises a database error.
 
     ``kind: read`` runs in a READ ONLY transaction; ``kind: write`` in a transaction that is
     always rolled back, so nothing persists. Latency covers execute plus fetching every row.
-    Timeouts come from the session (``apply_limits``).
+    Timeouts come from the session (``apply_limits``) unless ``local_limits`` overrides them
+    for this one transaction.
     """
     conn.read_only = not write
     try:
         with conn.transaction(force_rollback=write), conn.cursor() as cur:
+            if local_limits is not None:
+                cur.execute(_set_local(local_limits))
             start = time.perf_counter_ns()
             cur.execute(query.encode(), params)
             rows = cur.fetchall() if cur.pgresult is not None and cur.pgresult.nfields else None
@@ -62,7 +88,5 @@ def execute(
     except psycopg.Error as exc:
         if exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError):
             raise  # a client-side problem (missing parameter...) is the caller's input error
-        text = str(exc).strip()
-        return PathResult(None, None, exc.sqlstate or "08000", text.splitlines()[0] if text else
-                          type(exc).__name__), None
+        return failure(exc), None
     return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), result

@@ -16,7 +16,7 @@ Order = Literal["strict", "ignore", "key"]
 
 TOP_KEYS = (
     "name", "description", "owner", "kind", "queries", "params", "compare", "stages", "gates",
-    "rollback",
+    "rollback", "online",
 )
 
 
@@ -55,6 +55,20 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Online:
+    """How the online runner treats this flag in a running service."""
+
+    max_per_second: float | None = None
+    """Shadow executions per second, per process; beyond it requests are served unshadowed."""
+    max_per_tenant_per_second: float | None = None
+    verify_new: bool = False
+    """When serving new, also run legacy in the background and compare."""
+    statement_timeout_ms: int | None = None
+    """Overrides the runner's shadow statement_timeout for this flag."""
+    lock_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class Rollback:
     """The schema undo (and the forward change it undoes), read from the workspace."""
 
@@ -82,6 +96,7 @@ class Flag:
     gates: Gates
     rollback: Rollback
     file: str
+    online: Online = field(default_factory=Online)
 
     @property
     def stage_map(self) -> dict[str, Stage]:
@@ -204,6 +219,7 @@ class _Validator:
             gates=self.gates(top.get("gates")),
             rollback=self.rollback(top.get("rollback")),
             file=self.doc.file,
+            online=self.online(top.get("online")),
         )
 
     def queries(self, value: Any) -> tuple[Query, Query]:
@@ -329,6 +345,26 @@ class _Validator:
             max_lock_wait_regression_ms=float(lw) if lw is not None
             else d.max_lock_wait_regression_ms,
         )
+
+    def online(self, value: Any) -> Online:
+        if value is None:
+            return Online()
+        o = self.mapping(value, "online", ("max_per_second", "max_per_tenant_per_second",
+                                           "verify_new", "statement_timeout_ms",
+                                           "lock_timeout_ms"))
+        verify = o.get("verify_new", False)
+        if not isinstance(verify, bool):
+            raise self.fail("online.verify_new", f"must be true or false, got {_kind(verify)}")
+
+        def rate(key: str) -> float | None:
+            return float(self.number(o[key], f"online.{key}", 0, 1e9)) if key in o else None
+
+        def millis(key: str) -> int | None:
+            return int(self.number(o[key], f"online.{key}", 1, 86_400_000, integer=True)) \
+                if key in o else None
+
+        return Online(rate("max_per_second"), rate("max_per_tenant_per_second"), verify,
+                      millis("statement_timeout_ms"), millis("lock_timeout_ms"))
 
     def rollback(self, value: Any) -> Rollback:
         if value is None:

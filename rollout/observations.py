@@ -46,6 +46,7 @@ class Observation:
     diff: list[dict[str, Any]] | None
     run_id: uuid.UUID | None = None
     batch_id: uuid.UUID | None = None
+    source: str = "offline"
 
     @property
     def legacy_failed(self) -> bool:

@@ -90,22 +90,34 @@ class Store:
             " WHERE run_id = %s", [samples, status, run_id])
 
     # -- observations ---------------------------------------------------------------------
-    def write_observations(self, rows: Iterable[Observation]) -> int:
-        """Write observations with COPY in one transaction; return how many."""
+    def write_observations(self, rows: Iterable[Observation],
+                           batch_id: uuid.UUID | None = None) -> int:
+        """Write observations with COPY in one transaction; return how many.
+
+        With ``batch_id`` every row carries it, so a retried batch can be recognised.
+        """
         cols = ", ".join(COLUMNS)
         jsonb = {COLUMNS.index("params"), COLUMNS.index("diff")}
+        batch_col = COLUMNS.index("batch_id")
         n = 0
         with self.conn.transaction(), self.conn.cursor() as cur, cur.copy(
             f"COPY rollout.observations ({cols}) FROM STDIN"
         ) as copy:
             for obs in rows:
                 values = [getattr(obs, c) for c in COLUMNS]
+                if batch_id is not None:
+                    values[batch_col] = batch_id
                 for i in jsonb:
                     if values[i] is not None:
                         values[i] = Jsonb(values[i])
                 copy.write_row(values)
                 n += 1
         return n
+
+    def has_batch(self, batch_id: uuid.UUID) -> bool:
+        row = self.conn.execute("SELECT 1 FROM rollout.observations WHERE batch_id = %s LIMIT 1",
+                                [batch_id]).fetchone()
+        return row is not None
 
     def observations(self, flag: str, stage: str, sql_hash: str) -> list[Observation]:
         """Every observation of a flag's stage for the current SQL, offline and online."""

@@ -1,0 +1,137 @@
+"""Batch observations from running services into ``rollout.observations`` with COPY.
+
+``record()`` is the only call on a request's path: an append to a bounded buffer. A daemon
+thread drains the buffer in batches; each batch gets a batch id, so a batch whose commit
+acknowledgement was lost is recognised on retry and lands exactly once. While the store is
+down the buffer fills up to its bound, then new observations are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from .observations import Observation
+from .store import Store
+
+
+@dataclass
+class RecorderStats:
+    recorded: int = 0
+    written: int = 0
+    batches: int = 0
+    retries: int = 0
+    duplicates_skipped: int = 0
+    dropped: int = 0
+    store_errors: int = 0
+
+
+class Recorder:
+    """Bounded, batching, idempotent writer of observations (one thread, one connection)."""
+
+    def __init__(self, store_dsn: str, *, batch_size: int = 2000, flush_interval: float = 0.2,
+                 max_buffer: int = 100_000, retry_delay: float = 0.5) -> None:
+        self._dsn = store_dsn
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self._max_buffer = max_buffer
+        self._retry_delay = retry_delay
+        self._buffer: deque[Observation] = deque()
+        self._pending: tuple[uuid.UUID, list[Observation]] | None = None
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self.stats = RecorderStats()
+        self._thread = threading.Thread(target=self._run, name="rollout-recorder", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def record(self, obs: Observation) -> None:
+        """Queue one observation; never blocks, never raises."""
+        if len(self._buffer) >= self._max_buffer:
+            self.stats.dropped += 1
+            return
+        self._buffer.append(obs)
+        self.stats.recorded += 1
+        if len(self._buffer) >= self._batch_size:
+            self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write everything recorded so far; True when the buffer is empty in time."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._buffer and self._pending is None and self._idle.is_set():
+                return True
+            self._wake.set()
+            time.sleep(0.005)
+        return not self._buffer and self._pending is None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush, then stop the thread; later observations are dropped and counted."""
+        if self._stop.is_set():
+            return
+        self.flush(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        atexit.unregister(self.close)
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            self._idle.clear()
+            try:
+                self._drain()
+            finally:
+                self._idle.set()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _drain(self) -> None:
+        while self._pending is not None or self._buffer:
+            if self._pending is None:
+                n = min(len(self._buffer), self._batch_size)
+                batch = [self._buffer.popleft() for _ in range(n)]
+                self._pending = (uuid.uuid4(), batch)
+            batch_id, rows = self._pending
+            try:
+                self._write(batch_id, rows)
+            except (psycopg.Error, OSError):
+                self.stats.store_errors += 1
+                self._reset()
+                if self._stop.wait(self._retry_delay):
+                    return
+                self.stats.retries += 1
+                continue
+            self._pending = None
+
+    def _write(self, batch_id: uuid.UUID, rows: list[Observation]) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._dsn, autocommit=True,
+                                         application_name="pg-rollout-recorder")
+            store = Store.open(self._conn)
+            if self.stats.store_errors and store.has_batch(batch_id):
+                # The last attempt committed but its acknowledgement was lost.
+                self.stats.duplicates_skipped += 1
+                return
+        Store(self._conn).write_observations(rows, batch_id=batch_id)
+        self.stats.written += len(rows)
+        self.stats.batches += 1
+
+    def _reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # already broken
+                conn.close()

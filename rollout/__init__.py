@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .aio import AsyncRollout  # noqa: E402
 from .errors import (  # noqa: E402
     ConnectionFailed,
     FlagFileError,
@@ -12,16 +13,19 @@ from .errors import (  # noqa: E402
     StoreError,
 )
 from .flags import Flag  # noqa: E402
+from .runner import Rollout  # noqa: E402
 from .targeting import Context, Decision  # noqa: E402
 from .workspace import Workspace  # noqa: E402
 
 __all__ = [
+    "AsyncRollout",
     "ConnectionFailed",
     "Context",
     "Decision",
     "Flag",
     "FlagFileError",
     "InputError",
+    "Rollout",
     "RolloutError",
     "StoreError",
     "Workspace",

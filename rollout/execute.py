@@ -32,7 +32,8 @@ def apply_limits(conn: psycopg.Connection[Any], limits: Limits) -> None:
             limits.statement_timeout_ms, limits.lock_timeout_ms))
 
 
-def _set_local(limits: Limits) -> pgsql.Composed:
+def set_local(limits: Limits) -> pgsql.Composed:
+    """SET LOCAL statements for one transaction's timeouts."""
     return pgsql.SQL("SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}").format(
         limits.statement_timeout_ms, limits.lock_timeout_ms)
 
@@ -48,10 +49,11 @@ def result_set(pgresult: psycopg.pq.abc.PGresult | None, rows: list[tuple[Any, .
 
 
 def failure(exc: psycopg.Error) -> PathResult:
-    """A failed execution: its SQLSTATE (08000 for a lost connection) and first line."""
+    """A failed execution: its SQLSTATE (08000 for a lost connection; none for a client-side
+    error such as a missing parameter) and its first line."""
     text = str(exc).strip()
-    return PathResult(None, None, exc.sqlstate or "08000",
-                      text.splitlines()[0] if text else type(exc).__name__)
+    state = exc.sqlstate or ("08000" if isinstance(exc, psycopg.OperationalError) else None)
+    return PathResult(None, None, state, text.splitlines()[0] if text else type(exc).__name__)
 
 
 def execute(
@@ -73,7 +75,7 @@ def execute(
     try:
         with conn.transaction(force_rollback=write), conn.cursor() as cur:
             if local_limits is not None:
-                cur.execute(_set_local(local_limits))
+                cur.execute(set_local(local_limits))
             start = time.perf_counter_ns()
             cur.execute(query.encode(), params)
             rows = cur.fetchall() if cur.pgresult is not None and cur.pgresult.nfields else None

@@ -1,0 +1,298 @@
+"""The online runner's logic without I/O, shared by ``Rollout`` and ``AsyncRollout``.
+
+Admission (sampling limits), the shadow job, turning two executions into an observation,
+and the counters behind ``get_stats()``. The sync and async runners only add I/O around it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .compare import ResultSet, compare
+from .execute import Limits
+from .flags import Flag
+from .observations import Observation, PathResult
+from .recorder import Recorder
+from .runtime import FlagStates
+from .targeting import Context, Decision
+
+UNKNOWN_FLAG = "unknown-flag"
+
+
+@dataclass
+class ShadowJob:
+    """Work handed from a request to the shadow workers: run ``path`` and compare."""
+
+    flag: Flag
+    decision: Decision
+    tenant: str | None
+    params: Mapping[str, Any] | None
+    call: Callable[[Any], Any] | None  # run(..., legacy=, new=) callables, else None
+    served: PathResult
+    served_result: Any  # a ResultSet for SQL, the callable's value otherwise
+    background: str  # the path to run in the background: "new" (shadow) or "legacy" (verify)
+
+
+class Admission:
+    """Token buckets per flag and per flag and tenant (``online.max_per_second`` ...).
+
+    Approximate under concurrency by design: a race may admit one extra execution, never
+    block a request.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[tuple[str, str | None], list[float]] = {}
+
+    def admit(self, flag: Flag, tenant: str | None) -> bool:
+        o = flag.online
+        if o.max_per_second is None and o.max_per_tenant_per_second is None:
+            return True
+        now = self._clock()
+        keys: list[tuple[tuple[str, str | None], float]] = []
+        if o.max_per_second is not None:
+            keys.append(((flag.name, None), o.max_per_second))
+        if o.max_per_tenant_per_second is not None:
+            keys.append(((flag.name, tenant or ""), o.max_per_tenant_per_second))
+        buckets = [self._refill(key, rate, now) for key, rate in keys]
+        if any(b[0] < 1.0 for b in buckets):
+            return False
+        for b in buckets:
+            b[0] -= 1.0
+        return True
+
+    def _refill(self, key: tuple[str, str | None], rate: float, now: float) -> list[float]:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = [max(rate, 1.0), now]
+        bucket[0] = min(max(rate, 1.0), bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        return bucket
+
+
+@dataclass
+class Counters:
+    """Plain counters, read with ``get_stats()`` (psycopg_pool's model)."""
+
+    decisions: Counter[str] = field(default_factory=Counter)
+    shadowed: int = 0
+    verified: int = 0
+    dropped_queue_full: int = 0
+    dropped_rate_limited: int = 0
+    background_failures: Counter[str] = field(default_factory=Counter)
+    serving_failures: Counter[str] = field(default_factory=Counter)
+    compare_errors: int = 0
+    internal_errors: int = 0
+    left_open: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "decisions": dict(self.decisions), "shadowed": self.shadowed,
+                "verified": self.verified, "dropped_queue_full": self.dropped_queue_full,
+                "dropped_rate_limited": self.dropped_rate_limited,
+                "background_failures": dict(self.background_failures),
+                "serving_failures": dict(self.serving_failures),
+                "compare_errors": self.compare_errors, "internal_errors": self.internal_errors,
+                "left_open": self.left_open,
+            }
+
+
+def background_limits(flag: Flag, default: Limits) -> Limits | None:
+    """Per-flag timeouts for background executions, or None to keep the session's."""
+    o = flag.online
+    if o.statement_timeout_ms is None and o.lock_timeout_ms is None:
+        return None
+    return Limits(o.statement_timeout_ms or default.statement_timeout_ms,
+                  o.lock_timeout_ms or default.lock_timeout_ms)
+
+
+def observe(job: ShadowJob, background: PathResult, background_result: Any,
+            counters: Counters) -> Observation:
+    """One online observation from the served and the background execution."""
+    legacy, new = ((job.served, background) if job.background == "new"
+                   else (background, job.served))
+    legacy_result, new_result = ((job.served_result, background_result)
+                                 if job.background == "new"
+                                 else (background_result, job.served_result))
+    matched: bool | None = None
+    diff = None
+    # Online writes are not compared: the background path runs after the served path
+    # committed, against a different state (docs/online.md).
+    if job.flag.kind == "read" and not legacy.failed and not new.failed:
+        try:
+            matched, diff = _compare(job.flag, legacy_result, new_result)
+        except Exception:
+            with counters.lock:
+                counters.compare_errors += 1
+    return Observation(
+        observed_at=datetime.now(UTC), flag=job.flag.name, stage=job.decision.stage or "",
+        sql_hash=job.flag.sql_hash, tenant=job.tenant, decision=job.decision.path,
+        first_path="legacy" if job.background == "new" else "new",
+        params=_params(job.params), legacy_ns=legacy.ns, new_ns=new.ns,
+        legacy_rows=legacy.row_count, new_rows=new.row_count,
+        legacy_sqlstate=legacy.sqlstate, new_sqlstate=new.sqlstate,
+        legacy_error=legacy.error, new_error=new.error, matched=matched, diff=diff,
+        source="online",
+    )
+
+
+def served_failure_observation(flag: Flag, decision: Decision, tenant: str | None,
+                               params: Mapping[str, Any] | None,
+                               failed: PathResult) -> Observation:
+    """The served path failed: the error still becomes an observation (nothing to compare)."""
+    legacy = failed if decision.path != "new" else PathResult(None, None)
+    new = failed if decision.path == "new" else PathResult(None, None)
+    return Observation(
+        observed_at=datetime.now(UTC), flag=flag.name, stage=decision.stage or "",
+        sql_hash=flag.sql_hash, tenant=tenant, decision=decision.path, first_path=None,
+        params=_params(params), legacy_ns=legacy.ns, new_ns=new.ns,
+        legacy_rows=legacy.row_count, new_rows=new.row_count, legacy_sqlstate=legacy.sqlstate,
+        new_sqlstate=new.sqlstate, legacy_error=legacy.error, new_error=new.error,
+        matched=None, diff=None, source="online",
+    )
+
+
+def decide(flags: Mapping[str, Flag], states: FlagStates, name: str, ctx: Context
+           ) -> Decision:
+    """Under the live state; an unknown flag gets legacy. Never raises."""
+    flag = flags.get(name)
+    if flag is None:
+        return Decision("legacy", UNKNOWN_FLAG, None)
+    return states.decide(flag, ctx)
+
+
+def _compare(flag: Flag, legacy: Any, new: Any) -> tuple[bool, list[dict[str, Any]] | None]:
+    if isinstance(legacy, ResultSet) and isinstance(new, ResultSet):
+        cmp = compare(legacy, new, flag.compare)
+        return cmp.matched, (None if cmp.matched else cmp.diffs)
+    rows_l, rows_n = _as_rows(legacy), _as_rows(new)
+    if rows_l is not None and rows_n is not None:
+        width = max((len(r) for r in rows_l + rows_n), default=0)
+        cols = tuple(f"c{i}" for i in range(width))
+        untyped = (0,) * width  # callables return plain rows: no type OIDs to compare
+        cmp = compare(ResultSet(cols, untyped, rows_l, len(rows_l)),
+                      ResultSet(cols, untyped, rows_n, len(rows_n)), flag.compare)
+        return cmp.matched, (None if cmp.matched else cmp.diffs)
+    if legacy == new:
+        return True, None
+    return False, [{"kind": "value", "legacy": repr(legacy)[:200], "new": repr(new)[:200]}]
+
+
+def _as_rows(value: Any) -> list[tuple[Any, ...]] | None:
+    if isinstance(value, list) and all(isinstance(r, tuple) for r in value):
+        return value
+    return None
+
+
+def _params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if params is None:
+        return None
+    return {k: v if v is None or isinstance(v, bool | int | float | str) else str(v)
+            for k, v in params.items() if k != "tenant"}
+
+
+class RunnerCore:
+    """Everything ``Rollout`` and ``AsyncRollout`` share that needs no I/O of theirs."""
+
+    flags: dict[str, Flag]
+    states: FlagStates
+    recorder: Recorder
+    counters: Counters
+    admission: Admission
+
+    def _init_core(self, flags: Mapping[str, Flag], states: FlagStates,
+                   recorder: Recorder) -> None:
+        self.flags = dict(flags)
+        self.states = states
+        self.recorder = recorder
+        self.counters = Counters()
+        self.admission = Admission()
+
+    def decide(self, flag: str, ctx: Context) -> Decision:
+        """The decision under the live runtime state; never raises, never does I/O."""
+        return decide(self.flags, self.states, flag, ctx)
+
+    def _flag(self, name: str) -> Flag:
+        try:
+            return self.flags[name]
+        except KeyError:
+            from .errors import InputError
+
+            raise InputError(f"unknown flag '{name}' (known: "
+                             f"{', '.join(sorted(self.flags)) or 'none'})") from None
+
+    def _job(self, f: Flag, d: Decision, ctx: Context, params: Mapping[str, Any] | None,
+             call: Callable[[Any], Any] | None, served: PathResult, result: Any
+             ) -> ShadowJob | None:
+        """The background job for a served request, or None (legacy, sampling limits)."""
+        with self.counters.lock:
+            self.counters.decisions[d.path] += 1
+        background = "new" if d.path == "shadow" else "legacy"
+        if background == "legacy" and not f.online.verify_new:
+            return None
+        if not self.admission.admit(f, ctx.tenant):
+            with self.counters.lock:
+                self.counters.dropped_rate_limited += 1
+            return None
+        return ShadowJob(f, d, ctx.tenant, params, call, served, result, background)
+
+    def _dropped(self) -> None:
+        with self.counters.lock:
+            self.counters.dropped_queue_full += 1
+
+    def _served_failed(self, f: Flag, d: Decision, ctx: Context,
+                       params: Mapping[str, Any] | None, failed: PathResult) -> None:
+        with self.counters.lock:
+            self.counters.serving_failures[failed.sqlstate or "other"] += 1
+        if d.path != "legacy":
+            self.recorder.record(served_failure_observation(f, d, ctx.tenant, params, failed))
+
+    def _left_open(self, f: Flag, d: Decision, ctx: Context, served_new: bool) -> Exception:
+        from .errors import InputError
+
+        with self.counters.lock:
+            self.counters.left_open += 1
+        self._served_failed(f, d, ctx, None, PathResult(
+            None, None, "25001", "callable returned inside an open transaction"))
+        return InputError(f"{f.name}: the {'new' if served_new else 'legacy'} callable "
+                          "returned inside a transaction; it was rolled back")
+
+    def _finish(self, job: ShadowJob, result: PathResult, value: Any) -> None:
+        with self.counters.lock:
+            if job.background == "new":
+                self.counters.shadowed += 1
+            else:
+                self.counters.verified += 1
+            if result.failed:
+                self.counters.background_failures[result.sqlstate or "other"] += 1
+        self.recorder.record(observe(job, result, value, self.counters))
+
+    def _internal_error(self) -> None:
+        with self.counters.lock:
+            self.counters.internal_errors += 1
+
+    def _stats(self, queued: int, pool: Any, shadow_pool: Any) -> dict[str, Any]:
+        stats = self.counters.snapshot()
+        stats["queue_size"] = queued
+        stats["pool"] = pool.get_stats()
+        stats["shadow_pool"] = shadow_pool.get_stats()
+        stats["recorder"] = vars(self.recorder.stats).copy()
+        return stats
+
+
+def count(value: Any) -> int | None:
+    """Row count of a callable's result when it is a sequence."""
+    return len(value) if isinstance(value, list | tuple) else None
+
+
+def callable_failure(exc: Exception) -> PathResult:
+    """A callable's own bug (not a database error): recorded, never raised."""
+    return PathResult(None, None, "XX000", f"{type(exc).__name__}: {exc}"[:300])

@@ -1,0 +1,218 @@
+"""``AsyncRollout``: the online runner for asyncio services (psycopg ``AsyncConnection``).
+
+The same design as ``Rollout`` and the same logic (``rollout._online``), with an
+``AsyncConnectionPool`` per role and shadow workers as tasks fed by a bounded queue. Flag
+state and recording run in their own threads, so nothing here awaits the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import AsyncConnectionPool
+
+from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
+from .execute import Limits, failure, result_set, set_local
+from .observations import PathResult
+from .recorder import Recorder
+from .runner import SHADOW_LIMITS
+from .runtime import FlagStates
+from .targeting import Context
+from .workspace import Workspace
+
+R = TypeVar("R")
+AConn = psycopg.AsyncConnection[Any]
+
+
+class AsyncRollout(RunnerCore):
+    """Decide, serve, shadow, record: the library entry point for asyncio code.
+
+    Create it with ``await AsyncRollout.connect(...)``: pools open and workers start there.
+    """
+
+    def __init__(self, dsn: str, workspace: str | Path | Workspace = ".", *,
+                 store_dsn: str | None = None, pool_size: int = 10, shadow_pool_size: int = 2,
+                 shadow_workers: int = 2, queue_size: int = 1000,
+                 shadow_limits: Limits | None = None, states: FlagStates | None = None,
+                 recorder: Recorder | None = None) -> None:
+        ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+        store = store_dsn or dsn
+        self._init_core(ws.flags, states or FlagStates(store).start(),
+                        recorder or Recorder(store))
+        self.limits = shadow_limits or SHADOW_LIMITS
+        self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
+            dsn, min_size=1, max_size=pool_size, open=False, name="rollout-requests",
+            kwargs={"application_name": "pg-rollout-requests"})
+        self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
+            dsn, min_size=1, max_size=shadow_pool_size, open=False, name="rollout-shadow",
+            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True},
+            configure=self._configure_shadow, check=AsyncConnectionPool.check_connection)
+        self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
+        self._n_workers = shadow_workers
+        self._workers: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
+                      ) -> AsyncRollout:
+        ro = cls(dsn, workspace, **options)
+        await ro.pool.open()
+        await ro.shadow_pool.open()
+        ro._workers = [asyncio.create_task(ro._work()) for _ in range(ro._n_workers)]
+        return ro
+
+    # -- the caller's path ----------------------------------------------------------------
+    async def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None
+                    ) -> list[tuple[Any, ...]]:
+        """Run the flag file's SQL for the path the decision picks; return its rows."""
+        f = self._flag(flag)
+        d = self.decide(flag, ctx)
+        args = {"tenant": ctx.tenant, **(params or {})}
+        sql = (f.new if d.path == "new" else f.legacy).sql.encode()
+        async with self.pool.connection() as conn:
+            start = time.perf_counter_ns()
+            try:
+                async with conn.transaction():
+                    cur = await conn.execute(sql, args)
+                    res = cur.pgresult
+                    rows = await cur.fetchall() if res is not None and res.nfields else None
+            except psycopg.Error as exc:
+                self._served_failed(f, d, ctx, args, failure(exc))
+                raise
+            elapsed = time.perf_counter_ns() - start
+        out = rows if rows is not None else []
+        if d.path != "legacy":
+            self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
+                                     (res, list(out), cur.rowcount)))
+        return out
+
+    async def run(self, flag: str, ctx: Context, *, legacy: Callable[[AConn], Awaitable[R]],
+                  new: Callable[[AConn], Awaitable[R]]) -> R:
+        """Like ``query`` for code paths: ``await fn(conn) -> result``, compared by value."""
+        f = self._flag(flag)
+        d = self.decide(flag, ctx)
+        fn = new if d.path == "new" else legacy
+        async with self.pool.connection() as conn:
+            start = time.perf_counter_ns()
+            try:
+                value = await fn(conn)
+            except psycopg.Error as exc:
+                self._served_failed(f, d, ctx, None, failure(exc))
+                raise
+            elapsed = time.perf_counter_ns() - start
+            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                await conn.rollback()
+                raise self._left_open(f, d, ctx, fn is new)
+        if d.path != "legacy":
+            other = legacy if d.path == "new" else new
+            self._hand_off(self._job(f, d, ctx, None, other, PathResult(elapsed, count(value)),
+                                     value))
+        return value
+
+    def _hand_off(self, job: ShadowJob | None) -> None:
+        if job is None:
+            return
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self._dropped()
+
+    # -- background -----------------------------------------------------------------------
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                if job is None:
+                    return
+                await self._shadow(job)
+            except Exception:  # never let one job stop a worker
+                self._internal_error()
+            finally:
+                self._queue.task_done()
+
+    async def _shadow(self, job: ShadowJob) -> None:
+        f = job.flag
+        if job.call is None:
+            pgres, rows, rowcount = job.served_result
+            job.served_result = result_set(pgres, rows, rowcount)
+            sql = (f.new if job.background == "new" else f.legacy).sql
+            result, value = await self._execute(f.kind == "write", sql, job.params or {},
+                                                background_limits(f, self.limits))
+        else:
+            result, value = await self._call(f.kind == "read", job.call)
+        self._finish(job, result, value)
+
+    async def _execute(self, write: bool, sql: str, params: Mapping[str, Any],
+                       local: Limits | None) -> tuple[PathResult, Any]:
+        """The async twin of ``rollout.execute.execute``."""
+        try:
+            async with self.shadow_pool.connection() as conn:
+                await conn.set_read_only(not write)
+                async with conn.transaction(force_rollback=write):
+                    if local is not None:
+                        await conn.execute(set_local(local))
+                    start = time.perf_counter_ns()
+                    cur = await conn.execute(sql.encode(), params)
+                    res = cur.pgresult
+                    rows = await cur.fetchall() if res is not None and res.nfields else None
+                    elapsed = time.perf_counter_ns() - start
+        except psycopg.Error as exc:
+            return failure(exc), None
+        rs = result_set(res, rows, cur.rowcount)
+        return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
+
+    async def _call(self, read: bool, fn: Callable[[AConn], Awaitable[Any]]
+                    ) -> tuple[PathResult, Any]:
+        try:
+            async with self.shadow_pool.connection() as conn:
+                await conn.set_read_only(read)
+                start = time.perf_counter_ns()
+                async with conn.transaction(force_rollback=True):
+                    value = await fn(conn)
+                elapsed = time.perf_counter_ns() - start
+        except psycopg.Error as exc:
+            return failure(exc), None
+        except Exception as exc:
+            return callable_failure(exc), None
+        return PathResult(elapsed, count(value)), value
+
+    async def _configure_shadow(self, conn: AConn) -> None:
+        await conn.execute(psycopg.sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}")
+                           .format(self.limits.statement_timeout_ms,
+                                   self.limits.lock_timeout_ms))
+
+    # -- housekeeping ---------------------------------------------------------------------
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this runner, its queue, pools and recorder."""
+        return self._stats(self._queue.qsize(), self.pool, self.shadow_pool)
+
+    async def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued shadow job ran and its observation was written."""
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            return False
+        return await asyncio.to_thread(self.recorder.flush,
+                                       max(0.0, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        """Finish queued shadow work, flush observations, close pools and listeners."""
+        for _ in self._workers:
+            await self._queue.put(None)
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.to_thread(self.recorder.close)
+        await asyncio.to_thread(self.states.close)
+        await self.shadow_pool.close()
+        await self.pool.close()
+
+    async def __aenter__(self) -> AsyncRollout:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

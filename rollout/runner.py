@@ -1,0 +1,204 @@
+"""``Rollout``: the online runner for threaded services (psycopg ``Connection`` pools).
+
+The caller's path is: decide (no I/O), run the served path on the request pool, hand a
+shadow job to a bounded queue (dropped and counted when full), return. Shadow workers run
+the other path on their own pool, under timeouts, read-only or always rolled back, compare,
+and record. Nothing from the background can raise into, block, or starve the caller.
+The logic shared with ``AsyncRollout`` lives in ``rollout._online``; this module is I/O.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool
+
+from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
+from .execute import Limits, execute, failure, result_set
+from .observations import PathResult
+from .recorder import Recorder
+from .runtime import FlagStates
+from .targeting import Context
+from .workspace import Workspace
+
+R = TypeVar("R")
+Conn = psycopg.Connection[Any]
+SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200)
+
+
+class Rollout(RunnerCore):
+    """Decide, serve, shadow, record: the library entry point for sync code."""
+
+    def __init__(self, dsn: str, workspace: str | Path | Workspace = ".", *,
+                 store_dsn: str | None = None, pool: ConnectionPool[Conn] | None = None,
+                 pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
+                 queue_size: int = 1000, shadow_limits: Limits | None = None,
+                 states: FlagStates | None = None, recorder: Recorder | None = None) -> None:
+        ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+        store = store_dsn or dsn
+        self._init_core(ws.flags, states or FlagStates(store).start(),
+                        recorder or Recorder(store))
+        self.limits = shadow_limits or SHADOW_LIMITS
+        self._own_pool = pool is None
+        self.pool: ConnectionPool[Conn] = pool or ConnectionPool(
+            dsn, min_size=1, max_size=pool_size, open=True, name="rollout-requests",
+            kwargs={"application_name": "pg-rollout-requests"})
+        self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
+            dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
+            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True},
+            configure=self._configure_shadow, check=ConnectionPool.check_connection)
+        self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
+        self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
+                                          daemon=True) for i in range(shadow_workers)]
+        for w in self._workers:
+            w.start()
+
+    @classmethod
+    def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
+                ) -> Rollout:
+        return cls(dsn, workspace, **options)
+
+    # -- the caller's path ----------------------------------------------------------------
+    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None
+              ) -> list[tuple[Any, ...]]:
+        """Run the flag file's SQL for the path the decision picks; return its rows."""
+        f = self._flag(flag)
+        d = self.decide(flag, ctx)
+        args = {"tenant": ctx.tenant, **(params or {})}
+        sql = (f.new if d.path == "new" else f.legacy).sql.encode()
+        with self.pool.connection() as conn:
+            start = time.perf_counter_ns()
+            try:
+                with conn.transaction():
+                    cur = conn.execute(sql, args)
+                    res = cur.pgresult
+                    rows = cur.fetchall() if res is not None and res.nfields else None
+            except psycopg.Error as exc:
+                self._served_failed(f, d, ctx, args, failure(exc))
+                raise
+            elapsed = time.perf_counter_ns() - start
+        out = rows if rows is not None else []
+        if d.path != "legacy":
+            self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
+                                     (res, list(out), cur.rowcount)))
+        return out
+
+    def run(self, flag: str, ctx: Context, *, legacy: Callable[[Conn], R],
+            new: Callable[[Conn], R]) -> R:
+        """Like ``query`` for code paths: ``fn(conn) -> result``, compared by value.
+
+        The callable owns its transactions (``with conn.transaction():``); one that returns
+        with a transaction still open is rolled back, counted and recorded as failed.
+        """
+        f = self._flag(flag)
+        d = self.decide(flag, ctx)
+        fn = new if d.path == "new" else legacy
+        with self.pool.connection() as conn:
+            start = time.perf_counter_ns()
+            try:
+                value = fn(conn)
+            except psycopg.Error as exc:
+                self._served_failed(f, d, ctx, None, failure(exc))
+                raise
+            elapsed = time.perf_counter_ns() - start
+            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                conn.rollback()
+                raise self._left_open(f, d, ctx, fn is new)
+        if d.path != "legacy":
+            other = legacy if d.path == "new" else new
+            self._hand_off(self._job(f, d, ctx, None, other, PathResult(elapsed, count(value)),
+                                     value))
+        return value
+
+    def _hand_off(self, job: ShadowJob | None) -> None:
+        if job is None:
+            return
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self._dropped()
+
+    # -- background -----------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                self._shadow(job)
+            except Exception:  # never let one job stop a worker
+                self._internal_error()
+            finally:
+                self._queue.task_done()
+
+    def _shadow(self, job: ShadowJob) -> None:
+        f = job.flag
+        if job.call is None:
+            pgres, rows, rowcount = job.served_result
+            job.served_result = result_set(pgres, rows, rowcount)
+            sql = (f.new if job.background == "new" else f.legacy).sql
+            try:
+                with self.shadow_pool.connection() as conn:
+                    result, value = execute(conn, sql, job.params or {},
+                                            write=f.kind == "write",
+                                            local_limits=background_limits(f, self.limits))
+            except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
+                result, value = failure(exc), None
+        else:
+            result, value = self._call(f.kind == "read", job.call)
+        self._finish(job, result, value)
+
+    def _call(self, read: bool, fn: Callable[[Conn], Any]) -> tuple[PathResult, Any]:
+        try:
+            with self.shadow_pool.connection() as conn:
+                conn.read_only = read
+                start = time.perf_counter_ns()
+                with conn.transaction(force_rollback=True):
+                    value = fn(conn)
+                elapsed = time.perf_counter_ns() - start
+        except psycopg.Error as exc:
+            return failure(exc), None
+        except Exception as exc:
+            return callable_failure(exc), None
+        return PathResult(elapsed, count(value)), value
+
+    def _configure_shadow(self, conn: Conn) -> None:
+        conn.execute(psycopg.sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}")
+                     .format(self.limits.statement_timeout_ms, self.limits.lock_timeout_ms))
+
+    # -- housekeeping ---------------------------------------------------------------------
+    def get_stats(self) -> dict[str, Any]:
+        """Counters of this runner, its queue, pools and recorder."""
+        return self._stats(self._queue.qsize(), self.pool, self.shadow_pool)
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued shadow job ran and its observation was written."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return self.recorder.flush(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Finish queued shadow work, flush observations, close pools and listeners."""
+        for _ in self._workers:
+            self._queue.put(None)
+        for w in self._workers:
+            w.join(timeout=5)
+        self.recorder.close()
+        self.states.close()
+        self.shadow_pool.close()
+        if self._own_pool:
+            self.pool.close()
+
+    def __enter__(self) -> Rollout:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,12 +11,14 @@ from time import perf_counter_ns, process_time_ns
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from rollout.connection import connect
 from rollout.execute import Limits, apply_limits
 from rollout.flags import Flag
+from rollout.locks import LockWaitSampler
 from rollout.observations import Observation
-from rollout.shadow import BATCH, RunSummary, _split, draw_params, run_pair
+from rollout.shadow import BATCH, RunOptions, RunSummary, _split, draw_params, run_pair
 from rollout.store import Store
 
 from .database import BenchDB, say
@@ -108,11 +110,12 @@ class _Baseline:
         self.conn = conn
         self.write = flag.kind == "write"
         self.sql = {"legacy": flag.legacy.sql, "new": flag.new.sql}
-        self.rng = random.Random(seed)  # same seed as the runner: same first path per pair
+        self.index = 0  # the runner's ABBA order: legacy first on even pairs
         conn.read_only = not self.write
 
     def pair(self, _tenant: str | None, params: dict[str, Any]) -> None:
-        first = self.rng.choice(PATHS)
+        first = PATHS[self.index % 2]
+        self.index += 1
         for path in (first, "new" if first == "legacy" else "legacy"):
             with self.conn.transaction(force_rollback=self.write), self.conn.cursor() as cur:
                 cur.execute(self.sql[path], params)
@@ -124,7 +127,8 @@ class _Runner:
     """(b) ``run_shadow``'s loop body over pre-drawn parameters.
 
     ``run_shadow`` draws its own parameters, so its per-pair work is mirrored here: ``run_pair``
-    (both executions, comparison, the Observation), the summary counters,
+    (both executions with lock-wait sampling, comparison, the Observation; held locks listed
+    for the first pairs), the summary counters,
     and ``Store.write_observations`` every ``BATCH`` pairs and for the rest at the end.
     Keep this in step with ``rollout.shadow.run_shadow``.
     """
@@ -134,20 +138,20 @@ class _Runner:
         self.flag, self.conn, self.store, self.run_id = flag, conn, store, run_id
         self.stage = flag.first_stage
         apply_limits(conn, Limits())  # once per session, as run_shadow does
-        self.rng = random.Random(seed)
+        self.index = 0
+        dsn = make_conninfo(conn.info.dsn, password=conn.info.password)
+        self.sampler = LockWaitSampler(dsn, RunOptions().lock_interval).start()
         self.summary = RunSummary(run_id, flag.name, self.stage, list(TENANTS))
         self.batch: list[Observation] = []
         self.copy_ns = 0
 
     def pair(self, tenant: str | None, params: dict[str, Any]) -> None:
-        obs = run_pair(self.flag, self.conn, self.stage, tenant, params, self.rng, self.run_id)
+        obs = run_pair(self.flag, self.conn, self.stage, tenant, params, self.index,
+                       self.run_id, sampler=self.sampler,
+                       capture_locks=self.index < RunOptions().lock_captures)
+        self.index += 1
         self.batch.append(obs)
-        s = self.summary
-        s.samples += 1
-        s.mismatches += obs.matched is False
-        s.legacy_failures += obs.legacy_failed
-        s.new_failures += obs.new_failed
-        s.by_tenant[tenant] = s.by_tenant.get(tenant, 0) + 1
+        self.summary.add(obs)
         if len(self.batch) >= BATCH:
             self.flush()
 
@@ -209,6 +213,7 @@ def _round(flag: Flag, target: psycopg.Connection[Any], store: Store, run_id: uu
     cpu = process_time_ns()
     start = perf_counter_ns()
     runner.flush()
+    runner.sampler.close()
     runner_clock.wall_ns += perf_counter_ns() - start
     runner_clock.cpu_ns += process_time_ns() - cpu
     return base_clock, runner_clock, runner

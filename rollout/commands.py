@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,10 @@ import psycopg
 from .connection import connect, redact, resolve_dsn
 from .dbcheck import check_flag
 from .errors import InputError, Refused
-from .execute import Limits
 from .flags import Flag
 from .report import FORMATS, WrittenReport, write_report
 from .scaffold import init_workspace
-from .shadow import Progress, RunSummary, run_shadow, target_tenants
+from .shadow import Progress, RunOptions, RunSummary, run_shadow, target_tenants
 from .state import Event, FlagState, change, events, read_all, read_state
 from .store import Store
 from .targeting import Context
@@ -82,8 +81,12 @@ def check(session: Session, names: Sequence[str] = (), database: bool = False) -
 
 def shadow(session: Session, flag_name: str, *, stage: str | None = None,
            tenants: Sequence[str] = (), samples: int | None = None, seed: int | None = None,
-           limits: Limits | None = None, progress: Progress | None = None) -> RunSummary:
-    """Offline shadow run of one flag's stage; observations land in the store."""
+           aa: bool = False, options: RunOptions | None = None,
+           progress: Progress | None = None) -> RunSummary:
+    """Offline shadow run of one flag's stage (``aa``: legacy against itself, to calibrate
+    noise); observations land in the store."""
+    opts = options or RunOptions()
+    opts = replace(opts, seed=seed if seed is not None else opts.seed, aa=aa or opts.aa)
     flag = session.load().flag(flag_name)
     with session.target() as conn, session.store() as store:
         stage = stage or current_stage(store, flag)
@@ -93,7 +96,7 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
         chosen: list[str | None] = list(tenants) if tenants else target_tenants(flag, stage, conn)
         return run_shadow(flag, conn, store, stage=stage, tenants=chosen,
                           samples=samples or flag.gates.min_samples, dsn=session.target_dsn,
-                          limits=limits, seed=seed, progress=progress)
+                          options=opts, progress=progress)
 
 
 def report(session: Session, flag_name: str, *, stage: str | None = None,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
 from .compare import ResultSet
+from .locks import LockWaitSampler, held_locks
 from .observations import PathResult
 
 
@@ -63,32 +64,43 @@ def execute(
     *,
     write: bool,
     local_limits: Limits | None = None,
+    sampler: LockWaitSampler | None = None,
+    execution: int = 0,
+    capture_locks: bool = False,
 ) -> tuple[PathResult, ResultSet | None]:
     """Execute ``query`` in its own transaction; never raises a database error.
 
     ``kind: read`` runs in a READ ONLY transaction; ``kind: write`` in a transaction that is
     always rolled back, so nothing persists. Latency covers execute plus fetching every row.
     Timeouts come from the session (``apply_limits``) unless ``local_limits`` overrides them
-    for this one transaction.
+    for this one transaction. With a ``sampler`` the execution's lock waits are attributed to
+    it; with ``capture_locks`` the locks it holds at the end are listed (outside the timing).
     """
     conn.read_only = not write
+    pid = conn.info.backend_pid
+    held = None
     try:
         with conn.transaction(force_rollback=write), conn.cursor() as cur:
             if local_limits is not None:
                 cur.execute(set_local(local_limits))
+            if sampler is not None:
+                sampler.begin(pid, execution)
             start = time.perf_counter_ns()
             cur.execute(query.encode(), params)
             rows = cur.fetchall() if cur.pgresult is not None and cur.pgresult.nfields else None
             elapsed = time.perf_counter_ns() - start
-            desc = cur.description or []
-            result = ResultSet(
-                columns=tuple(d.name for d in desc),
-                type_oids=tuple(d.type_code for d in desc),
-                rows=rows,
-                rowcount=cur.rowcount,
-            )
+            rowcount = cur.rowcount
+            result = result_set(cur.pgresult, rows, rowcount)
+            if capture_locks:
+                held = held_locks(conn)
     except psycopg.Error as exc:
         if exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError):
+            if sampler is not None:
+                sampler.end(pid)
             raise  # a client-side problem (missing parameter...) is the caller's input error
-        return failure(exc), None
-    return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), result
+        waited, waits = sampler.end(pid) if sampler is not None else (None, [])
+        return replace(failure(exc), lock_wait_ns=waited, waits=tuple(waits) or None), None
+    waited, waits = sampler.end(pid) if sampler is not None else (None, [])
+    count = len(rows) if rows is not None else rowcount
+    return PathResult(elapsed, count, lock_wait_ns=waited, locks=held,
+                      waits=tuple(waits) or None), result

@@ -16,6 +16,11 @@ class PathResult:
     row_count: int | None
     sqlstate: str | None = None
     error: str | None = None
+    lock_wait_ns: int | None = None
+    locks: tuple[tuple[str, str], ...] | None = None
+    """(relation, mode) pairs the execution held, when sampled."""
+    waits: tuple[dict[str, Any], ...] | None = None
+    """Lock-wait episodes: lock type, mode, relation, blocking pids."""
 
     @property
     def failed(self) -> bool:
@@ -47,6 +52,11 @@ class Observation:
     run_id: uuid.UUID | None = None
     batch_id: uuid.UUID | None = None
     source: str = "offline"
+    mode: str = "ab"
+    """``ab`` legacy against new; ``aa`` legacy against itself (noise calibration)."""
+    legacy_lock_wait_ns: int | None = None
+    new_lock_wait_ns: int | None = None
+    locks: dict[str, Any] | None = None
 
     @property
     def legacy_failed(self) -> bool:

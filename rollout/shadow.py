@@ -16,7 +16,9 @@ from .connection import redact
 from .errors import InputError
 from .execute import Limits, apply_limits, execute
 from .flags import Flag
+from .locks import LockWaitSampler
 from .observations import Observation, PathResult
+from .plans import PlanSample, explain, generic_check
 from .store import Store
 from .targeting import Context
 
@@ -37,6 +39,13 @@ class RunSummary:
     legacy_failures: int = 0
     new_failures: int = 0
     by_tenant: dict[str | None, int] = field(default_factory=dict)
+
+    def add(self, obs: Observation) -> None:
+        self.samples += 1
+        self.mismatches += obs.matched is False
+        self.legacy_failures += obs.legacy_failed
+        self.new_failures += obs.new_failed
+        self.by_tenant[obs.tenant] = self.by_tenant.get(obs.tenant, 0) + 1
 
 
 def target_tenants(flag: Flag, stage: str, conn: psycopg.Connection[Any]) -> list[str | None]:
@@ -84,6 +93,24 @@ def draw_params(flag: Flag, conn: psycopg.Connection[Any], tenant: str | None, n
     return drawn[:n]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How an offline run measures, beside what it compares."""
+
+    limits: Limits = field(default_factory=Limits)
+    seed: int | None = None
+    aa: bool = False
+    """Noise calibration: run legacy against itself (Diffy's second legacy run)."""
+    lock_interval: float | None = 0.01
+    """Seconds between pg_locks samples; None turns lock-wait sampling off."""
+    lock_captures: int = 5
+    """Pairs per run whose held locks are listed (an extra query each, outside timing)."""
+    plan_samples: int = 10
+    """Parameter sets per path explained with EXPLAIN (ANALYZE, BUFFERS)."""
+    generic_tenants: int = 3
+    """Largest tenants (plus the smallest) checked under custom and generic plans."""
+
+
 def run_shadow(
     flag: Flag,
     target: psycopg.Connection[Any],
@@ -93,17 +120,21 @@ def run_shadow(
     tenants: Sequence[str | None],
     samples: int,
     dsn: str,
-    limits: Limits | None = None,
-    seed: int | None = None,
+    options: RunOptions | None = None,
     progress: Progress | None = None,
 ) -> RunSummary:
-    """Run ``samples`` paired executions spread over ``tenants`` and record every observation."""
+    """Run ``samples`` paired executions spread over ``tenants`` and record every observation.
+
+    Pairs run in counterbalanced order (legacy first, then new first, alternating: ABBA),
+    after one discarded warm-up per path. Then a sample of both paths is explained and the
+    generic-plan check runs. Everything lands in the store under one run id.
+    """
     if flag.stage(stage) is None:
         raise _unknown_stage(flag, stage)
     if samples < 1:
         raise InputError("--samples must be at least 1")
-    limits = limits or Limits()
-    rng = random.Random(seed)
+    opts = options or RunOptions()
+    rng = random.Random(opts.seed)
     per_tenant = _split(samples, len(tenants))
     plan: list[tuple[str | None, dict[str, Any]]] = []
     for tenant, n in zip(tenants, per_tenant, strict=True):
@@ -115,42 +146,52 @@ def run_shadow(
     server_version = str(target.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
     run_id = store.start_run(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
                              tenants=list(tenants), requested=samples, target=redact(dsn),
-                             server_version=f"PostgreSQL {server_version}")
+                             server_version=f"PostgreSQL {server_version}",
+                             mode="aa" if opts.aa else "ab")
     summary = RunSummary(run_id, flag.name, stage, list(tenants))
+    sampler = LockWaitSampler(dsn, opts.lock_interval).start() if opts.lock_interval else None
     try:
-        apply_limits(target, limits)
+        apply_limits(target, opts.limits)
         _warm_up(flag, target, plan[0][1])
+        before = database_stats(target)
         batch: list[Observation] = []
-        for done, (tenant, params) in enumerate(plan, 1):
-            obs = run_pair(flag, target, stage, tenant, params, rng, run_id)
+        for i, (tenant, params) in enumerate(plan):
+            obs = run_pair(flag, target, stage, tenant, params, i, run_id, aa=opts.aa,
+                           sampler=sampler, capture_locks=i < opts.lock_captures)
             batch.append(obs)
-            summary.samples += 1
-            summary.mismatches += obs.matched is False
-            summary.legacy_failures += obs.legacy_failed
-            summary.new_failures += obs.new_failed
-            summary.by_tenant[tenant] = summary.by_tenant.get(tenant, 0) + 1
+            summary.add(obs)
             if len(batch) >= BATCH:
                 store.write_observations(batch)
                 batch.clear()
             if progress is not None:
-                progress(done, len(plan))
+                progress(i + 1, len(plan))
         store.write_observations(batch)
+        db_stats = database_delta(before, database_stats(target))
+        if not opts.aa:
+            _plans(flag, target, store, run_id, plan, opts)
     except BaseException:
         store.finish_run(run_id, summary.samples, status="failed")
         raise
-    store.finish_run(run_id, summary.samples)
+    finally:
+        if sampler is not None:
+            sampler.close()
+    store.finish_run(run_id, summary.samples, db_stats=db_stats)
     return summary
 
 
 def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | None,
-             params: dict[str, Any], rng: random.Random, run_id: uuid.UUID) -> Observation:
-    """Both paths once, in random order, compared: one observation."""
+             params: dict[str, Any], index: int, run_id: uuid.UUID, *, aa: bool = False,
+             sampler: LockWaitSampler | None = None, capture_locks: bool = False
+             ) -> Observation:
+    """Both paths once (legacy twice with ``aa``), ordered ABBA by ``index``, compared."""
     write = flag.kind == "write"
-    first = rng.choice(("legacy", "new"))
+    first = "legacy" if index % 2 == 0 else "new"
     results = {}
     for path in (first, "new" if first == "legacy" else "legacy"):
-        query = flag.legacy.sql if path == "legacy" else flag.new.sql
-        results[path] = _run(flag, conn, query, params, write, path)
+        query = flag.legacy.sql if path == "legacy" or aa else flag.new.sql
+        results[path] = _run(flag, conn, query, params, write, path, sampler=sampler,
+                             execution=2 * index + (path == "new"),
+                             capture_locks=capture_locks)
     (legacy, legacy_set), (new, new_set) = results["legacy"], results["new"]
     matched: bool | None = None
     diff = None
@@ -158,6 +199,9 @@ def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str 
         cmp = compare(legacy_set, new_set, flag.compare)
         matched = cmp.matched
         diff = None if matched else cmp.diffs
+    locks = {path: {"held": [list(x) for x in r.locks or ()],
+                    "waits": list(r.waits or ())}
+             for path, r in (("legacy", legacy), ("new", new)) if r.locks or r.waits}
     return Observation(
         observed_at=datetime.now(UTC), flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
         tenant=tenant, decision="shadow", first_path=first,
@@ -165,14 +209,72 @@ def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str 
         legacy_ns=legacy.ns, new_ns=new.ns, legacy_rows=legacy.row_count,
         new_rows=new.row_count, legacy_sqlstate=legacy.sqlstate, new_sqlstate=new.sqlstate,
         legacy_error=legacy.error, new_error=new.error, matched=matched, diff=diff,
-        run_id=run_id,
+        run_id=run_id, mode="aa" if aa else "ab", legacy_lock_wait_ns=legacy.lock_wait_ns,
+        new_lock_wait_ns=new.lock_wait_ns, locks=locks or None,
     )
 
 
+def database_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Counters of pg_stat_database for the current database (this session's own pending
+    counters flushed first)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    with conn.transaction():
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT xact_commit, xact_rollback, deadlocks, conflicts, temp_files, blks_read,"
+            " blks_hit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    names = ("xact_commit", "xact_rollback", "deadlocks", "conflicts", "temp_files",
+             "blks_read", "blks_hit")
+    return dict(zip(names, (int(v or 0) for v in row or ()), strict=False))
+
+
+def database_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    """Deltas over a run: every session's counters, this run's among them."""
+    return {"before": before, "after": after,
+            "delta": {k: after.get(k, 0) - v for k, v in before.items()}}
+
+
+def _plans(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid.UUID,
+           plan: list[tuple[str | None, dict[str, Any]]], opts: RunOptions) -> None:
+    write = flag.kind == "write"
+    samples = []
+    for tenant, params in plan[: opts.plan_samples]:
+        for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
+            sample = explain(conn, query, params, write=write, path=path, tenant=tenant)
+            if sample is not None:
+                samples.append(sample)
+    store.write_plans(run_id, samples)
+    checks = []
+    for tenant, params in _generic_targets(plan, samples, opts.generic_tenants):
+        for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
+            check = generic_check(conn, query, params, write=write, path=path, tenant=tenant)
+            if check is not None:
+                checks.append(check)
+    store.write_generic_checks(run_id, checks)
+
+
+def _generic_targets(plan: list[tuple[str | None, dict[str, Any]]], samples: list[PlanSample],
+                     largest: int) -> list[tuple[str | None, dict[str, Any]]]:
+    """One parameter set for each of the largest tenants and the smallest, by the buffers
+    the legacy path touched for them (the noise-free size figure at hand)."""
+    size: dict[str | None, int] = {}
+    for s in samples:
+        if s.path == "legacy":
+            size[s.tenant] = max(size.get(s.tenant, 0), s.buffers)
+    first: dict[str | None, dict[str, Any]] = {}
+    for tenant, params in plan:
+        first.setdefault(tenant, params)
+    ranked = sorted(first, key=lambda t: size.get(t, 0), reverse=True)
+    chosen = ranked[:largest] + ([ranked[-1]] if len(ranked) > largest else [])
+    return [(t, first[t]) for t in chosen]
+
+
 def _run(flag: Flag, conn: psycopg.Connection[Any], query: str, params: dict[str, Any],
-         write: bool, path: str) -> tuple[PathResult, Any]:
+         write: bool, path: str, *, sampler: LockWaitSampler | None = None, execution: int = 0,
+         capture_locks: bool = False) -> tuple[PathResult, Any]:
     try:
-        return execute(conn, query, params, write=write)
+        return execute(conn, query, params, write=write, sampler=sampler, execution=execution,
+                       capture_locks=capture_locks)
     except psycopg.Error as exc:
         raise InputError(f"{flag.file}: queries.{path}: {_first_line(exc)}") from None
 

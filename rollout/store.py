@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from . import __version__
 from .errors import StoreError
 from .observations import COLUMNS, Observation
+from .plans import GenericCheck, PlanSample
 
 MIGRATION_LOCK = 0x726F6C6C  # advisory lock key: concurrent first runs migrate once
 
@@ -73,21 +74,59 @@ class Store:
 
     # -- runs -----------------------------------------------------------------------------
     def start_run(self, *, flag: str, stage: str, sql_hash: str, tenants: Sequence[str | None],
-                  requested: int | None, target: str, server_version: str) -> uuid.UUID:
+                  requested: int | None, target: str, server_version: str,
+                  mode: str = "ab") -> uuid.UUID:
         run_id = uuid.uuid4()
         self.conn.execute(
             "INSERT INTO rollout.runs (run_id, flag, stage, source, sql_hash, tenants,"
-            " requested_samples, target, server_version, toolkit_version)"
-            " VALUES (%s, %s, %s, 'offline', %s, %s, %s, %s, %s, %s)",
+            " requested_samples, target, server_version, toolkit_version, mode)"
+            " VALUES (%s, %s, %s, 'offline', %s, %s, %s, %s, %s, %s, %s)",
             [run_id, flag, stage, sql_hash, [t or "" for t in tenants], requested, target,
-             server_version, __version__],
+             server_version, __version__, mode],
         )
         return run_id
 
-    def finish_run(self, run_id: uuid.UUID, samples: int, status: str = "finished") -> None:
+    def finish_run(self, run_id: uuid.UUID, samples: int, status: str = "finished",
+                   db_stats: dict[str, Any] | None = None) -> None:
         self.conn.execute(
-            "UPDATE rollout.runs SET samples = %s, status = %s, finished_at = now()"
-            " WHERE run_id = %s", [samples, status, run_id])
+            "UPDATE rollout.runs SET samples = %s, status = %s, finished_at = now(),"
+            " db_stats = %s WHERE run_id = %s",
+            [samples, status, Jsonb(db_stats) if db_stats else None, run_id])
+
+    def write_plans(self, run_id: uuid.UUID, plans: Sequence[PlanSample]) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO rollout.plans (run_id, path, tenant, params, shape, plan, buffers,"
+                " plan_rows, actual_rows, exec_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s)", [(run_id, p.path, p.tenant, Jsonb(p.params), p.shape, Jsonb(p.plan),
+                          p.buffers, p.plan_rows, p.actual_rows, p.exec_ms) for p in plans])
+
+    def write_generic_checks(self, run_id: uuid.UUID, checks: Sequence[GenericCheck]) -> None:
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO rollout.generic_checks (run_id, path, tenant, custom_ms,"
+                " generic_ms, custom_buffers, generic_buffers)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(run_id, c.path, c.tenant, c.custom_ms, c.generic_ms, c.custom_buffers,
+                  c.generic_buffers) for c in checks])
+
+    def plans(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT p.path, p.tenant, p.params, p.shape, p.buffers, p.plan_rows,"
+                " p.actual_rows, p.exec_ms FROM rollout.plans p JOIN rollout.runs r USING"
+                " (run_id) WHERE r.flag = %s AND r.stage = %s AND r.sql_hash = %s"
+                " ORDER BY p.id", [flag, stage, sql_hash])
+            return cur.fetchall()
+
+    def generic_checks(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT g.path, g.tenant, g.custom_ms, g.generic_ms, g.custom_buffers,"
+                " g.generic_buffers FROM rollout.generic_checks g JOIN rollout.runs r USING"
+                " (run_id) WHERE r.flag = %s AND r.stage = %s AND r.sql_hash = %s"
+                " ORDER BY g.id", [flag, stage, sql_hash])
+            return cur.fetchall()
 
     # -- observations ---------------------------------------------------------------------
     def write_observations(self, rows: Iterable[Observation],
@@ -97,7 +136,7 @@ class Store:
         With ``batch_id`` every row carries it, so a retried batch can be recognised.
         """
         cols = ", ".join(COLUMNS)
-        jsonb = {COLUMNS.index("params"), COLUMNS.index("diff")}
+        jsonb = {COLUMNS.index("params"), COLUMNS.index("diff"), COLUMNS.index("locks")}
         batch_col = COLUMNS.index("batch_id")
         n = 0
         with self.conn.transaction(), self.conn.cursor() as cur, cur.copy(
@@ -119,22 +158,25 @@ class Store:
                                 [batch_id]).fetchone()
         return row is not None
 
-    def observations(self, flag: str, stage: str, sql_hash: str) -> list[Observation]:
-        """Every observation of a flag's stage for the current SQL, offline and online."""
+    def observations(self, flag: str, stage: str, sql_hash: str, mode: str = "ab"
+                     ) -> list[Observation]:
+        """Every observation of a flag's stage for the current SQL, offline and online;
+        ``mode='aa'`` gives the noise calibration runs instead."""
         cols = ", ".join(COLUMNS)
         with self.conn.cursor() as cur:
             cur.execute(
-                f"SELECT {cols} FROM rollout.observations"
-                " WHERE flag = %s AND stage = %s AND sql_hash = %s ORDER BY observed_at, id",
-                [flag, stage, sql_hash])
+                f"SELECT {cols} FROM rollout.observations WHERE flag = %s AND stage = %s"
+                " AND sql_hash = %s AND mode = %s ORDER BY observed_at, id",
+                [flag, stage, sql_hash, mode])
             return [Observation(*row) for row in cur]
 
     def runs(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 "SELECT run_id, tenants, samples, status, target, server_version, started_at,"
-                " finished_at FROM rollout.runs WHERE flag = %s AND stage = %s AND sql_hash = %s"
-                " ORDER BY started_at", [flag, stage, sql_hash])
+                " finished_at, mode, db_stats FROM rollout.runs"
+                " WHERE flag = %s AND stage = %s AND sql_hash = %s ORDER BY started_at",
+                [flag, stage, sql_hash])
             return cur.fetchall()
 
     # -- reports --------------------------------------------------------------------------

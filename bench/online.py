@@ -1,0 +1,402 @@
+"""online_overhead: what ``Rollout.query()`` in shadow mode costs the caller over plain psycopg."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from typing import Any
+
+from rollout import Context, Rollout
+from rollout.commands import Session, flag_resume, flag_set
+from rollout.connection import connect
+from rollout.flags import Flag
+from rollout.recorder import Recorder, RecorderStats
+from rollout.shadow import _split, draw_params
+from rollout.state import read_state
+
+from .database import BenchDB, say
+
+NAME = "online_overhead"
+FLAG = "orders-recent"
+STAGE = "shadow-pilot"
+"""Shadows tenants acme and megacorp: the caller is served legacy, new runs in the background."""
+TENANTS: tuple[str, ...] = ("acme", "megacorp")
+SAMPLES = 500
+"""Parameter sets, split over ``TENANTS``; every round calls each side once per set."""
+ROUNDS = 8
+"""Timed rounds per variant."""
+WARM_UP = 60
+"""Parameter sets every side runs untimed first: statements prepared, caches warm."""
+SEED = 20260101
+QUEUE_SIZE = 100_000
+SETTLE_S = 0.0002
+"""Quiesced variant: pause after a shadow job is recorded, for its worker to go back to sleep."""
+
+TARGET_ADDED_MEDIAN_US = 30.0
+TARGET_ADDED_P99_US = 200.0
+TARGET_RATIO = 1.15
+ISSUE_LABORATORY_RATIO = 1.62
+"""The issue's figure for laboratory against direct, on a 0.28 ms query."""
+
+SIDES = ("direct", "laboratory", "ours")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How calls are issued: ``block`` calls per side in a row, ``period_us`` start to start
+    (0: back to back), and whether the recorder writes while measuring."""
+
+    name: str
+    block: int
+    period_us: int
+    recorder_writes: bool
+    meaning: str
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("back-to-back", 25, 0, True,
+            "blocks of 25 calls per side, each call starting as the last returns; in ours' "
+            "blocks the shadow workers run the new query on the shadow pool beside the "
+            "caller's next calls and the recorder writes every 0.2 s: a caller thread at "
+            "100 % duty, the worst case (GIL and server CPU contention included, 2-core VM)"),
+    Variant("paced", 25, 1000, True,
+            "the same blocks, one call started every 1 ms (about 1,000 calls/s from one "
+            "thread, 20-45 % duty): the shadow job of one call mostly runs in the gap "
+            "before the next, as in a service that is not saturated"),
+    Variant("quiesced", 1, 0, False,
+            "call by call; after each call of ours the benchmark waits, untimed, until its "
+            "shadow job is recorded, and the recorder only buffers (written after the "
+            "variant): the caller path's own cost, no background contention at all"),
+)
+
+Plan = list[tuple[str, dict[str, Any]]]
+Side = Callable[[str, dict[str, Any]], object]
+
+
+def run(db: BenchDB) -> dict[str, Any]:
+    """Both variants, each with its own ``Rollout`` on the same database."""
+    session = Session(db.workspace.root, dsn=db.dsn, say=lambda m: None)
+    flag_set(session, FLAG, STAGE, actor="bench", reason="online overhead benchmark")
+    with session.store() as store:
+        if read_state(store.conn, FLAG).killed:
+            flag_resume(session, FLAG, actor="bench", reason="online overhead benchmark")
+    flag = db.workspace.flag(FLAG)
+    plan = _draw_plan(flag, db.dsn)
+    experiment = _laboratory()
+    variants = {}
+    for v in VARIANTS:
+        say(f"{NAME}: {v.name}, {len(plan)} calls per side x {ROUNDS} rounds")
+        variants[v.name] = {"meaning": v.meaning, "block": v.block, "period_us": v.period_us,
+                            **_variant(db, flag, plan, experiment, v)}
+    return {
+        "name": NAME,
+        "description": f"per call, Rollout.query() on {FLAG} in stage {STAGE} (legacy served, "
+                       "new shadowed) against running the legacy query directly with psycopg "
+                       "on the same pool, and laboratory's Experiment running both in the "
+                       "caller's thread",
+        "unit": "us",
+        "method": "rounds over the same parameter sets; within a round the three sides take "
+                  "turns block by block (see variants), their order cycling through all six "
+                  "permutations; after a block of ours, its shadow jobs are waited for, "
+                  "untimed, so no other side runs beside them; per round "
+                  "each side's median and p99 (linear interpolation) over its calls; added "
+                  "time and ratios are taken within each round, every figure is the median "
+                  "over rounds (pooled: over every timed call of all rounds)",
+        "flag": FLAG,
+        "stage": STAGE,
+        "tenants": list(TENANTS),
+        "samples": len(plan),
+        "rounds": ROUNDS,
+        "warm_up": WARM_UP,
+        "queue_size": QUEUE_SIZE,
+        "variants": variants,
+        "laboratory": experiment.describe(),  # its match counts are per variant
+        "targets": {
+            "added_median_us_max": TARGET_ADDED_MEDIAN_US,
+            "added_p99_us_max": TARGET_ADDED_P99_US,
+            "ratio_max": TARGET_RATIO,
+            **{name: _judge(v) for name, v in variants.items()},
+        },
+        "issue_laboratory_ratio": ISSUE_LABORATORY_RATIO,
+    }
+
+
+def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per side and variant, then whether each target is met."""
+    header = ["variant / side", "median us", "p99 us", "added median us", "added p99 us",
+              "ratio of medians"]
+    rows = []
+    for name, v in result["variants"].items():
+        for side in SIDES:
+            s = v["sides"].get(side)
+            if s is None:
+                rows.append([f"{name} / {side}", "n/a", "n/a", "", "", "unavailable"])
+                continue
+            added = side != "direct"
+            rows.append([
+                f"{name} / {side}", f"{s['median_us']:.1f}", f"{s['p99_us']:.1f}",
+                f"{s['added_median_us']:+.1f}" if added else "",
+                f"{s['added_p99_us']:+.1f}" if added else "",
+                f"{s['ratio']:.3f}" if added else "",
+            ])
+        st = v["stats"]
+        rows.append([f"{name} / background", f"dropped {st['dropped_queue_full']}",
+                     f"recorded {v['observations_recorded']}",
+                     f"mismatches {v['mismatches']}",
+                     f"bg failures {sum(st['background_failures'].values())}",
+                     f"internal errors {st['internal_errors']}"])
+    t = result["targets"]
+    for name in result["variants"]:
+        j = t[name]
+        rows.append([
+            f"{name} / targets",
+            "", "",
+            f"≤ {t['added_median_us_max']:.0f}: {_yes(j['added_median_met'])}",
+            f"≤ {t['added_p99_us_max']:.0f}: {_yes(j['added_p99_met'])}",
+            f"≤ {t['ratio_max']:.2f}: {_yes(j['ratio_met'])}",
+        ])
+    return header, rows
+
+
+def _yes(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def _judge(v: dict[str, Any]) -> dict[str, Any]:
+    ours = v["sides"]["ours"]
+    return {
+        "added_median_met": ours["added_median_us"] <= TARGET_ADDED_MEDIAN_US,
+        "added_p99_met": ours["added_p99_us"] <= TARGET_ADDED_P99_US,
+        "ratio_met": ours["ratio"] <= TARGET_RATIO,
+        "no_drops": v["stats"]["dropped_queue_full"] == 0,
+    }
+
+
+# -- the sides ----------------------------------------------------------------------------------
+@dataclass
+class _Laboratory:
+    """laboratory's Experiment, imported lazily: the benchmark still runs without it."""
+
+    cls: type | None = None
+    version: str | None = None
+    reason: str | None = None
+    matched: int = 0
+    mismatched: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        if self.cls is None:
+            return {"available": False, "reason": self.reason}
+        return {"available": True, "version": self.version,
+                "use": "a new Experiment per call: control = legacy, candidate = new, each "
+                       "in its own transaction on the request pool, in the caller's thread, "
+                       "order shuffled by conduct(); publish() only counts matches"}
+
+
+def _laboratory() -> _Laboratory:
+    try:
+        from importlib.metadata import version
+
+        from laboratory import Experiment
+    except ImportError as exc:
+        return _Laboratory(reason=f"laboratory is not installed ({exc}); "
+                                  "pip install -e '.[bench]'")
+    lab = _Laboratory(version=version("laboratory"))
+
+    class Quiet(Experiment):  # type: ignore[misc]
+        def publish(self, result: Any) -> None:  # a no-op, counted after the run
+            if result.match:
+                lab.matched += 1
+            else:
+                lab.mismatched += 1
+
+    lab.cls = Quiet
+    return lab
+
+
+def _sides(ro: Rollout, flag: Flag, lab: _Laboratory) -> dict[str, Side]:
+    pool, legacy, new = ro.pool, flag.legacy.sql, flag.new.sql
+
+    def fetch(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with pool.connection() as conn, conn.transaction():
+            return conn.execute(sql, params).fetchall()
+
+    def direct(_tenant: str, params: dict[str, Any]) -> object:
+        with pool.connection() as conn, conn.transaction():
+            return conn.execute(legacy, params).fetchall()
+
+    def ours(tenant: str, params: dict[str, Any]) -> object:
+        return ro.query(FLAG, Context(tenant=tenant), params)
+
+    sides: dict[str, Side] = {"direct": direct, "ours": ours}
+    if lab.cls is not None:
+        experiment_cls = lab.cls
+
+        def laboratory(_tenant: str, params: dict[str, Any]) -> object:
+            e = experiment_cls(name=FLAG)
+            e.control(fetch, args=(legacy, params))
+            e.candidate(fetch, args=(new, params))
+            return e.conduct()
+
+        sides["laboratory"] = laboratory
+    return sides
+
+
+# -- measuring --------------------------------------------------------------------------------
+@dataclass
+class _Round:
+    """Every timed call of one round, per side, in ns."""
+
+    calls: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
+             ) -> dict[str, Any]:
+    recorder = None
+    if not v.recorder_writes:  # record() only buffers: no COPY while measuring
+        recorder = Recorder(db.dsn, batch_size=10**7, flush_interval=3600.0, max_buffer=10**7)
+    ro = Rollout.connect(db.dsn, workspace=db.workspace, queue_size=QUEUE_SIZE,
+                         recorder=recorder)
+    try:
+        ctx = Context(tenant=TENANTS[0])
+        d = ro.decide(FLAG, ctx)
+        if d.path != "shadow":
+            raise RuntimeError(f"{FLAG}: expected 'shadow' for {TENANTS[0]} in {STAGE}, "
+                               f"got {d.path} ({d.reason})")
+        sides = _sides(ro, flag, lab)
+        calls = [(t, {k: v for k, v in p.items() if k != "tenant"}, p) for t, p in plan]
+        orders = itertools.cycle(itertools.permutations(sides))
+        before = _online_rows(db.dsn)
+        _round(ro, sides, calls[:WARM_UP], orders, v)
+        lab.matched = lab.mismatched = 0
+        rounds = [_round(ro, sides, calls, orders, v) for _ in range(ROUNDS)]
+        if not ro.drain(timeout=60):
+            raise RuntimeError("shadow work or observations still pending after 60 s")
+        stats = ro.get_stats()
+    finally:
+        ro.close()
+    after = _online_rows(db.dsn)
+    return {
+        "sides": _summaries(rounds),
+        "stats": {k: stats[k] for k in ("decisions", "shadowed", "dropped_queue_full",
+                                         "dropped_rate_limited", "background_failures",
+                                         "compare_errors", "internal_errors")},
+        "recorder": stats["recorder"],
+        "shadow_calls": WARM_UP + ROUNDS * len(calls),
+        "observations_recorded": after[0] - before[0],
+        "mismatches": after[1] - before[1],
+        "laboratory_results": {"matched": lab.matched, "mismatched": lab.mismatched},
+    }
+
+
+def _round(ro: Rollout, sides: dict[str, Side],
+           calls: list[tuple[str, dict[str, Any], dict[str, Any]]],
+           orders: itertools.cycle[tuple[str, ...]], v: Variant) -> _Round:
+    """One pass over ``calls``; the sides take turns block by block, in cycling order.
+
+    After each block of ours the benchmark waits, untimed, until the block's shadow jobs are
+    recorded: ours' background work slows ours' next calls of the block, never another
+    side's. With ``block`` 1 (quiesced) no timed call ever runs beside a shadow job.
+    """
+    r = _Round({name: [] for name in sides})
+    stats = ro.recorder.stats
+    period = v.period_us * 1000
+    for i in range(0, len(calls), v.block):
+        chunk = calls[i:i + v.block]
+        for name in next(orders):
+            side, timings = sides[name], r.calls[name]
+            expected = stats.recorded + len(chunk)
+            next_start = perf_counter_ns()
+            for tenant, params, with_tenant in chunk:
+                args = params if name == "ours" else with_tenant
+                if period:  # untimed; sleeping lets the background take the GIL
+                    left = next_start - perf_counter_ns()
+                    if left > 0:
+                        time.sleep(left / 1e9)
+                    next_start += period
+                start = perf_counter_ns()
+                side(tenant, args)
+                timings.append(perf_counter_ns() - start)
+            if name == "ours":
+                _settle(stats, expected)
+    return r
+
+
+def _settle(stats: RecorderStats, expected: int, timeout: float = 30.0) -> None:
+    """Wait until ``expected`` observations were recorded, then for the workers to sleep."""
+    deadline = time.monotonic() + timeout
+    while stats.recorded < expected and time.monotonic() < deadline:
+        time.sleep(0.00005)
+    time.sleep(SETTLE_S)
+
+
+def _summaries(rounds: list[_Round]) -> dict[str, Any]:
+    """Per side: medians over rounds of per-round statistics; added time against direct."""
+    per = {name: [_stats(r.calls[name]) for r in rounds] for name in rounds[0].calls}
+    out: dict[str, Any] = {}
+    for name, stats in per.items():
+        pooled = _stats([x for r in rounds for x in r.calls[name]])
+        s: dict[str, Any] = {
+            "median_us": statistics.median(x["median"] for x in stats),
+            "p99_us": statistics.median(x["p99"] for x in stats),
+            "mean_us": statistics.median(x["mean"] for x in stats),
+            "pooled_median_us": pooled["median"],
+            "pooled_p99_us": pooled["p99"],
+            "pooled_max_us": pooled["max"],
+            "rounds_median_us": [round(x["median"], 1) for x in stats],
+            "rounds_p99_us": [round(x["p99"], 1) for x in stats],
+        }
+        if name != "direct":
+            base = per["direct"]
+            s["added_median_us"] = statistics.median(
+                x["median"] - b["median"] for x, b in zip(stats, base, strict=True))
+            s["added_p99_us"] = statistics.median(
+                x["p99"] - b["p99"] for x, b in zip(stats, base, strict=True))
+            s["ratio"] = statistics.median(
+                x["median"] / b["median"] for x, b in zip(stats, base, strict=True))
+            s["paired_added_median_us"] = statistics.median(
+                (x - b) / 1e3 for r in rounds
+                for x, b in zip(r.calls[name], r.calls["direct"], strict=True))
+        out[name] = s
+    return out
+
+
+def _stats(ns: list[int]) -> dict[str, float]:
+    ordered = sorted(ns)
+    pos = (len(ordered) - 1) * 0.99
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return {
+        "median": statistics.median(ordered) / 1e3,
+        "p99": (ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)) / 1e3,
+        "mean": statistics.fmean(ordered) / 1e3,
+        "max": ordered[-1] / 1e3,
+    }
+
+
+def _online_rows(dsn: str) -> tuple[int, int]:
+    """Online observations of the flag in the store, and how many of them mismatched."""
+    with connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE matched IS FALSE)"
+            " FROM rollout.observations WHERE flag = %s AND source = 'online'",
+            [FLAG]).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _draw_plan(flag: Flag, dsn: str) -> Plan:
+    """``SAMPLES`` parameter sets over ``TENANTS``, shuffled, as ``run_shadow`` draws them."""
+    rng = random.Random(SEED)
+    plan: Plan = []
+    with connect(dsn, autocommit=True) as conn:
+        for tenant, n in zip(TENANTS, _split(SAMPLES, len(TENANTS)), strict=True):
+            drawn = draw_params(flag, conn, tenant, n, rng)
+            if not drawn:
+                raise RuntimeError(f"{flag.name}: params.sample returned no rows for {tenant}")
+            plan.extend((tenant, p) for p in drawn)
+    rng.shuffle(plan)
+    return plan

@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 
 from . import __version__, commands
-from .errors import EXIT_USAGE, RolloutError
+from .errors import EXIT_USAGE, InputError, RolloutError
 from .report import FORMATS
-from .shadow import Progress
+from .shadow import Progress, RunOptions
 from .state import FlagState
 from .verdict import verdict_exit_code
 
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", action="append", default=[], help="tenant (repeatable)")
     p.add_argument("--samples", type=int, help="paired executions (default: gates.min_samples)")
     p.add_argument("--seed", type=int, help="random seed for parameter order")
+    p.add_argument("--aa", action="store_true",
+                   help="noise calibration: run legacy against itself")
+    p.add_argument("--lock-interval", type=float, default=10.0, metavar="MS",
+                   help="pg_locks sampling interval in ms (0: off; default 10)")
+    p.add_argument("--plans", type=int, default=10, metavar="N",
+                   help="parameter sets per path to EXPLAIN (default 10)")
     p.set_defaults(run=_shadow)
 
     p = sub.add_parser("report", parents=[common], help="go/no-go report of a stage")
@@ -211,11 +217,16 @@ def _check(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
+    if args.lock_interval < 0 or args.plans < 0:
+        raise InputError("--lock-interval and --plans cannot be negative")
+    options = RunOptions(lock_interval=args.lock_interval / 1000 or None, plan_samples=args.plans)
     with _progress(f"{args.flag}") as bar:
         summary = commands.shadow(session, args.flag, stage=args.stage, tenants=args.tenant,
-                                  samples=args.samples, seed=args.seed, progress=bar)
+                                  samples=args.samples, seed=args.seed, aa=args.aa,
+                                  options=options, progress=bar)
     tenants = ", ".join(str(t) if t is not None else "(none)" for t in summary.tenants)
-    print(f"{summary.flag} / {summary.stage}: {summary.samples} samples over {tenants}; "
+    kind = "A/A calibration" if args.aa else "samples"
+    print(f"{summary.flag} / {summary.stage}: {summary.samples} {kind} over {tenants}; "
           f"{summary.mismatches} mismatches, {summary.new_failures} new-path failures, "
           f"{summary.legacy_failures} legacy failures (run {summary.run_id})")
     return 0

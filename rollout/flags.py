@@ -14,6 +14,9 @@ from .targeting import Context, Decision, Stage, Target, decide
 Kind = Literal["read", "write"]
 Order = Literal["strict", "ignore", "key"]
 
+FAILURE_CLASSES = ("serialization_failure", "deadlock", "lock_timeout", "statement_timeout",
+                   "constraint_violation", "connection", "client", "other")
+
 TOP_KEYS = (
     "name", "description", "owner", "kind", "queries", "params", "compare", "stages", "gates",
     "rollback", "online",
@@ -52,6 +55,13 @@ class Gates:
     latency: LatencyGate = field(default_factory=LatencyGate)
     max_new_failures: int = 0
     max_lock_wait_regression_ms: float = 5.0
+    max_new_failures_by_class: Mapping[str, int] = field(default_factory=dict)
+    """Per failure class (deadlock, serialization_failure, ...): new-only failures allowed."""
+    max_buffers_ratio: float | None = None
+    """New ÷ legacy shared buffers per execution (EXPLAIN samples); None reports only."""
+    generic_plan_max_ratio: float = 5.0
+    """A path whose generic plan is this much slower than its custom plan for a tenant
+    (and by at least 1 ms) fails, unless legacy is as bad for that tenant."""
 
 
 @dataclass(frozen=True)
@@ -314,7 +324,8 @@ class _Validator:
             return Gates()
         g = self.mapping(value, "gates", (
             "min_samples", "max_mismatch_rate", "latency", "max_new_failures",
-            "max_lock_wait_regression_ms"))
+            "max_lock_wait_regression_ms", "max_new_failures_by_class", "max_buffers_ratio",
+            "generic_plan_max_ratio"))
         d = Gates()
         latency = d.latency
         if "latency" in g:
@@ -337,6 +348,14 @@ class _Validator:
         mr = get("max_mismatch_rate", 0.0, 1.0)
         nf = get("max_new_failures", 0, 10_000_000, integer=True)
         lw = get("max_lock_wait_regression_ms", 0.0, 1e9)
+        br = get("max_buffers_ratio", 0.0, 1e9)
+        gp = get("generic_plan_max_ratio", 1.0, 1e9)
+        by_class: dict[str, int] = {}
+        if "max_new_failures_by_class" in g:
+            key = "gates.max_new_failures_by_class"
+            classes = self.mapping(g["max_new_failures_by_class"], key, FAILURE_CLASSES)
+            by_class = {k: int(self.number(v, f"{key}.{k}", 0, 1e9, integer=True))
+                        for k, v in classes.items()}
         return Gates(
             min_samples=int(ms) if ms is not None else d.min_samples,
             max_mismatch_rate=float(mr) if mr is not None else d.max_mismatch_rate,
@@ -344,6 +363,9 @@ class _Validator:
             max_new_failures=int(nf) if nf is not None else d.max_new_failures,
             max_lock_wait_regression_ms=float(lw) if lw is not None
             else d.max_lock_wait_regression_ms,
+            max_new_failures_by_class=by_class,
+            max_buffers_ratio=float(br) if br is not None else None,
+            generic_plan_max_ratio=float(gp) if gp is not None else d.generic_plan_max_ratio,
         )
 
     def online(self, value: Any) -> Online:

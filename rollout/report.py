@@ -5,20 +5,25 @@ from __future__ import annotations
 import json
 import shlex
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import __version__
 from .errors import InputError
 from .flags import Flag
+from .observations import Observation
 from .render import render_html, render_markdown
 from .store import Store
-from .verdict import judge
+from .verdict import failure_class, judge
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+IMPACT_WINDOW = timedelta(hours=1)
 FORMATS = ("html", "md", "json")
 
 
@@ -37,7 +42,10 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str) -> dict
         raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
     observations = store.observations(flag.name, stage, flag.sql_hash)
     runs = store.runs(flag.name, stage, flag.sql_hash)
-    core = judge(flag, observations)
+    core = judge(flag, observations,
+                 noise=store.observations(flag.name, stage, flag.sql_hash, mode="aa"),
+                 plans=store.plans(flag.name, stage, flag.sql_hash),
+                 generic=store.generic_checks(flag.name, stage, flag.sql_hash))
     versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -55,6 +63,8 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str) -> dict
         "queries": {"legacy": flag.legacy.sql, "new": flag.new.sql,
                     "legacy_source": flag.legacy.source, "new_source": flag.new.source},
         "rollback": rollback_plan(flag, stage),
+        "stage_impact": stage_impact(store, flag, stage),
+        "database_stats": _database_stats(runs),
         "environment": {
             "server_version": ", ".join(versions) or None,
             "database": database,
@@ -66,6 +76,54 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str) -> dict
             "toolkit_version": __version__,
         },
     }
+
+
+def stage_impact(store: Store, flag: Flag, stage: str,
+                 window: timedelta = IMPACT_WINDOW) -> dict[str, Any] | None:
+    """Online traffic in the window before the flag entered ``stage`` against the window after."""
+    entered = store.stage_entered(flag.name, stage)
+    if entered is None or entered["from_stage"] is None:
+        return None
+    at = entered["at"]
+    before = store.online_window(flag.name, entered["from_stage"], at - window, at)
+    after = store.online_window(flag.name, stage, at, at + window)
+    return {"changed_at": at.isoformat(timespec="seconds"), "from_stage": entered["from_stage"],
+            "by": entered["actor"], "window_minutes": window.total_seconds() / 60,
+            "before": _window(before), "after": _window(after),
+            "note": "served path per request; pool checkout waits are not recorded yet"}
+
+
+def _window(observations: Sequence[Observation]) -> dict[str, Any]:
+    served_ns = []
+    waits = []
+    classes: Counter[str] = Counter()
+    for o in observations:
+        path = "new" if o.decision == "new" else "legacy"
+        ns = getattr(o, f"{path}_ns")
+        if ns is not None:
+            served_ns.append(ns)
+        wait = getattr(o, f"{path}_lock_wait_ns")
+        if wait is not None:
+            waits.append(wait)
+        cls = failure_class(getattr(o, f"{path}_sqlstate"), getattr(o, f"{path}_error"))
+        if cls:
+            classes[cls] += 1
+    q = np.quantile(served_ns, [0.5, 0.95, 0.99]) / 1e6 if served_ns else [None] * 3
+    return {"requests": len(observations),
+            "served_new": sum(o.decision == "new" for o in observations),
+            "p50_ms": None if q[0] is None else float(q[0]),
+            "p95_ms": None if q[1] is None else float(q[1]),
+            "p99_ms": None if q[2] is None else float(q[2]),
+            "mean_lock_wait_ms": (sum(waits) / len(waits) / 1e6) if waits else None,
+            "failures_by_class": dict(classes)}
+
+
+def _database_stats(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """pg_stat_database deltas summed over the stage's runs."""
+    total: Counter[str] = Counter()
+    for r in runs:
+        total.update((r.get("db_stats") or {}).get("delta", {}))
+    return dict(total)
 
 
 def rollback_plan(flag: Flag, stage: str) -> dict[str, Any]:

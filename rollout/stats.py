@@ -5,10 +5,10 @@ decision would need. Latencies are compared on a log scale, so shifts are ratios
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 
@@ -22,7 +22,7 @@ class Shift:
     confidence: float
 
 
-def hodges_lehmann(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) -> Shift:
+def hodges_lehmann(x: ArrayLike, y: ArrayLike, confidence: float = 0.95) -> Shift:
     """Two-sample Hodges-Lehmann shift of ``y`` over ``x`` with Moses' confidence interval.
 
     The estimate is the median of all ``y_j - x_i``; the interval takes the order statistics
@@ -43,14 +43,14 @@ def hodges_lehmann(x: Sequence[float], y: Sequence[float], confidence: float = 0
     return Shift(estimate, float(low), float(high), confidence)
 
 
-def mann_whitney_greater(x: Sequence[float], y: Sequence[float], margin: float = 0.0) -> float:
+def mann_whitney_greater(x: ArrayLike, y: ArrayLike, margin: float = 0.0) -> float:
     """One-sided p-value that ``y`` exceeds ``x + margin`` (scipy's Mann-Whitney U test)."""
     shifted = np.asarray(x, dtype=float) + margin
     return float(stats.mannwhitneyu(np.asarray(y, dtype=float), shifted,
                                     alternative="greater").pvalue)
 
 
-def quantile_ratio_ci(x: Sequence[float], y: Sequence[float], quantile: float,
+def quantile_ratio_ci(x: ArrayLike, y: ArrayLike, quantile: float,
                       confidence: float, *, paired: bool, seed: int = 0,
                       resamples: int = 2000) -> tuple[float, float, float]:
     """Ratio of the ``quantile`` of ``y`` to that of ``x`` with a percentile bootstrap CI."""
@@ -69,14 +69,16 @@ def quantile_ratio_ci(x: Sequence[float], y: Sequence[float], quantile: float,
     return ratio, float(boot.confidence_interval.low), float(boot.confidence_interval.high)
 
 
-def samples_needed(x: Sequence[float], y: Sequence[float], effect: float, alpha: float,
+def samples_needed(x: ArrayLike, y: ArrayLike, effect: float, alpha: float,
                    power: float = 0.8) -> int | None:
     """Per-path samples for a one-sided rank test to detect ``effect`` (on this scale) with
     ``power``: the normal-theory size divided by the Mann-Whitney efficiency 3/π."""
     if effect == 0:
         return None
-    sd = float(np.sqrt((np.var(x, ddof=1) + np.var(y, ddof=1)) / 2)) if min(
-        len(x), len(y)) > 1 else 0.0
+    a = np.asarray(x, dtype=float)
+    b = np.asarray(y, dtype=float)
+    sd = float(np.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)) if min(
+        len(a), len(b)) > 1 else 0.0
     if sd == 0:
         return None
     z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)

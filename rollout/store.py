@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -152,6 +153,26 @@ class Store:
                 copy.write_row(values)
                 n += 1
         return n
+
+    def online_window(self, flag: str, stage: str, start: datetime, end: datetime
+                      ) -> list[Observation]:
+        """Online observations of a flag's stage in ``[start, end)``, any SQL version."""
+        cols = ", ".join(COLUMNS)
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT {cols} FROM rollout.observations WHERE flag = %s AND stage = %s"
+                " AND source = 'online' AND observed_at >= %s AND observed_at < %s"
+                " ORDER BY observed_at", [flag, stage, start, end])
+            return [Observation(*row) for row in cur]
+
+    def stage_entered(self, flag: str, stage: str) -> dict[str, Any] | None:
+        """The latest change that moved ``flag`` into ``stage`` from another stage."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT at, from_stage, actor, action FROM rollout.flag_events"
+                " WHERE flag = %s AND to_stage = %s AND from_stage IS DISTINCT FROM to_stage"
+                " ORDER BY id DESC LIMIT 1", [flag, stage])
+            return cur.fetchone()
 
     def has_batch(self, batch_id: uuid.UUID) -> bool:
         row = self.conn.execute("SELECT 1 FROM rollout.observations WHERE batch_id = %s LIMIT 1",

@@ -38,8 +38,12 @@ def test_go_report_has_contract_keys_and_rollback(
     assert set(body) >= CONTRACT_KEYS
     assert body["flag"] == "eq" and body["stage"] == "pilot" and body["samples"] == 60
     assert {g["name"] for g in body["gates"]} == {
-        "min_samples", "max_mismatch_rate", "latency", "max_new_failures", "rollback"}
-    assert all(g["status"] == "pass" for g in body["gates"])
+        "min_samples", "max_mismatch_rate", "latency", "max_new_failures", "lock_wait",
+        "buffers", "generic_plan", "rollback"}
+    assert {g["name"]: g["status"] for g in body["gates"]}["buffers"] == "info"  # not gated
+    assert all(g["status"] in ("pass", "info") for g in body["gates"])
+    assert body["locks"]["new"]["measured"] == 60  # lock waits sampled for every execution
+    assert body["plans"]["samples"] == 20  # 10 parameter sets explained per path
     rollback = body["rollback"]
     assert rollback["script"] == "-- undo of eq\nSELECT 1;\n"
     assert rollback["flag_command"].startswith("rollout flag kill eq --reason")

@@ -8,7 +8,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter_ns
+from time import perf_counter_ns, thread_time_ns
 from typing import Any
 
 from rollout import Context, Rollout
@@ -34,8 +34,11 @@ WARM_UP = 60
 """Parameter sets every side runs untimed first: statements prepared, caches warm."""
 SEED = 20260101
 QUEUE_SIZE = 100_000
+BLOCK = 25
+"""Calls per side in a row: the sides take turns block by block, so the background work
+ours starts slows ours' own next calls, never another side's."""
 SETTLE_S = 0.0002
-"""Quiesced variant: pause after a shadow job is recorded, for its worker to go back to sleep."""
+"""Pause after a shadow job is recorded, for its worker to go back to sleep."""
 
 TARGET_ADDED_MEDIAN_US = 30.0
 TARGET_ADDED_P99_US = 200.0
@@ -48,30 +51,39 @@ SIDES = ("direct", "laboratory", "ours")
 
 @dataclass(frozen=True)
 class Variant:
-    """How calls are issued: ``block`` calls per side in a row, ``period_us`` start to start
-    (0: back to back), and whether the recorder writes while measuring."""
+    """How the calls are issued; every variant runs blocks of ``BLOCK`` calls per side."""
 
     name: str
-    block: int
     period_us: int
+    """Start-to-start time of the calls in a block; 0: each starts as the last returns."""
+    wait_for_jobs: bool
+    """After each call of ours, wait (untimed) until its shadow job is recorded."""
     recorder_writes: bool
+    """False: the recorder only buffers while measuring and writes after the variant."""
     meaning: str
+    shadow_workers: int = 2
+    """0: the shadow jobs are queued and never run."""
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("back-to-back", 25, 0, True,
-            "blocks of 25 calls per side, each call starting as the last returns; in ours' "
-            "blocks the shadow workers run the new query on the shadow pool beside the "
-            "caller's next calls and the recorder writes every 0.2 s: a caller thread at "
-            "100 % duty, the worst case (GIL and server CPU contention included, 2-core VM)"),
-    Variant("paced", 25, 1000, True,
-            "the same blocks, one call started every 1 ms (about 1,000 calls/s from one "
-            "thread, 20-45 % duty): the shadow job of one call mostly runs in the gap "
-            "before the next, as in a service that is not saturated"),
-    Variant("quiesced", 1, 0, False,
-            "call by call; after each call of ours the benchmark waits, untimed, until its "
-            "shadow job is recorded, and the recorder only buffers (written after the "
-            "variant): the caller path's own cost, no background contention at all"),
+    Variant("back-to-back", 0, False, True,
+            "each call starts as the last returns; ours' shadow jobs run on the shadow pool "
+            "beside ours' next calls, the recorder writes every 0.2 s: a caller thread at "
+            "100 % duty, the worst case, GIL and server CPU contention included (the "
+            "database shares this VM's 2 cores)"),
+    Variant("paced", 1000, False, True,
+            "one call started every 1 ms (about 1,000 calls/s from one thread, 20-45 % duty); "
+            "a shadow job mostly runs in the gap before ours' next call, sometimes beside it: "
+            "a service that is busy but not saturated"),
+    Variant("client-only", 0, False, False,
+            "back to back with shadow_workers=0: every call of ours decides, serves and "
+            "queues its shadow job, which never runs; nothing runs in the background: the "
+            "caller path's own cost (jobs pile up in the queue; no worker is woken)",
+            shadow_workers=0),
+    Variant("quiesced", 0, True, False,
+            "back to back, but after each call of ours the benchmark waits, untimed, until "
+            "its shadow job is recorded, and the recorder only buffers: no timed call runs "
+            "beside background work, but each of ours follows a shadow job (cold caches)"),
 )
 
 Plan = list[tuple[str, dict[str, Any]]]
@@ -91,7 +103,7 @@ def run(db: BenchDB) -> dict[str, Any]:
     variants = {}
     for v in VARIANTS:
         say(f"{NAME}: {v.name}, {len(plan)} calls per side x {ROUNDS} rounds")
-        variants[v.name] = {"meaning": v.meaning, "block": v.block, "period_us": v.period_us,
+        variants[v.name] = {"meaning": v.meaning, "period_us": v.period_us,
                             **_variant(db, flag, plan, experiment, v)}
     return {
         "name": NAME,
@@ -145,8 +157,12 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{s['ratio']:.3f}" if added else "",
             ])
         st = v["stats"]
-        rows.append([f"{name} / background", f"dropped {st['dropped_queue_full']}",
-                     f"recorded {v['observations_recorded']}",
+        rows.append([f"{name} / caller CPU", f"direct {v['cpu']['direct_us']:.1f}",
+                     f"ours {v['cpu']['ours_us']:.1f}", f"{v['cpu']['ours_added_us']:+.1f}",
+                     "", ""])
+        recorded = (f"recorded {v['observations_recorded']}" if not v["never_run"]
+                    else f"never run {v['never_run']}")
+        rows.append([f"{name} / background", f"dropped {st['dropped_queue_full']}", recorded,
                      f"mismatches {v['mismatches']}",
                      f"bg failures {sum(st['background_failures'].values())}",
                      f"internal errors {st['internal_errors']}"])
@@ -249,9 +265,10 @@ def _sides(ro: Rollout, flag: Flag, lab: _Laboratory) -> dict[str, Side]:
 # -- measuring --------------------------------------------------------------------------------
 @dataclass
 class _Round:
-    """Every timed call of one round, per side, in ns."""
+    """Every timed call of one round, per side, in ns: wall time and the caller's CPU time."""
 
     calls: dict[str, list[int]] = field(default_factory=dict)
+    cpu: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
@@ -260,7 +277,7 @@ def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
     if not v.recorder_writes:  # record() only buffers: no COPY while measuring
         recorder = Recorder(db.dsn, batch_size=10**7, flush_interval=3600.0, max_buffer=10**7)
     ro = Rollout.connect(db.dsn, workspace=db.workspace, queue_size=QUEUE_SIZE,
-                         recorder=recorder)
+                         recorder=recorder, shadow_workers=v.shadow_workers)
     try:
         ctx = Context(tenant=TENANTS[0])
         d = ro.decide(FLAG, ctx)
@@ -274,7 +291,8 @@ def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
         _round(ro, sides, calls[:WARM_UP], orders, v)
         lab.matched = lab.mismatched = 0
         rounds = [_round(ro, sides, calls, orders, v) for _ in range(ROUNDS)]
-        if not ro.drain(timeout=60):
+        done = ro.drain(timeout=60) if v.shadow_workers else ro.recorder.flush(60)
+        if not done:
             raise RuntimeError("shadow work or observations still pending after 60 s")
         stats = ro.get_stats()
     finally:
@@ -282,11 +300,13 @@ def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
     after = _online_rows(db.dsn)
     return {
         "sides": _summaries(rounds),
+        "cpu": _cpu(rounds),
         "stats": {k: stats[k] for k in ("decisions", "shadowed", "dropped_queue_full",
                                          "dropped_rate_limited", "background_failures",
                                          "compare_errors", "internal_errors")},
         "recorder": stats["recorder"],
         "shadow_calls": WARM_UP + ROUNDS * len(calls),
+        "never_run": stats["queue_size"],
         "observations_recorded": after[0] - before[0],
         "mismatches": after[1] - before[1],
         "laboratory_results": {"matched": lab.matched, "mismatched": lab.mismatched},
@@ -299,29 +319,35 @@ def _round(ro: Rollout, sides: dict[str, Side],
     """One pass over ``calls``; the sides take turns block by block, in cycling order.
 
     After each block of ours the benchmark waits, untimed, until the block's shadow jobs are
-    recorded: ours' background work slows ours' next calls of the block, never another
-    side's. With ``block`` 1 (quiesced) no timed call ever runs beside a shadow job.
+    recorded, so none of them runs beside another side's calls.
     """
-    r = _Round({name: [] for name in sides})
+    r = _Round({name: [] for name in sides}, {name: [] for name in sides})
     stats = ro.recorder.stats
     period = v.period_us * 1000
-    for i in range(0, len(calls), v.block):
-        chunk = calls[i:i + v.block]
+    for i in range(0, len(calls), BLOCK):
+        chunk = calls[i:i + BLOCK]
         for name in next(orders):
-            side, timings = sides[name], r.calls[name]
-            expected = stats.recorded + len(chunk)
+            side, wall, cpu = sides[name], r.calls[name], r.cpu[name]
+            is_ours = name == "ours"
+            expected = stats.recorded
             next_start = perf_counter_ns()
             for tenant, params, with_tenant in chunk:
-                args = params if name == "ours" else with_tenant
+                args = params if is_ours else with_tenant
                 if period:  # untimed; sleeping lets the background take the GIL
                     left = next_start - perf_counter_ns()
                     if left > 0:
                         time.sleep(left / 1e9)
                     next_start += period
+                cpu0 = thread_time_ns()  # read outside the wall-clock window
                 start = perf_counter_ns()
                 side(tenant, args)
-                timings.append(perf_counter_ns() - start)
-            if name == "ours":
+                wall.append(perf_counter_ns() - start)
+                cpu.append(thread_time_ns() - cpu0)
+                if is_ours:
+                    expected += 1
+                    if v.wait_for_jobs and v.shadow_workers:
+                        _settle(stats, expected)
+            if is_ours and v.shadow_workers:
                 _settle(stats, expected)
     return r
 
@@ -363,6 +389,18 @@ def _summaries(rounds: list[_Round]) -> dict[str, Any]:
                 for x, b in zip(r.calls[name], r.calls["direct"], strict=True))
         out[name] = s
     return out
+
+
+def _cpu(rounds: list[_Round]) -> dict[str, Any]:
+    """The caller thread's CPU time per call (no waiting on the server, the GIL or a lock):
+    medians per round, then over rounds; ours' added CPU is its pure client overhead."""
+    med = {name: [statistics.median(r.cpu[name]) / 1e3 for r in rounds]
+           for name in rounds[0].cpu}
+    return {
+        **{f"{name}_us": statistics.median(m) for name, m in med.items()},
+        "ours_added_us": statistics.median(
+            o - d for o, d in zip(med["ours"], med["direct"], strict=True)),
+    }
 
 
 def _stats(ns: list[int]) -> dict[str, float]:

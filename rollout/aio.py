@@ -18,7 +18,7 @@ from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
-from .execute import Limits, failure, result_set, set_local
+from .execute import ISOLATION_LEVELS, Limits, failure, result_set, set_local
 from .observations import PathResult
 from .recorder import Recorder
 from .runner import SHADOW_LIMITS
@@ -142,17 +142,20 @@ class AsyncRollout(RunnerCore):
             job.served_result = result_set(pgres, rows, rowcount)
             sql = (f.new if job.background == "new" else f.legacy).sql
             result, value = await self._execute(f.kind == "write", sql, job.params or {},
-                                                background_limits(f, self.limits))
+                                                background_limits(f, self.limits),
+                                                ISOLATION_LEVELS[f.isolation])
         else:
             result, value = await self._call(f.kind == "read", job.call)
         self._finish(job, result, value)
 
     async def _execute(self, write: bool, sql: str, params: Mapping[str, Any],
-                       local: Limits | None) -> tuple[PathResult, Any]:
+                       local: Limits | None, isolation: psycopg.IsolationLevel
+                       ) -> tuple[PathResult, Any]:
         """The async twin of ``rollout.execute.execute``."""
         try:
             async with self.shadow_pool.connection() as conn:
                 await conn.set_read_only(not write)
+                await conn.set_isolation_level(isolation)
                 async with conn.transaction(force_rollback=write):
                     if local is not None:
                         await conn.execute(set_local(local))

@@ -14,6 +14,12 @@ from .compare import ResultSet
 from .locks import LockWaitSampler, held_locks
 from .observations import PathResult
 
+ISOLATION_LEVELS = {
+    "read committed": psycopg.IsolationLevel.READ_COMMITTED,
+    "repeatable read": psycopg.IsolationLevel.REPEATABLE_READ,
+    "serializable": psycopg.IsolationLevel.SERIALIZABLE,
+}
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -67,6 +73,7 @@ def execute(
     sampler: LockWaitSampler | None = None,
     execution: int = 0,
     capture_locks: bool = False,
+    isolation: str = "read committed",
 ) -> tuple[PathResult, ResultSet | None]:
     """Execute ``query`` in its own transaction; never raises a database error.
 
@@ -77,6 +84,7 @@ def execute(
     it; with ``capture_locks`` the locks it holds at the end are listed (outside the timing).
     """
     conn.read_only = not write
+    conn.isolation_level = ISOLATION_LEVELS[isolation]
     pid = conn.info.backend_pid
     held = None
     try:

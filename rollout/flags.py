@@ -19,8 +19,9 @@ FAILURE_CLASSES = ("serialization_failure", "deadlock", "lock_timeout", "stateme
 
 TOP_KEYS = (
     "name", "description", "owner", "kind", "queries", "params", "compare", "stages", "gates",
-    "rollback", "online",
+    "rollback", "online", "isolation",
 )
+ISOLATION = ("read committed", "repeatable read", "serializable")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,8 @@ class Flag:
     rollback: Rollback
     file: str
     online: Online = field(default_factory=Online)
+    isolation: str = "read committed"
+    """The isolation level both paths run under, as the application runs them."""
 
     @property
     def stage_map(self) -> dict[str, Stage]:
@@ -230,6 +233,7 @@ class _Validator:
             rollback=self.rollback(top.get("rollback")),
             file=self.doc.file,
             online=self.online(top.get("online")),
+            isolation=self.isolation(top.get("isolation", "read committed")),
         )
 
     def queries(self, value: Any) -> tuple[Query, Query]:
@@ -367,6 +371,11 @@ class _Validator:
             max_buffers_ratio=float(br) if br is not None else None,
             generic_plan_max_ratio=float(gp) if gp is not None else d.generic_plan_max_ratio,
         )
+
+    def isolation(self, value: Any) -> str:
+        if value not in ISOLATION:
+            raise self.fail("isolation", f"must be one of {', '.join(ISOLATION)}, got {value!r}")
+        return str(value)
 
     def online(self, value: Any) -> Online:
         if value is None:

@@ -147,7 +147,7 @@ class Rollout(RunnerCore):
             try:
                 with self.shadow_pool.connection() as conn:
                     result, value = execute(conn, sql, job.params or {},
-                                            write=f.kind == "write",
+                                            write=f.kind == "write", isolation=f.isolation,
                                             local_limits=background_limits(f, self.limits))
             except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
                 result, value = failure(exc), None

@@ -274,7 +274,7 @@ def _run(flag: Flag, conn: psycopg.Connection[Any], query: str, params: dict[str
          capture_locks: bool = False) -> tuple[PathResult, Any]:
     try:
         return execute(conn, query, params, write=write, sampler=sampler, execution=execution,
-                       capture_locks=capture_locks)
+                       capture_locks=capture_locks, isolation=flag.isolation)
     except psycopg.Error as exc:
         raise InputError(f"{flag.file}: queries.{path}: {_first_line(exc)}") from None
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from .flags import Flag
 from .observations import Observation
@@ -80,8 +81,8 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
     locks = _locks(observations)
     gates = [
         _min_samples(len(observations), g.min_samples),
-        _mismatch(len(mismatched), len(compared), g.max_mismatch_rate,
-                  noise_summary["mismatch_rate"]),
+        _mismatch(len(mismatched), len(compared), g.max_mismatch_rate, noise_summary,
+                  g.latency.confidence),
         _latency(latency, g.latency.max_regression),
         _new_failures(new_only, g.max_new_failures, g.max_new_failures_by_class),
         _lock_wait(locks, g.max_lock_wait_regression_ms),
@@ -225,15 +226,24 @@ def _min_samples(n: int, need: int) -> Gate:
                 f"only {n} of the {need} samples needed; run `rollout shadow` for more")
 
 
-def _mismatch(bad: int, compared: int, limit: float, noise: float | None) -> Gate:
+def _mismatch(bad: int, compared: int, limit: float, noise: Mapping[str, Any],
+              confidence: float) -> Gate:
+    """Fails when the mismatch rate exceeds ``limit`` beyond what A/A noise explains: the
+    upper end of the noise rate's Clopper-Pearson interval."""
     rate = bad / compared if compared else None
+    noise_rate = noise.get("mismatch_rate")
+    noise_upper = 0.0
+    if noise_rate:
+        n = noise["compared"]
+        ci = stats.binomtest(round(noise_rate * n), n).proportion_ci(confidence)
+        noise_upper = float(ci.high)
     shown = f"{bad} of {compared} ({(rate or 0) * 100:.2f} %)"
-    if noise:
-        shown += f", A/A noise {noise * 100:.2f} %"
+    if noise_rate:
+        shown += f", A/A noise {noise_rate * 100:.2f} % (up to {noise_upper * 100:.2f} %)"
     if compared == 0 or rate is None:
         return Gate("max_mismatch_rate", "inconclusive", None, limit, "no comparable pairs",
                     "no pair where both paths succeeded, nothing compared")
-    excess = rate - (noise or 0.0)
+    excess = rate - noise_upper
     if excess > limit:
         return Gate("max_mismatch_rate", "fail", rate, limit, f"{shown} > {limit:.2%}",
                     f"result sets differ in {shown} of compared executions")
@@ -324,7 +334,7 @@ def _rollback(flag: Flag) -> Gate:
 
 def _noise(noise: Sequence[Observation], confidence: float) -> dict[str, Any]:
     compared = [o for o in noise if o.matched is not None]
-    out: dict[str, Any] = {"samples": len(noise),
+    out: dict[str, Any] = {"samples": len(noise), "compared": len(compared),
                            "mismatch_rate": (sum(o.matched is False for o in compared)
                                              / len(compared)) if compared else None,
                            "latency_ratio": None, "latency_ci": None}

@@ -28,7 +28,7 @@ STAGE = "shadow-pilot"
 TENANTS: tuple[str, ...] = ("acme", "megacorp")
 SAMPLES = 500
 """Parameter sets, split over ``TENANTS``; every round calls each side once per set."""
-ROUNDS = 8
+ROUNDS = 10
 """Timed rounds per variant."""
 WARM_UP = 60
 """Parameter sets every side runs untimed first: statements prepared, caches warm."""
@@ -66,24 +66,25 @@ class Variant:
 
 
 VARIANTS: tuple[Variant, ...] = (
+    Variant("client-only", 0, False, False,
+            "back to back with shadow_workers=0: every call of ours decides, serves and "
+            "queues its shadow job, which never runs; nothing runs in the background: the "
+            "caller path's own cost (the jobs pile up in the queue; no worker is woken)",
+            shadow_workers=0),
+    Variant("quiesced", 1000, True, False,
+            "one call started every 1 ms; after each call of ours the benchmark waits, "
+            "untimed, until its shadow job is recorded, and the recorder only buffers: no "
+            "timed call runs beside background work, but each of ours follows one"),
+    Variant("paced", 1000, False, True,
+            "one call started every 1 ms (about 1,000 calls/s from one thread, 15-45 % "
+            "duty), nothing waited for: a shadow job mostly runs in the gap before ours' "
+            "next call, sometimes beside it; the recorder writes every 0.2 s: a service "
+            "that is busy but not saturated"),
     Variant("back-to-back", 0, False, True,
             "each call starts as the last returns; ours' shadow jobs run on the shadow pool "
             "beside ours' next calls, the recorder writes every 0.2 s: a caller thread at "
             "100 % duty, the worst case, GIL and server CPU contention included (the "
             "database shares this VM's 2 cores)"),
-    Variant("paced", 1000, False, True,
-            "one call started every 1 ms (about 1,000 calls/s from one thread, 20-45 % duty); "
-            "a shadow job mostly runs in the gap before ours' next call, sometimes beside it: "
-            "a service that is busy but not saturated"),
-    Variant("client-only", 0, False, False,
-            "back to back with shadow_workers=0: every call of ours decides, serves and "
-            "queues its shadow job, which never runs; nothing runs in the background: the "
-            "caller path's own cost (jobs pile up in the queue; no worker is woken)",
-            shadow_workers=0),
-    Variant("quiesced", 0, True, False,
-            "back to back, but after each call of ours the benchmark waits, untimed, until "
-            "its shadow job is recorded, and the recorder only buffers: no timed call runs "
-            "beside background work, but each of ours follows a shadow job (cold caches)"),
 )
 
 Plan = list[tuple[str, dict[str, Any]]]
@@ -346,18 +347,20 @@ def _round(ro: Rollout, sides: dict[str, Side],
                 if is_ours:
                     expected += 1
                     if v.wait_for_jobs and v.shadow_workers:
-                        _settle(stats, expected)
+                        _settle(stats, expected, pause=False)
             if is_ours and v.shadow_workers:
                 _settle(stats, expected)
     return r
 
 
-def _settle(stats: RecorderStats, expected: int, timeout: float = 30.0) -> None:
+def _settle(stats: RecorderStats, expected: int, *, pause: bool = True,
+            timeout: float = 30.0) -> None:
     """Wait until ``expected`` observations were recorded, then for the workers to sleep."""
     deadline = time.monotonic() + timeout
     while stats.recorded < expected and time.monotonic() < deadline:
         time.sleep(0.00005)
-    time.sleep(SETTLE_S)
+    if pause:
+        time.sleep(SETTLE_S)
 
 
 def _summaries(rounds: list[_Round]) -> dict[str, Any]:

@@ -30,6 +30,10 @@ BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
 END_TIME = BASE_TIME + timedelta(days=365)
 
 SKEWED_TENANT = "megacorp"
+#: A tenant that churned in its first weeks: a handful of rows, all among the oldest ids.
+CHURNED_TENANT = "bluth"
+CHURNED_COUNTS = {"customers": 12, "products": 25, "orders": 40}
+CHURNED_DAYS = 21
 #: Share of all orders (and customers, products) held by the skewed tenant.
 SKEWED_SHARE = {"orders": 0.60, "customers": 0.25, "products": 0.20}
 
@@ -150,6 +154,7 @@ _TENANTS: tuple[tuple[str, str, str], ...] = (
     ("massive-dynamic", "Massive Dynamic", "business"),
     ("gringotts", "Gringotts", "enterprise"),
     ("monarch", "Monarch Solutions", "free"),
+    ("bluth", "Bluth Company", "free"),
 )
 
 _FIRST = (
@@ -236,17 +241,19 @@ def load_demo(
 
 def _counts(scale: float, n_tenants: int) -> dict[str, list[int]]:
     """Rows per tenant for each scaled table; index ``i`` is tenant ``i + 1``."""
+    churned = [slug == CHURNED_TENANT for slug, _, _ in _TENANTS]
     skew = [slug == SKEWED_TENANT for slug, _, _ in _TENANTS]
     # Fixed relative sizes for the other tenants (acme and globex are mid-sized).
     weights = [1.0 + ((i * 7 + 5) % 11) / 5 for i in range(n_tenants)]
-    rest = sum(w for w, s in zip(weights, skew, strict=True) if not s)
+    rest = sum(w for w, s, c in zip(weights, skew, churned, strict=True) if not (s or c))
     out: dict[str, list[int]] = {}
     for table, base in BASE_COUNTS.items():
         total = base * scale
         share = SKEWED_SHARE[table]
         out[table] = [
+            CHURNED_COUNTS[table] if c else
             max(MIN_PER_TENANT[table], round(total * (share if s else (1 - share) * w / rest)))
-            for w, s in zip(weights, skew, strict=True)
+            for w, s, c in zip(weights, skew, churned, strict=True)
         ]
     return out
 
@@ -274,6 +281,8 @@ def _generate(rng: random.Random, scale: float) -> dict[str, list[_Row]]:
     for t_idx, n in enumerate(per_tenant["customers"]):
         start = tenant_created[t_idx]
         span = int((END_TIME - timedelta(days=30) - start).total_seconds())
+        if _TENANTS[t_idx][0] == CHURNED_TENANT:
+            span = CHURNED_DAYS * day // 2
         for _ in range(n):
             created = start + timedelta(seconds=rng.randrange(span))
             name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
@@ -315,8 +324,11 @@ def _generate(rng: random.Random, scale: float) -> dict[str, list[_Row]]:
     for t_idx, n in enumerate(per_tenant["orders"]):
         custs = cust_by_tenant[t_idx]
         cum = list(accumulate(rng.paretovariate(1.5) for _ in custs))
+        churned = _TENANTS[t_idx][0] == CHURNED_TENANT
         for cid, c_created in rng.choices(custs, cum_weights=cum, k=n):
             span = int((END_TIME - c_created).total_seconds())
+            if churned:
+                span = CHURNED_DAYS * day // 2
             order_raw.append((c_created + timedelta(seconds=rng.randrange(span)), t_idx + 1, cid))
     order_raw.sort(key=lambda o: (o[0], o[1], o[2]))
 

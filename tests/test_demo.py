@@ -13,7 +13,9 @@ import pytest
 from tests.helpers import run_cli
 
 ROLLOUT = Path(sys.executable).parent / "rollout"
-EXPECTED = {"orders-recent": "GO", "products-never-ordered": "NO-GO", "order-ship": "GO"}
+EXPECTED = {"orders-recent": "GO", "products-never-ordered": "NO-GO", "order-ship": "GO",
+            "orders-latest": "NO-GO"}
+SAMPLES = {"orders-latest": "150"}
 
 
 def test_demo_end_to_end(db: str, demo_workspace: Path) -> None:
@@ -32,7 +34,7 @@ def test_demo_end_to_end(db: str, demo_workspace: Path) -> None:
     for flag, verdict in EXPECTED.items():
         row = table[flag]
         assert row[1] == "shadow-pilot"
-        assert row[2] == "200"
+        assert row[2] == SAMPLES.get(flag, "200")
         assert verdict in row, row
         report = demo_workspace / "reports" / flag / "shadow-pilot.json"
         body = json.loads(report.read_text())
@@ -40,6 +42,11 @@ def test_demo_end_to_end(db: str, demo_workspace: Path) -> None:
         assert (demo_workspace / row[-1]).is_file()
     assert int(table["products-never-ordered"][3]) > 0
     assert table["orders-recent"][3] == "0"
+    latest = json.loads((demo_workspace / "reports" / "orders-latest" / "shadow-pilot.json")
+                        .read_text())
+    bluth = next(c for c in latest["generic_plans"]["checks"]
+                 if c["path"] == "new" and c["tenant"] == "bluth")
+    assert bluth["ratio"] > 5  # the churned tenant's generic plan scans the whole primary key
     with psycopg.connect(db) as conn:
         tenants = conn.execute("SELECT count(*) FROM tenants").fetchone()
         skew = conn.execute(
@@ -47,7 +54,7 @@ def test_demo_end_to_end(db: str, demo_workspace: Path) -> None:
             " GROUP BY tenant_id) s").fetchone()
         shipped = conn.execute("SELECT count(*) FROM orders WHERE status = 'shipped'"
                                " AND shipped_at = created_at + interval '2 days'").fetchone()
-    assert tenants == (20,)
+    assert tenants == (21,)
     assert skew is not None and skew[0] > 0.4  # one tenant holds a large share
     assert shipped == (0,)  # the write flag was shadowed without persisting anything
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,10 +35,28 @@ class Query:
 
 @dataclass(frozen=True)
 class CompareRules:
+    """How two result sets are compared; every rule is documented in docs/compare.md."""
+
     order: Order = "strict"
     key: tuple[str, ...] = ()
     ignore_columns: frozenset[str] = frozenset()
     float_tolerance: float = 0.0
+    """Relative: |a - b| ≤ tolerance × max(|a|, |b|)."""
+    float_abs_tolerance: float = 0.0
+    """Absolute: |a - b| ≤ this, whatever the magnitude."""
+    numeric_scale: Literal["ignore", "strict"] = "ignore"
+    """``ignore``: 1.50 = 1.5; ``strict``: the scale must match too."""
+    round_timestamps: Mapping[str, timedelta] = field(default_factory=dict)
+    """Per column: truncate timestamps to this unit before comparing."""
+    sensitive: frozenset[str] = frozenset()
+    """Columns (and parameters) whose values are masked in every output."""
+    max_diffs: int = 5
+    """Diff entries kept per kind and comparison."""
+    stream: bool = False
+    """Compare large results as they stream from server-side cursors."""
+    batch_size: int = 10_000
+    checksum: bool = False
+    """Compare count and an order-independent hash on the server; drill down by key."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +237,9 @@ class _Validator:
             raise self.fail("kind", f"must be read or write, got {kind!r}")
         legacy, new = self.queries(top.get("queries"))
         sample_sql, tenants_sql = self.params(top.get("params"))
+        compare = self.compare(top.get("compare"))
+        if compare.checksum and kind == "write":
+            raise self.fail("compare.checksum", "is for large read results, not kind: write")
         return Flag(
             name=name,
             description=self.text(top.get("description"), "description", required=False) or "",
@@ -227,7 +249,7 @@ class _Validator:
             new=new,
             sample_sql=sample_sql,
             tenants_sql=tenants_sql,
-            compare=self.compare(top.get("compare")),
+            compare=compare,
             stages=self.stages(top.get("stages")),
             gates=self.gates(top.get("gates")),
             rollback=self.rollback(top.get("rollback")),
@@ -274,19 +296,64 @@ class _Validator:
     def compare(self, value: Any) -> CompareRules:
         if value is None:
             return CompareRules()
-        c = self.mapping(value, "compare", ("order", "key", "ignore_columns", "float_tolerance"))
+        c = self.mapping(value, "compare", (
+            "order", "key", "ignore_columns", "float_tolerance", "float_abs_tolerance",
+            "numeric_scale", "round_timestamps", "sensitive", "max_diffs", "stream",
+            "batch_size", "checksum"))
         order = c.get("order", "strict")
         if order not in ("strict", "ignore", "key"):
             raise self.fail("compare.order", f"must be strict, ignore or key, got {order!r}")
         key = self.names(c["key"], "compare.key") if "key" in c else ()
+        checksum = self.flag_value(c, "compare.checksum", "checksum")
         if order == "key" and not key:
             raise self.fail("compare.key", "is required with order: key")
-        if order != "key" and key:
-            raise self.fail("compare.key", "is only used with order: key")
+        if checksum and not key:
+            raise self.fail("compare.key", "is required with checksum: true (to drill down)")
+        if order != "key" and key and not checksum:
+            raise self.fail("compare.key", "is only used with order: key or checksum: true")
         ignore = self.names(c.get("ignore_columns", []), "compare.ignore_columns")
-        tol = c.get("float_tolerance", 0.0)
-        tol = self.number(tol, "compare.float_tolerance", 0.0, 1e300)
-        return CompareRules(order, key, frozenset(ignore), float(tol))
+        scale = c.get("numeric_scale", "ignore")
+        if scale not in ("ignore", "strict"):
+            raise self.fail("compare.numeric_scale", f"must be ignore or strict, got {scale!r}")
+        rounding: dict[str, timedelta] = {}
+        if "round_timestamps" in c:
+            units = self.mapping(c["round_timestamps"], "compare.round_timestamps",
+                                 tuple(str(k) for k in (c["round_timestamps"] or {})))
+            for col, unit in units.items():
+                rounding[col] = self.interval(unit, f"compare.round_timestamps.{col}")
+        return CompareRules(
+            order, key, frozenset(ignore),
+            float(self.number(c.get("float_tolerance", 0.0), "compare.float_tolerance", 0, 1e300)),
+            float(self.number(c.get("float_abs_tolerance", 0.0), "compare.float_abs_tolerance",
+                              0, 1e300)),
+            scale, rounding,
+            frozenset(self.names(c.get("sensitive", []), "compare.sensitive")),
+            int(self.number(c.get("max_diffs", 5), "compare.max_diffs", 1, 10_000, integer=True)),
+            self.flag_value(c, "compare.stream", "stream"),
+            int(self.number(c.get("batch_size", 10_000), "compare.batch_size", 1, 10_000_000,
+                            integer=True)),
+            checksum,
+        )
+
+    def flag_value(self, section: dict[str, Any], path: str, key: str) -> bool:
+        value = section.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def interval(self, value: Any, path: str) -> timedelta:
+        units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+        if isinstance(value, str):
+            for suffix, seconds in sorted(units.items(), key=lambda u: -len(u[0])):
+                number = value.strip().removesuffix(suffix)
+                if number != value.strip():
+                    try:
+                        amount = float(number)
+                    except ValueError:
+                        break
+                    if amount > 0:
+                        return timedelta(seconds=amount * seconds)
+        raise self.fail(path, f"must be a duration like 1s, 500ms or 1min, got {value!r}")
 
     def stages(self, value: Any) -> tuple[Stage, ...]:
         if not isinstance(value, list) or not value:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from .verdict import failure_class
 
 __all__ = ["render_html", "render_markdown"]
 
@@ -54,7 +58,61 @@ SQLSTATE_NAMES = {
     "55P03": "lock_not_available",
     "57014": "query_canceled",
     "57P01": "admin_shutdown",
+    # failures without a SQLSTATE are counted under this key
+    "client": "client-side error, no SQLSTATE",
 }
+
+GATE_STATUSES = ("pass", "fail", "inconclusive", "info")
+
+# Failure classes as rollout.verdict.failure_class names them, in reading order.
+FAILURE_CLASSES = (
+    "serialization_failure",
+    "deadlock",
+    "lock_timeout",
+    "statement_timeout",
+    "constraint_violation",
+    "connection",
+    "client",
+    "other",
+)
+
+# Per-path lock-wait figures: key, label, unit.
+LOCK_METRICS = (
+    ("measured", "executions measured", "count"),
+    ("waited", "executions that waited for a lock", "count"),
+    ("mean_wait_ms", "mean wait per execution", "ms"),
+    ("p95_wait_ms", "p95 wait", "ms"),
+    ("max_wait_ms", "longest wait", "ms"),
+    ("lock_timeouts", "lock timeouts (55P03)", "count"),
+)
+LOCK_LISTS = ("held", "waited_on")
+
+# Table-level lock modes, weakest first (PostgreSQL's conflict table order).
+LOCK_STRENGTH = {
+    "AccessShareLock": 1,
+    "RowShareLock": 2,
+    "RowExclusiveLock": 3,
+    "ShareUpdateExclusiveLock": 4,
+    "ShareLock": 5,
+    "ShareRowExclusiveLock": 6,
+    "ExclusiveLock": 7,
+    "AccessExclusiveLock": 8,
+}
+
+DATABASE_STATS = (
+    ("xact_commit", "transactions committed"),
+    ("xact_rollback", "transactions rolled back"),
+    ("deadlocks", "deadlocks"),
+    ("conflicts", "recovery conflicts"),
+    ("temp_files", "temporary files written"),
+    ("blks_read", "blocks read from disk or OS cache"),
+    ("blks_hit", "blocks found in shared buffers"),
+)
+# Any of these above zero deserves a second look.
+DATABASE_STATS_WARN = {"deadlocks", "conflicts", "temp_files"}
+
+SHAPE_MAX_DEPTH = 64
+MD_MAX_LOCK_LINES = 3
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&])")
 _BACKTICKS = re.compile(r"`+")
@@ -120,6 +178,8 @@ def _common_filters() -> dict[str, Any]:
         "pct": fmt_pct,
         "ratio": fmt_ratio,
         "pvalue": fmt_pvalue,
+        "p": fmt_p,
+        "ci": fmt_ci,
         "signed_pct": fmt_signed_pct,
         "value": fmt_value,
     }
@@ -205,7 +265,24 @@ def fmt_pvalue(value: Any) -> str:
         return "—"
     if x < 0.001:
         return "< 0.001"
+    if x > 0.999:
+        return "> 0.999"
     return f"{x:.2g}"
+
+
+def fmt_p(value: Any) -> str:
+    """A p-value as a statement: p = 0.41, p < 0.001, p > 0.999."""
+    text = fmt_pvalue(value)
+    return f"p {text}" if text[0] in "<>" else f"p = {text}"
+
+
+def fmt_ci(pair: Any) -> str:
+    """A confidence interval of ratios ([0.836, 1.017]) as 0.836–1.02."""
+    low, high = pair if isinstance(pair, list | tuple) and len(pair) == 2 else (None, None)
+    lo, hi = _number(low), _number(high)
+    if lo is None or hi is None:
+        return "—"
+    return f"{fmt_ratio(lo)[:-1]}–{fmt_ratio(hi)[:-1]}"
 
 
 def fmt_value(value: Any) -> str:
@@ -269,6 +346,12 @@ def md_fence(value: Any, lang: str = "") -> str:
 # --------------------------------------------------------------------------- view model
 
 
+@dataclass
+class _ShapeNode:
+    label: str
+    children: list[_ShapeNode] = field(default_factory=list)
+
+
 def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -284,10 +367,39 @@ def _str(value: Any, default: str = "") -> str:
     return value if isinstance(value, str) else fmt_value(value)
 
 
+def _pair(value: Any) -> tuple[float, float] | None:
+    """A two-number interval, or None when absent or not numeric."""
+    items = _list(value)
+    if len(items) != 2:
+        return None
+    low, high = _number(items[0]), _number(items[1])
+    return None if low is None or high is None else (low, high)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _counts(value: Any) -> list[tuple[str, Any]]:
+    """A {name: count} mapping as pairs, largest count first, then by name."""
+    pairs = [(_str(k), v) for k, v in _map(value).items()]
+    return sorted(pairs, key=lambda kv: (-(_number(kv[1]) or 0), kv[0]))
+
+
+def _counts_text(value: Any) -> str:
+    """{"deadlock": 2, "other": 1} as "deadlock 2, other 1" ("" when empty)."""
+    return ", ".join(f"{k} {fmt_num(v)}" for k, v in _counts(value))
+
+
 def _context(report: Mapping[str, Any]) -> dict[str, Any]:
     verdict = _str(report.get("verdict"), "INCONCLUSIVE").upper()
+    flag = _str(report.get("flag"), "(unnamed flag)")
+    stage = _stage_context(report)
+    gates = _gates(report.get("gates"))
+    gate_limits = {g["name"]: g["threshold_value"] for g in gates}
     return {
-        "flag": _str(report.get("flag"), "(unnamed flag)"),
+        "schema_version": report.get("schema_version"),
+        "flag": flag,
         "description": _str(report.get("description")),
         "owner": _str(report.get("owner")),
         "kind": _str(report.get("kind")),
@@ -298,14 +410,25 @@ def _context(report: Mapping[str, Any]) -> dict[str, Any]:
         "generated_at": _str(report.get("generated_at")),
         "toolkit_version": _str(report.get("toolkit_version")),
         "samples": report.get("samples"),
-        **_stage_context(report),
-        "gates": _gates(report.get("gates")),
+        **stage,
+        "gates": gates,
+        "gates_passed": sum(g["result"] == "pass" for g in gates),
+        "gates_judged": sum(g["result"] != "info" for g in gates),
+        "gates_info": sum(g["result"] == "info" for g in gates),
+        "noise": _noise(report.get("noise"), flag, stage["stage"]),
         "mismatches": _mismatches(report.get("mismatches")),
         "latency": _latency(report.get("latency")),
         "failures": _failures(report.get("failures")),
         "locks": _locks(report.get("locks")),
+        "plans": _plans(report.get("plans")),
+        "generic_plans": _generic_plans(
+            report.get("generic_plans"), gate_limits.get("generic_plan")
+        ),
+        "stage_impact": _stage_impact(report.get("stage_impact"), stage["stage"]),
         "tenants": _tenants(report.get("tenants")),
+        "queries": _queries(report.get("queries")),
         "rollback": _rollback(report.get("rollback")),
+        "database_stats": _database_stats(report.get("database_stats")),
         "environment": _environment(report.get("environment")),
     }
 
@@ -329,37 +452,96 @@ def _stage_context(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"stage": stage, "stage_track": track, "next_stage": next_stage}
 
 
+def _gate_status(gate: Mapping[str, Any]) -> str:
+    """pass | fail | inconclusive | info; schema 1 bodies only carry ``passed`` (None: n/a)."""
+    status = _str(gate.get("status")).lower()
+    if status in GATE_STATUSES:
+        return status
+    passed = gate.get("passed")
+    return "pass" if passed is True else "fail" if passed is False else "n/a"
+
+
+def _details_text(raw: Any) -> str:
+    """A gate's ``details`` as one short line; empty values are left out."""
+    parts = []
+    for key, value in _map(raw).items():
+        if isinstance(value, Mapping):
+            text = _counts_text(value)
+        elif isinstance(value, list | tuple):
+            text = ", ".join(fmt_num(v) for v in value)
+        else:
+            text = fmt_num(value)
+        if text:
+            parts.append(f"{_str(key).replace('_', ' ')}: {text}")
+    return "; ".join(parts)
+
+
 def _gates(raw: Any) -> list[dict[str, Any]]:
     gates = []
     for item in _list(raw):
         gate = _map(item)
-        passed = gate.get("passed")
-        result = "pass" if passed is True else "fail" if passed is False else "n/a"
+        result = _gate_status(gate)
         display = _str(gate.get("display"))
         figure, threshold = fmt_num(gate.get("figure")), fmt_num(gate.get("threshold"))
+        if display:
+            summary = display
+        elif gate.get("threshold") is None:
+            summary = figure
+        else:
+            summary = f"{figure} (threshold {threshold})"
         gates.append(
             {
                 "name": _str(gate.get("name"), "(unnamed gate)"),
                 "figure": display or figure,
                 "threshold": threshold,
-                "summary": display or f"{figure} (threshold {threshold})",
+                "threshold_value": gate.get("threshold"),
+                "summary": summary,
                 "result": result,
+                "confidence": _number(gate.get("confidence")),
+                "details": _details_text(gate.get("details")),
                 "reason": _str(gate.get("reason")),
             }
         )
     return gates
 
 
+def _noise(raw: Any, flag: str, stage: str) -> dict[str, Any] | None:
+    """The A/A calibration (legacy against itself); None for bodies that predate it."""
+    if not isinstance(raw, Mapping):
+        return None
+    samples = _number(raw.get("samples")) or 0
+    command = f"rollout shadow {shlex.quote(flag)}"
+    if stage and stage != "—":
+        command += f" --stage {shlex.quote(stage)}"
+    return {
+        "ran": samples > 0,
+        "samples": raw.get("samples"),
+        "compared": raw.get("compared"),
+        "mismatch_rate": _number(raw.get("mismatch_rate")),
+        "latency_ratio": _number(raw.get("latency_ratio")),
+        "latency_ci": _pair(raw.get("latency_ci")),
+        "command": command + " --aa",
+    }
+
+
 def _mismatches(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping):
         return None
     samples = [_map(s) for s in _list(raw.get("samples"))]
+    shown = samples[:HTML_MAX_SAMPLES]
+    omitted = _int(raw.get("samples_omitted")) or 0
     return {
         "count": raw.get("count"),
+        "compared": raw.get("compared"),
         "rate": raw.get("rate"),
+        "noise_rate": _number(raw.get("noise_rate")),
         "by_kind": [(_str(k), v) for k, v in _map(raw.get("by_kind")).items()],
-        "samples": [_html_sample(s) for s in samples[:HTML_MAX_SAMPLES]],
+        "samples": [_html_sample(s) for s in shown],
         "samples_total": len(samples),
+        "samples_omitted": omitted,
+        # mismatching executions without a diff shown here: cut by the HTML bound or
+        # left out of the report body altogether
+        "samples_hidden": len(samples) - len(shown) + omitted,
     }
 
 
@@ -506,20 +688,24 @@ def _latency(raw: Any) -> dict[str, Any] | None:
                 "gated": label == gated,
             }
         )
-    ci = _list(raw.get("ratio_ci"))
-    ci_pair = (ci[0], ci[1]) if len(ci) == 2 else None
-    if ci_pair and (_number(ci_pair[0]) is None or _number(ci_pair[1]) is None):
-        ci_pair = None
+    tolerance = _number(raw.get("effective_tolerance"))
+    confidence = _number(raw.get("confidence"))
     return {
         "gated": gated or "chosen quantile",
         "rows": rows,
         "n_legacy": legacy["n"],
         "n_new": new["n"],
-        "ratio": raw.get("ratio"),
-        "ci": ci_pair,
-        "confidence": raw.get("confidence"),
+        "hl_ratio": _number(raw.get("hl_ratio")),
+        "hl_ci": _pair(raw.get("hl_ci")),
+        "ratio": _number(raw.get("ratio")),
+        "ci": _pair(raw.get("ratio_ci")),
+        "confidence": confidence,
+        "alpha": 1 - confidence if confidence is not None else None,
         "change_pct": raw.get("change_pct"),
-        "mann_whitney_p": raw.get("mann_whitney_p"),
+        "mann_whitney_p": _number(raw.get("mann_whitney_p")),
+        "tolerance": tolerance,
+        "limit": 1 + tolerance if tolerance is not None else None,
+        "samples_needed": _int(raw.get("samples_needed")),
         "chart": _latency_chart(legacy, new, gated),
     }
 
@@ -564,16 +750,66 @@ def _latency_chart(
     return {"width": width, "height": y - group_gap + 6, "groups": groups}
 
 
+def _sqlstate_class(code: str) -> str:
+    if code == "client":
+        return "client"
+    return failure_class(code) or "other"
+
+
+def _class_counts(path: Mapping[str, Any]) -> dict[str, Any]:
+    """A path's failures by class; schema 1 bodies only have SQLSTATEs, so classify those."""
+    if isinstance(path.get("by_class"), Mapping):
+        return {_str(k): v for k, v in _map(path.get("by_class")).items()}
+    out: dict[str, Any] = {}
+    for code, n in _map(path.get("by_sqlstate")).items():
+        cls = _sqlstate_class(_str(code))
+        out[cls] = out.get(cls, 0) + (_int(n) or 0)
+    return out
+
+
+def _ordered_classes(names: Iterable[str]) -> list[str]:
+    present = set(names)
+    known = [c for c in FAILURE_CLASSES if c in present]
+    return known + sorted(present - set(FAILURE_CLASSES))
+
+
 def _failures(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping):
         return None
     legacy, new = _map(raw.get("legacy")), _map(raw.get("new"))
     by_legacy, by_new = _map(legacy.get("by_sqlstate")), _map(new.get("by_sqlstate"))
     codes = sorted({_str(c) for c in (*by_legacy, *by_new)})
+    class_legacy, class_new = _class_counts(legacy), _class_counts(new)
+    new_only_by_class = raw.get("new_only_by_class")
+    only = _map(new_only_by_class)
+    classes = []
+    for cls in _ordered_classes([*class_legacy, *class_new, *only]):
+        classes.append(
+            {
+                "name": cls,
+                "legacy": class_legacy.get(cls, 0),
+                "new": class_new.get(cls, 0),
+                "new_only": only.get(cls, 0) if isinstance(new_only_by_class, Mapping) else None,
+                "sqlstates": [
+                    {
+                        "code": code,
+                        "name": SQLSTATE_NAMES.get(code, ""),
+                        "legacy": by_legacy.get(code, 0),
+                        "new": by_new.get(code, 0),
+                    }
+                    for code in codes
+                    if _sqlstate_class(code) == cls
+                ],
+            }
+        )
     return {
         "legacy": legacy.get("count"),
         "new": new.get("count"),
         "new_only": raw.get("new_only"),
+        "new_only_text": _counts_text(only),
+        "legacy_text": _counts_text(class_legacy),
+        "new_text": _counts_text(class_new),
+        "classes": classes,
         "rows": [
             {
                 "code": code,
@@ -586,20 +822,399 @@ def _failures(raw: Any) -> dict[str, Any] | None:
     }
 
 
+def _lock_value(value: Any, unit: str) -> str:
+    if value is None:
+        return "—"
+    return fmt_ms(value) if unit == "ms" else fmt_num(value)
+
+
+def _holds(raw: Any) -> list[tuple[str, str]]:
+    """[[relation, mode], ...] as pairs; malformed items are skipped."""
+    out = []
+    for item in _list(raw):
+        pair = _list(item)
+        if len(pair) >= 2:
+            out.append((_str(pair[0]), _str(pair[1])))
+    return out
+
+
+def _strength(mode: str) -> int:
+    return LOCK_STRENGTH.get(mode, 0)
+
+
+def _modes(holds: Iterable[tuple[str, str]], relation: str) -> list[str]:
+    return sorted({m for r, m in holds if r == relation}, key=lambda m: (_strength(m), m))
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _sentence(*parts: str | list[str]) -> list[dict[str, Any]]:
+    """Segments of a sentence: plain strings are prose, lists are names shown as code."""
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append({"text": part, "code": False})
+            continue
+        for i, name in enumerate(part):
+            if i:
+                out.append({"text": " and " if i == len(part) - 1 else ", ", "code": False})
+            out.append({"text": name, "code": True})
+    return out
+
+
+def _lock_differences(
+    raw: Mapping[str, Any], legacy: Mapping[str, Any], new: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Sentences for the locks one path takes and the other does not, grouped by relation
+    (relations in the same situation share a sentence); stronger locks on the new path first."""
+    only_new, only_legacy = _holds(raw.get("only_new_holds")), _holds(raw.get("only_legacy_holds"))
+    full = isinstance(legacy.get("held"), list) and isinstance(new.get("held"), list)
+    held_legacy = _holds(legacy.get("held")) if full else only_legacy
+    held_new = _holds(new.get("held")) if full else only_new
+    groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for relation in dict.fromkeys(r for r, _ in (*only_new, *only_legacy)):
+        extra_new = _modes(only_new, relation)
+        extra_legacy = _modes(only_legacy, relation)
+        legacy_modes = _modes(held_legacy, relation)
+        new_modes = _modes(held_new, relation)
+        if extra_new:
+            case = "new_also" if legacy_modes else "new_only"
+            key = (case, tuple(extra_new), tuple(legacy_modes))
+        else:
+            case = "legacy_also" if new_modes else "legacy_only"
+            key = (case, tuple(extra_legacy), tuple(new_modes))
+        groups.setdefault(key, []).append(relation)
+    out: list[dict[str, Any]] = []
+    for (case, modes, other), relations in groups.items():
+        rels, mode_list, other_list = sorted(relations), list(modes), list(other)
+        many = len(rels) > 1
+        if case == "new_also":
+            parts = _sentence(
+                "The new path takes ",
+                mode_list,
+                " on ",
+                rels,
+                " where legacy took ",
+                other_list,
+                ".",
+            )
+            stronger = max(map(_strength, modes)) > max(map(_strength, other))
+        elif case == "new_only":
+            parts = _sentence(
+                "The new path takes ", mode_list, " on ", rels, ", which legacy did not lock."
+            )
+            stronger = True
+        elif case == "legacy_also":
+            parts = _sentence(
+                "Legacy took ",
+                mode_list,
+                " on ",
+                rels,
+                " where the new path takes only ",
+                other_list,
+                ".",
+            )
+            stronger = False
+        else:
+            parts = _sentence(
+                "Legacy took ",
+                mode_list,
+                " on ",
+                rels,
+                "; the new path does not " + ("lock them." if many else "lock it."),
+            )
+            stronger = False
+        out.append({"parts": parts, "stronger": stronger, "strength": max(map(_strength, modes))})
+    out.sort(key=lambda d: (not d["stronger"], -int(d["strength"])))
+    return out
+
+
 def _locks(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping):
         return None
     legacy, new = _map(raw.get("legacy")), _map(raw.get("new"))
-    metrics = list(dict.fromkeys([*legacy, *new]))
+    rows = []
+    known = {key for key, _, _ in LOCK_METRICS}
+    for key, label, unit in LOCK_METRICS:
+        if key in legacy or key in new:
+            lv, nv = _number(legacy.get(key)), _number(new.get(key))
+            worse = key != "measured" and lv is not None and nv is not None and nv > lv
+            rows.append(
+                {
+                    "metric": label,
+                    "legacy": _lock_value(legacy.get(key), unit),
+                    "new": _lock_value(new.get(key), unit),
+                    "worse": worse,
+                }
+            )
+    for key in dict.fromkeys([*legacy, *new]):
+        if key in known or key in LOCK_LISTS:
+            continue
+        rows.append(
+            {
+                "metric": _str(key).replace("_", " "),
+                "legacy": fmt_num(legacy.get(key)),
+                "new": fmt_num(new.get(key)),
+                "worse": False,
+            }
+        )
+    waited_legacy, waited_new = _map(legacy.get("waited_on")), _map(new.get("waited_on"))
+    waited = [
+        {"lock": _str(k), "legacy": waited_legacy.get(k, 0), "new": waited_new.get(k, 0)}
+        for k in dict.fromkeys([*waited_legacy, *waited_new])
+    ]
+    waited.sort(key=lambda w: (-(_number(w["legacy"]) or 0) - (_number(w["new"]) or 0), w["lock"]))
+    held_legacy, held_new = _holds(legacy.get("held")), _holds(new.get("held"))
+    relations = sorted({r for r, _ in (*held_legacy, *held_new)})
+    held = []
+    for rel in relations:
+        modes_legacy, modes_new = _modes(held_legacy, rel), _modes(held_new, rel)
+        held.append(
+            {
+                "relation": rel,
+                "legacy": ", ".join(modes_legacy),
+                "new": ", ".join(modes_new),
+                "differs": modes_legacy != modes_new,
+            }
+        )
     return {
+        "rows": rows,
+        "waited_on": waited,
+        "differences": _lock_differences(raw, legacy, new),
+        "held": held,
+        "held_known": isinstance(legacy.get("held"), list) or isinstance(new.get("held"), list),
+        "note": _str(raw.get("note")),
+    }
+
+
+def _shape_parse(text: str) -> _ShapeNode | None:
+    """Parse plans.shape() text, "Node on rel (child, child)", into a tree; None when the
+    text does not parse (a relation name with brackets or commas), so it is shown verbatim."""
+    pos = 0
+
+    def node(depth: int) -> _ShapeNode:
+        nonlocal pos
+        if depth > SHAPE_MAX_DEPTH:
+            raise ValueError("too deep")
+        ends = [
+            i for i in (text.find(" (", pos), text.find(", ", pos), text.find(")", pos)) if i >= 0
+        ]
+        end = min(ends, default=len(text))
+        label = text[pos:end]
+        if not label.strip():
+            raise ValueError("empty node")
+        pos = end
+        result = _ShapeNode(label)
+        if text.startswith(" (", pos):
+            pos += 2
+            result.children.append(node(depth + 1))
+            while text.startswith(", ", pos):
+                pos += 2
+                result.children.append(node(depth + 1))
+            if not text.startswith(")", pos):
+                raise ValueError("unbalanced")
+            pos += 1
+        return result
+
+    try:
+        root = node(0)
+    except ValueError:
+        return None
+    return root if pos == len(text) else None
+
+
+def _shape_lines(shape: str) -> list[str]:
+    """A plan shape as an indented tree, one node per line."""
+    root = _shape_parse(shape)
+    if root is None:
+        return [shape]
+    lines = [root.label]
+
+    def walk(node: _ShapeNode, prefix: str) -> None:
+        for i, child in enumerate(node.children):
+            last = i == len(node.children) - 1
+            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{child.label}")
+            walk(child, prefix + ("   " if last else "│  "))
+
+    walk(root, "")
+    return lines
+
+
+def _plan_path(raw: Any) -> dict[str, Any]:
+    path = _map(raw)
+    shapes = []
+    for item in _list(path.get("shapes")):
+        shape = _map(item)
+        text = _str(shape.get("shape"))
+        shapes.append(
+            {"text": text, "tree": "\n".join(_shape_lines(text)), "count": shape.get("count")}
+        )
+    return {
+        "samples": path.get("samples"),
+        "shapes": shapes,
+        "median_buffers": _number(path.get("median_buffers")),
+        "median_exec_ms": _number(path.get("median_exec_ms")),
+        "rows_misestimate": _number(path.get("rows_misestimate")),
+    }
+
+
+def _plans(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    legacy, new = _plan_path(raw.get("legacy")), _plan_path(raw.get("new"))
+    buffers_ratio = _number(raw.get("buffers_ratio"))
+    lb, nb = legacy["median_buffers"], new["median_buffers"]
+    if buffers_ratio is None and lb and nb is not None:
+        buffers_ratio = nb / lb
+    le, ne = legacy["median_exec_ms"], new["median_exec_ms"]
+    return {
+        "samples": _number(raw.get("samples")) or 0,
+        "same_shape": raw.get("same_shape"),
+        "legacy": legacy,
+        "new": new,
         "rows": [
             {
-                "metric": _str(m).replace("_", " "),
-                "legacy": legacy.get(m),
-                "new": new.get(m),
-            }
-            for m in metrics
+                "metric": "EXPLAIN samples",
+                "legacy": fmt_num(legacy["samples"]),
+                "new": fmt_num(new["samples"]),
+                "ratio": "",
+            },
+            {
+                "metric": "shared buffers per execution (median)",
+                "legacy": fmt_num(lb),
+                "new": fmt_num(nb),
+                "ratio": fmt_ratio(buffers_ratio),
+            },
+            {
+                "metric": "execution time (median, EXPLAIN ANALYZE)",
+                "legacy": fmt_ms(le),
+                "new": fmt_ms(ne),
+                "ratio": fmt_ratio(ne / le if le and ne is not None else None),
+            },
+            {
+                "metric": "planned ÷ actual rows at the top node (median)",
+                "legacy": fmt_ratio(legacy["rows_misestimate"]),
+                "new": fmt_ratio(new["rows_misestimate"]),
+                "ratio": "",
+            },
         ],
+        "buffers_ratio": buffers_ratio,
+    }
+
+
+def _generic_side(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    custom, generic = _number(row.get("custom_ms")), _number(row.get("generic_ms"))
+    ratio = _number(row.get("ratio"))
+    if ratio is None and custom and generic is not None:
+        ratio = generic / custom
+    return {
+        "custom_ms": custom,
+        "generic_ms": generic,
+        "custom_buffers": row.get("custom_buffers"),
+        "generic_buffers": row.get("generic_buffers"),
+        "ratio": ratio,
+    }
+
+
+def _generic_plans(raw: Any, limit: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    by_tenant: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for item in _list(raw.get("checks")):
+        check = _map(item)
+        tenant = _str(check.get("tenant"), "(no tenant)")
+        by_tenant.setdefault(tenant, {})[_str(check.get("path"))] = check
+    regressed = {_str(_map(r).get("tenant"), "(no tenant)") for r in _list(raw.get("regressions"))}
+    rows = [
+        {
+            "tenant": tenant,
+            "legacy": _generic_side(paths.get("legacy")),
+            "new": _generic_side(paths.get("new")),
+            "regressed": tenant in regressed,
+        }
+        for tenant, paths in by_tenant.items()
+    ]
+    rows.sort(key=lambda r: (not r["regressed"], r["tenant"]))
+    return {
+        "rows": rows,
+        "regressions": len(regressed),
+        "regressed_tenants": sorted(regressed),
+        "worst_new_ratio": _number(raw.get("worst_new_ratio")),
+        "limit": _number(limit),
+    }
+
+
+def _stage_impact(raw: Any, stage: str) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    before, after = _map(raw.get("before")), _map(raw.get("after"))
+
+    def served(window: Mapping[str, Any]) -> str:
+        n, total = _number(window.get("served_new")), _number(window.get("requests"))
+        text = fmt_num(window.get("served_new"))
+        return f"{text} ({fmt_pct(n / total)})" if n is not None and total else text
+
+    rows = [
+        {
+            "metric": "requests",
+            "before": fmt_num(before.get("requests")),
+            "after": fmt_num(after.get("requests")),
+            "change": "",
+            "worse": False,
+        },
+        {
+            "metric": "served by the new path",
+            "before": served(before),
+            "after": served(after),
+            "change": "",
+            "worse": False,
+        },
+    ]
+    for key, label in (
+        ("p50_ms", "p50 latency"),
+        ("p95_ms", "p95 latency"),
+        ("p99_ms", "p99 latency"),
+        ("mean_lock_wait_ms", "mean lock wait"),
+    ):
+        b, a = _number(before.get(key)), _number(after.get(key))
+        rows.append(
+            {
+                "metric": label,
+                "before": fmt_ms(b),
+                "after": fmt_ms(a),
+                "change": fmt_ratio(a / b) if b and a is not None else "",
+                "worse": False,
+            }
+        )
+    fb, fa = _map(before.get("failures_by_class")), _map(after.get("failures_by_class"))
+    classes = _ordered_classes(_str(c) for c in (*fb, *fa))
+    for cls in classes:
+        b, a = _number(fb.get(cls)) or 0, _number(fa.get(cls)) or 0
+        rows.append(
+            {
+                "metric": f"failures: {cls}",
+                "before": fmt_num(fb.get(cls, 0)),
+                "after": fmt_num(fa.get(cls, 0)),
+                "change": "",
+                "worse": a > b,
+            }
+        )
+    if not classes:
+        rows.append(
+            {"metric": "failures", "before": "0", "after": "0", "change": "", "worse": False}
+        )
+    minutes = _number(raw.get("window_minutes"))
+    return {
+        "changed_at": _str(raw.get("changed_at"), "—"),
+        "from_stage": _str(raw.get("from_stage"), "—"),
+        "to_stage": stage,
+        "by": _str(raw.get("by")),
+        "window": f"{minutes:g} minutes" if minutes is not None else "",
+        "rows": rows,
         "note": _str(raw.get("note")),
     }
 
@@ -619,10 +1234,25 @@ def _tenants(raw: Any) -> list[dict[str, Any]] | None:
                 "legacy_p50_ms": t.get("legacy_p50_ms"),
                 "new_p50_ms": t.get("new_p50_ms"),
                 "new_failures": t.get("new_failures"),
+                "new_failures_by_class": _counts_text(t.get("new_failures_by_class")),
                 "flagged": bool(mismatches) or bool(failures),
             }
         )
     return tenants
+
+
+def _queries(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    out = {}
+    for path in ("legacy", "new"):
+        sql = raw.get(path)
+        out[path] = {
+            "sql": sql if isinstance(sql, str) else None,
+            "source": _str(raw.get(f"{path}_source")),
+            "lines": len(sql.splitlines()) if isinstance(sql, str) else 0,
+        }
+    return out
 
 
 def _rollback(raw: Any) -> dict[str, Any] | None:
@@ -654,6 +1284,31 @@ def _environment(raw: Any) -> dict[str, Any] | None:
     }
 
 
+def _database_stats(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    stats = {_str(k): v for k, v in raw.items()}
+    rows = [
+        {
+            "key": key,
+            "label": label,
+            "value": fmt_num(stats[key]),
+            "warn": key in DATABASE_STATS_WARN and (_number(stats[key]) or 0) > 0,
+        }
+        for key, label in DATABASE_STATS
+        if key in stats
+    ]
+    known = {key for key, _ in DATABASE_STATS}
+    rows += [
+        {"key": key, "label": key.replace("_", " "), "value": fmt_num(value), "warn": False}
+        for key, value in stats.items()
+        if key not in known
+    ]
+    hit, read = _number(stats.get("blks_hit")), _number(stats.get("blks_read"))
+    hit_ratio = hit / (hit + read) if hit is not None and read is not None and hit + read else None
+    return {"rows": rows, "hit_ratio": hit_ratio}
+
+
 # --------------------------------------------------------------------------- markdown extras
 
 
@@ -666,12 +1321,23 @@ def _markdown_extras(report: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(script, str) and len(script) > MD_MAX_SCRIPT:
         script = script[:MD_MAX_SCRIPT].rstrip("\n") + "\n-- … (truncated; see the full script)"
         script_clipped = True
+    locks = _locks(report.get("locks"))
+    differences = locks["differences"] if locks else []
     return {
+        "lock_lines": [_md_sentence(d["parts"]) for d in differences[:MD_MAX_LOCK_LINES]],
+        "locks_more": max(0, len(differences) - MD_MAX_LOCK_LINES),
         "samples": [_md_sample(s) for s in samples[:MD_MAX_SAMPLES]],
         "samples_total": len(samples),
+        "html_samples": min(len(samples), HTML_MAX_SAMPLES),
         "script": script if isinstance(script, str) else None,
         "script_clipped": script_clipped,
     }
+
+
+def _md_sentence(parts: list[dict[str, Any]]) -> str:
+    return "".join(
+        md_code(_clip(p["text"], MD_MAX_VALUE)) if p["code"] else md_text(p["text"]) for p in parts
+    )
 
 
 def _md_value(value: Any) -> str:

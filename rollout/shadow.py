@@ -1,8 +1,9 @@
-"""Offline shadow run: draw parameter sets per tenant, run both paths in random order, record."""
+"""Offline shadow run: draw parameter sets per tenant, run both paths in ABBA order, record."""
 
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,8 +12,9 @@ from typing import Any
 
 import psycopg
 
-from .compare import compare
-from .connection import redact
+from .checksum import checksum_compare
+from .compare import MASK, Comparison, compare
+from .connection import connect, redact
 from .errors import InputError
 from .execute import Limits, apply_limits, execute
 from .flags import Flag
@@ -20,6 +22,7 @@ from .locks import LockWaitSampler
 from .observations import Observation, PathResult
 from .plans import PlanSample, explain, generic_check
 from .store import Store
+from .streaming import stream_pair
 from .targeting import Context
 
 BATCH = 500
@@ -149,7 +152,10 @@ def run_shadow(
                              server_version=f"PostgreSQL {server_version}",
                              mode="aa" if opts.aa else "ab")
     summary = RunSummary(run_id, flag.name, stage, list(tenants))
-    sampler = LockWaitSampler(dsn, opts.lock_interval).start() if opts.lock_interval else None
+    large = flag.compare.stream or flag.compare.checksum
+    sampler = (LockWaitSampler(dsn, opts.lock_interval).start()
+               if opts.lock_interval and not large else None)
+    new_conn = connect(dsn, autocommit=True) if large else None
     try:
         apply_limits(target, opts.limits)
         _warm_up(flag, target, plan[0][1])
@@ -157,7 +163,8 @@ def run_shadow(
         batch: list[Observation] = []
         for i, (tenant, params) in enumerate(plan):
             obs = run_pair(flag, target, stage, tenant, params, i, run_id, aa=opts.aa,
-                           sampler=sampler, capture_locks=i < opts.lock_captures)
+                           sampler=sampler, capture_locks=i < opts.lock_captures and not large,
+                           new_conn=new_conn)
             batch.append(obs)
             summary.add(obs)
             if len(batch) >= BATCH:
@@ -167,7 +174,7 @@ def run_shadow(
                 progress(i + 1, len(plan))
         store.write_observations(batch)
         db_stats = database_delta(before, database_stats(target))
-        if not opts.aa:
+        if not opts.aa and not large:
             _plans(flag, target, store, run_id, plan, opts)
     except BaseException:
         store.finish_run(run_id, summary.samples, status="failed")
@@ -175,43 +182,76 @@ def run_shadow(
     finally:
         if sampler is not None:
             sampler.close()
+        if new_conn is not None:
+            new_conn.close()
     store.finish_run(run_id, summary.samples, db_stats=db_stats)
     return summary
 
 
 def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | None,
              params: dict[str, Any], index: int, run_id: uuid.UUID, *, aa: bool = False,
-             sampler: LockWaitSampler | None = None, capture_locks: bool = False
-             ) -> Observation:
-    """Both paths once (legacy twice with ``aa``), ordered ABBA by ``index``, compared."""
+             sampler: LockWaitSampler | None = None, capture_locks: bool = False,
+             new_conn: psycopg.Connection[Any] | None = None) -> Observation:
+    """Both paths once (legacy twice with ``aa``), ordered ABBA by ``index``, compared.
+
+    With ``compare.stream`` or ``compare.checksum`` both paths run at once, the new one on
+    ``new_conn``, and results are compared without being held in memory.
+    """
     write = flag.kind == "write"
     first = "legacy" if index % 2 == 0 else "new"
-    results = {}
-    for path in (first, "new" if first == "legacy" else "legacy"):
-        query = flag.legacy.sql if path == "legacy" or aa else flag.new.sql
-        results[path] = _run(flag, conn, query, params, write, path, sampler=sampler,
-                             execution=2 * index + (path == "new"),
-                             capture_locks=capture_locks)
-    (legacy, legacy_set), (new, new_set) = results["legacy"], results["new"]
+    new_sql = flag.legacy.sql if aa else flag.new.sql
     matched: bool | None = None
     diff = None
-    if legacy_set is not None and new_set is not None:
-        cmp = compare(legacy_set, new_set, flag.compare)
-        matched = cmp.matched
-        diff = None if matched else cmp.diffs
+    rules = flag.compare
+    if (rules.stream or rules.checksum) and new_conn is not None:
+        legacy, new, cmp = _large(flag, conn, new_conn, new_sql, params)
+        if not legacy.failed and not new.failed:
+            matched, diff = cmp.matched, (None if cmp.matched else cmp.diffs)
+    else:
+        results = {}
+        for path in (first, "new" if first == "legacy" else "legacy"):
+            query = flag.legacy.sql if path == "legacy" else new_sql
+            results[path] = _run(flag, conn, query, params, write, path, sampler=sampler,
+                                 execution=2 * index + (path == "new"),
+                                 capture_locks=capture_locks)
+        (legacy, legacy_set), (new, new_set) = results["legacy"], results["new"]
+        if legacy_set is not None and new_set is not None:
+            cmp = compare(legacy_set, new_set, rules)
+            matched = cmp.matched
+            diff = None if matched else cmp.diffs
     locks = {path: {"held": [list(x) for x in r.locks or ()],
                     "waits": list(r.waits or ())}
              for path, r in (("legacy", legacy), ("new", new)) if r.locks or r.waits}
     return Observation(
         observed_at=datetime.now(UTC), flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
         tenant=tenant, decision="shadow", first_path=first,
-        params={k: _jsonable(v) for k, v in params.items() if k != "tenant"},
+        params={k: MASK if k in rules.sensitive else _jsonable(v)
+                for k, v in params.items() if k != "tenant"},
         legacy_ns=legacy.ns, new_ns=new.ns, legacy_rows=legacy.row_count,
         new_rows=new.row_count, legacy_sqlstate=legacy.sqlstate, new_sqlstate=new.sqlstate,
         legacy_error=legacy.error, new_error=new.error, matched=matched, diff=diff,
         run_id=run_id, mode="aa" if aa else "ab", legacy_lock_wait_ns=legacy.lock_wait_ns,
         new_lock_wait_ns=new.lock_wait_ns, locks=locks or None,
     )
+
+
+def _large(flag: Flag, conn: psycopg.Connection[Any], new_conn: psycopg.Connection[Any],
+           new_sql: str, params: dict[str, Any]) -> tuple[PathResult, PathResult, Comparison]:
+    """Both paths of a large result at once: checksum first if asked, else streaming."""
+    if flag.compare.checksum:
+        start = time.perf_counter_ns()
+        try:
+            result = checksum_compare(conn, new_conn, flag.legacy.sql, new_sql, params,
+                                      rules=flag.compare)
+        except psycopg.Error as exc:
+            raise InputError(f"{flag.file}: compare.checksum: {_first_line(exc)}") from None
+        elapsed = time.perf_counter_ns() - start
+        # Both sides were checksummed concurrently: each path's latency is the whole
+        # comparison; row counts come from the checksums.
+        return (PathResult(elapsed, result.legacy.rows), PathResult(elapsed, result.new.rows),
+                result.comparison)
+    return stream_pair(conn, new_conn, flag.legacy.sql, new_sql, params, rules=flag.compare,
+                       write=flag.kind == "write")
 
 
 def database_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:

@@ -16,7 +16,7 @@ import psycopg
 
 import rollout
 
-from . import decision, kill_switch, overhead
+from . import decision, kill_switch, online, overhead, recorder
 from .database import BenchDB, bench_database, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,6 +27,8 @@ Table = Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]]
 BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (overhead.NAME, overhead.run, overhead.table),
     (kill_switch.NAME, kill_switch.run, kill_switch.table),
+    (online.NAME, online.run, online.table),
+    (recorder.NAME, recorder.run, recorder.table),
 )
 
 

@@ -147,17 +147,18 @@ def _recorder(recorder: Recorder, batches: Batches) -> dict[str, Any]:
 
 
 _values = attrgetter(*COLUMNS)
-_PARAMS, _DIFF, _BATCH_ID = (COLUMNS.index(c) for c in ("params", "diff", "batch_id"))
+_BATCH_ID = COLUMNS.index("batch_id")
+_JSON = tuple(COLUMNS.index(c) for c in ("params", "diff", "locks") if c in COLUMNS)
+"""The jsonb columns, as ``Store.write_observations`` adapts them."""
 
 
 def _row(obs: Observation, batch_id: uuid.UUID) -> list[Any]:
     """The observation as the recorder writes it: its batch id, JSON columns as jsonb."""
     values = list(_values(obs))
     values[_BATCH_ID] = batch_id
-    if values[_PARAMS] is not None:
-        values[_PARAMS] = Jsonb(values[_PARAMS])
-    if values[_DIFF] is not None:
-        values[_DIFF] = Jsonb(values[_DIFF])
+    for i in _JSON:
+        if values[i] is not None:
+            values[i] = Jsonb(values[i])
     return values
 
 

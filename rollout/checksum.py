@@ -146,6 +146,8 @@ def _checksum_compare(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Co
                                     lambda lo=lo, hi=hi: new.rows(lo, hi))
                 part = compare(set_l, set_n, keyed)
                 for kind, n in part.counts.items():
+                    if kind == "row_count":
+                        continue  # reported once, for the whole result, below
                     entries = [d for d in part.diffs if d["kind"] == kind]
                     for entry in entries:
                         out.add(**entry)
@@ -158,4 +160,6 @@ def _checksum_compare(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Co
                 if c_l != c_n:
                     sizes[(a, b)] = (c_l.rows, c_n.rows)
                     stack.append((a, b))
+    if top_l.rows != top_n.rows:
+        out.add("row_count", legacy=top_l.rows, new=top_n.rows)
     return ChecksumResult(out, queries, ranges, top_l, top_n)

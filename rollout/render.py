@@ -695,6 +695,8 @@ def _latency(raw: Any) -> dict[str, Any] | None:
         "rows": rows,
         "n_legacy": legacy["n"],
         "n_new": new["n"],
+        # schema 1 bodies have no Hodges-Lehmann estimate at all: say nothing about it
+        "hl_reported": "hl_ratio" in raw,
         "hl_ratio": _number(raw.get("hl_ratio")),
         "hl_ci": _pair(raw.get("hl_ci")),
         "ratio": _number(raw.get("ratio")),

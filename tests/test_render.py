@@ -15,9 +15,23 @@ XSS = "<script>alert(1)</script>"
 QUOTES = 'it\'s "quoted"'
 
 
+LEGACY_SQL = (
+    "SELECT o.id, o.total FROM orders o\n"
+    " WHERE o.customer_id = %(customer_id)s\n"
+    " ORDER BY o.created_at DESC LIMIT 20\n"
+)
+NEW_SQL = (
+    "-- keyset read through orders_customer_created_idx\n"
+    "SELECT id, total FROM orders\n"
+    " WHERE customer_id = %(customer_id)s AND total > 0\n"
+    " ORDER BY created_at DESC, id DESC LIMIT 20\n"
+)
+
+
 def make_report(**overrides: Any) -> dict[str, Any]:
+    """A schema 2 report body as rollout.report.build_report writes it."""
     report: dict[str, Any] = {
-        "schema_version": 1,
+        "schema_version": 2,
         "flag": "orders-recent",
         "description": "keyset pagination for the recent-orders page",
         "owner": "team-orders",
@@ -32,40 +46,91 @@ def make_report(**overrides: Any) -> dict[str, Any]:
         "gates": [
             {
                 "name": "min_samples",
+                "status": "pass",
+                "passed": True,
                 "figure": 200,
                 "threshold": 200,
-                "passed": True,
+                "confidence": None,
                 "display": "200 samples (need ≥ 200)",
                 "reason": "enough paired samples",
             },
             {
-                "name": "mismatch_rate",
+                "name": "max_mismatch_rate",
+                "status": "fail",
+                "passed": False,
                 "figure": 0.015,
                 "threshold": 0.0,
-                "passed": False,
+                "confidence": None,
                 "display": "1.5% mismatching (allowed 0%)",
                 "reason": "3 results differ from legacy",
             },
             {
-                "name": "latency_ratio",
+                "name": "latency",
+                "status": "pass",
+                "passed": True,
                 "figure": 1.03,
                 "threshold": 1.2,
-                "passed": True,
+                "confidence": 0.98,
                 "display": None,
-                "reason": "p95 within budget",
+                "reason": "no latency regression beyond 15% (+4.0%)",
             },
             {
-                "name": "failures",
-                "figure": None,
-                "threshold": "none new",
+                "name": "max_new_failures",
+                "status": "inconclusive",
+                "passed": False,
+                "figure": 2,
+                "threshold": 0,
+                "confidence": None,
+                "display": "2 > 0 (statement_timeout 2)",
+                "reason": "new path failed in 2 executions where legacy succeeded",
+                "details": {"by_class": {"statement_timeout": 2}},
+            },
+            {
+                "name": "lock_wait",
+                "status": "pass",
+                "passed": True,
+                "figure": 1.1,
+                "threshold": 5.0,
+                "confidence": None,
+                "display": "mean wait new 1.30 ms vs legacy 0.20 ms (+1.10 ms) ≤ 5 ms",
+                "reason": "no lock-wait regression",
+            },
+            {
+                "name": "buffers",
+                "status": "info",
                 "passed": None,
-                "display": "",
-                "reason": "not evaluated",
+                "figure": 2.5,
+                "threshold": None,
+                "confidence": None,
+                "display": "median 30 vs 12 buffers (2.50×)",
+                "reason": "new path touches 2.50× the buffers of legacy (not gated)",
+            },
+            {
+                "name": "generic_plan",
+                "status": "fail",
+                "passed": False,
+                "figure": 45.0,
+                "threshold": 5.0,
+                "confidence": None,
+                "display": "worst new generic/custom 45.0× (limit 5×)",
+                "reason": "new path's generic plan is far slower than its custom plan for globex",
+            },
+            {
+                "name": "rollback",
+                "status": "pass",
+                "passed": True,
+                "figure": "rollback/orders-recent.sql",
+                "threshold": "script",
+                "confidence": None,
+                "display": "rollback/orders-recent.sql",
+                "reason": "rollback script present",
             },
         ],
         "mismatches": {
             "count": 3,
+            "compared": 200,
             "rate": 0.015,
+            "noise_rate": 0.01,
             "by_kind": {"changed": 2, "missing": 1},
             "samples": [
                 {
@@ -88,9 +153,12 @@ def make_report(**overrides: Any) -> dict[str, Any]:
                     "truncated": False,
                 }
             ],
+            "samples_omitted": 2,
         },
         "latency": {
             "quantile": 0.95,
+            "confidence": 0.98,
+            "pairs": 200,
             "legacy": {
                 "p50_ms": 0.41,
                 "p90_ms": 0.6,
@@ -109,19 +177,145 @@ def make_report(**overrides: Any) -> dict[str, Any]:
             },
             "ratio": 1.03,
             "ratio_ci": [0.97, 1.08],
-            "confidence": 0.98,
-            "change_pct": 3.0,
+            "hl_ratio": 1.04,
+            "hl_ci": [0.991, 1.09],
+            "change_pct": 4.0,
             "mann_whitney_p": 0.41,
+            "effective_tolerance": 0.155,
+            "samples_needed": None,
+        },
+        "noise": {
+            "samples": 100,
+            "compared": 100,
+            "mismatch_rate": 0.01,
+            "latency_ratio": 1.05,
+            "latency_ci": [0.97, 1.12],
         },
         "failures": {
-            "legacy": {"count": 0, "by_sqlstate": {}},
-            "new": {"count": 2, "by_sqlstate": {"57014": 2}},
+            "legacy": {
+                "count": 1,
+                "by_sqlstate": {"40001": 1},
+                "by_class": {"serialization_failure": 1},
+            },
+            "new": {
+                "count": 3,
+                "by_sqlstate": {"57014": 2, "40P01": 1},
+                "by_class": {"statement_timeout": 2, "deadlock": 1},
+            },
             "new_only": 2,
+            "new_only_by_class": {"statement_timeout": 2},
         },
         "locks": {
-            "legacy": {"lock_timeouts": 0},
-            "new": {"lock_timeouts": 1},
+            "legacy": {
+                "measured": 200,
+                "waited": 3,
+                "mean_wait_ms": 0.2,
+                "p95_wait_ms": 0.5,
+                "max_wait_ms": 4.1,
+                "lock_timeouts": 0,
+                "held": [
+                    ["customers", "AccessShareLock"],
+                    ["order_items", "AccessShareLock"],
+                    ["orders", "AccessShareLock"],
+                ],
+                "waited_on": {"RowExclusiveLock on orders": 3},
+            },
+            "new": {
+                "measured": 200,
+                "waited": 9,
+                "mean_wait_ms": 1.3,
+                "p95_wait_ms": 3.5,
+                "max_wait_ms": 12.0,
+                "lock_timeouts": 1,
+                "held": [
+                    ["order_items", "AccessShareLock"],
+                    ["orders", "RowExclusiveLock"],
+                ],
+                "waited_on": {"RowExclusiveLock on orders": 7, "transactionid on None": 2},
+            },
+            "only_new_holds": [["orders", "RowExclusiveLock"]],
+            "only_legacy_holds": [["customers", "AccessShareLock"], ["orders", "AccessShareLock"]],
             "note": "lock_timeout was 2s on both paths",
+        },
+        "plans": {
+            "samples": 20,
+            "buffers_ratio": 2.5,
+            "legacy": {
+                "samples": 10,
+                "shapes": [
+                    {"shape": "Limit (Index Scan on orders_customer_created_idx)", "count": 10}
+                ],
+                "median_buffers": 12.0,
+                "median_exec_ms": 0.08,
+                "rows_misestimate": 1.0,
+            },
+            "new": {
+                "samples": 10,
+                "shapes": [
+                    {
+                        "shape": "Limit (Sort (Hash Join (Seq Scan on orders, "
+                        "Hash (Seq Scan on customers))))",
+                        "count": 7,
+                    },
+                    {"shape": "Limit (Index Scan on orders_pkey)", "count": 3},
+                ],
+                "median_buffers": 30.0,
+                "median_exec_ms": 0.2,
+                "rows_misestimate": 4.0,
+            },
+            "same_shape": False,
+        },
+        "generic_plans": {
+            "checks": [
+                {
+                    "path": "legacy",
+                    "tenant": "acme",
+                    "custom_ms": 0.1,
+                    "generic_ms": 0.12,
+                    "custom_buffers": 8,
+                    "generic_buffers": 8,
+                    "ratio": 1.2,
+                },
+                {
+                    "path": "new",
+                    "tenant": "acme",
+                    "custom_ms": 0.09,
+                    "generic_ms": 0.11,
+                    "custom_buffers": 8,
+                    "generic_buffers": 8,
+                    "ratio": 1.2222,
+                },
+                {
+                    "path": "legacy",
+                    "tenant": "globex",
+                    "custom_ms": 0.2,
+                    "generic_ms": 0.25,
+                    "custom_buffers": 20,
+                    "generic_buffers": 21,
+                    "ratio": 1.25,
+                },
+                {
+                    "path": "new",
+                    "tenant": "globex",
+                    "custom_ms": 0.2,
+                    "generic_ms": 9.0,
+                    "custom_buffers": 20,
+                    "generic_buffers": 4_100,
+                    "ratio": 45.0,
+                },
+            ],
+            "regressions": [
+                {
+                    "path": "new",
+                    "tenant": "globex",
+                    "custom_ms": 0.2,
+                    "generic_ms": 9.0,
+                    "custom_buffers": 20,
+                    "generic_buffers": 4_100,
+                    "ratio": 45.0,
+                }
+            ],
+            "worst_new_ratio": 45.0,
         },
         "tenants": [
             {
@@ -131,6 +325,7 @@ def make_report(**overrides: Any) -> dict[str, Any]:
                 "legacy_p50_ms": 0.4,
                 "new_p50_ms": 0.41,
                 "new_failures": 0,
+                "new_failures_by_class": {},
             },
             {
                 "tenant": "globex",
@@ -139,8 +334,15 @@ def make_report(**overrides: Any) -> dict[str, Any]:
                 "legacy_p50_ms": 0.42,
                 "new_p50_ms": 0.44,
                 "new_failures": 2,
+                "new_failures_by_class": {"statement_timeout": 2},
             },
         ],
+        "queries": {
+            "legacy": LEGACY_SQL,
+            "new": NEW_SQL,
+            "legacy_source": "inline",
+            "new_source": "queries/orders-recent.new.sql",
+        },
         "rollback": {
             "script_path": "rollback/orders-recent.sql",
             "script": "DROP INDEX CONCURRENTLY IF EXISTS orders_customer_created_idx;\n",
@@ -156,6 +358,16 @@ def make_report(**overrides: Any) -> dict[str, Any]:
                 'Undo the schema change: psql "$DATABASE_URL" -f rollback/orders-recent.sql',
             ],
         },
+        "stage_impact": None,
+        "database_stats": {
+            "blks_hit": 28_041,
+            "blks_read": 105,
+            "conflicts": 0,
+            "deadlocks": 1,
+            "temp_files": 0,
+            "xact_commit": 604,
+            "xact_rollback": 2,
+        },
         "environment": {
             "server_version": "PostgreSQL 18.6",
             "database": "host=db.internal dbname=shop user=app",
@@ -169,6 +381,64 @@ def make_report(**overrides: Any) -> dict[str, Any]:
         },
     }
     report.update(overrides)
+    return report
+
+
+def canary_report() -> dict[str, Any]:
+    """The second stage, entered from shadow-pilot, with online traffic on either side."""
+    return make_report(
+        stage="canary",
+        stage_impact={
+            "changed_at": "2026-11-28T08:00:00+00:00",
+            "from_stage": "shadow-pilot",
+            "by": "alice",
+            "window_minutes": 60.0,
+            "before": {
+                "requests": 1_000,
+                "served_new": 0,
+                "p50_ms": 0.4,
+                "p95_ms": 0.9,
+                "p99_ms": 1.5,
+                "mean_lock_wait_ms": 0.05,
+                "failures_by_class": {},
+            },
+            "after": {
+                "requests": 1_200,
+                "served_new": 60,
+                "p50_ms": 0.42,
+                "p95_ms": 1.8,
+                "p99_ms": 2.0,
+                "mean_lock_wait_ms": None,
+                "failures_by_class": {"deadlock": 2},
+            },
+            "note": "served path per request; pool checkout waits are not recorded yet",
+        },
+    )
+
+
+def schema_v1_report() -> dict[str, Any]:
+    """A body as schema 1 wrote it: no status on gates, no noise, plans, queries, ..."""
+    report = make_report(schema_version=1)
+    for key in ("noise", "plans", "generic_plans", "stage_impact", "database_stats", "queries"):
+        del report[key]
+    for gate in report["gates"]:
+        del gate["status"], gate["confidence"]
+        gate.pop("details", None)
+    report["gates"][3]["passed"] = None  # schema 1: not evaluated
+    for key in ("compared", "noise_rate", "samples_omitted"):
+        del report["mismatches"][key]
+    for key in ("hl_ratio", "hl_ci", "effective_tolerance", "samples_needed", "pairs"):
+        del report["latency"][key]
+    for path in ("legacy", "new"):
+        del report["failures"][path]["by_class"]
+    del report["failures"]["new_only_by_class"]
+    report["locks"] = {
+        "legacy": {"lock_timeouts": 0},
+        "new": {"lock_timeouts": 1},
+        "note": "lock_timeout was 2s on both paths",
+    }
+    for tenant in report["tenants"]:
+        del tenant["new_failures_by_class"]
     return report
 
 
@@ -187,6 +457,23 @@ def hostile_report() -> dict[str, Any]:
     report["rollback"]["migration"] = f"-- {XSS}\n"
     report["rollback"]["steps"] = [f"step {XSS}"]
     report["locks"]["note"] = XSS
+    # relation names, lock modes and plan shapes come from the database catalog
+    locks = report["locks"]
+    locks["only_new_holds"] = [[f"rel {XSS}", "RowExclusiveLock"]]
+    locks["only_legacy_holds"] = [[f"old {XSS}", f"mode {XSS}"]]
+    locks["new"]["held"] = [[f"rel {XSS}", "RowExclusiveLock"]]
+    locks["new"]["waited_on"] = {f"RowExclusiveLock on {XSS}": 1}
+    report["plans"]["new"]["shapes"] = [
+        {"shape": f"Limit (Seq Scan on {XSS}, Index Scan on {QUOTES})", "count": 10}
+    ]
+    report["plans"]["legacy"]["shapes"] = [{"shape": f"Seq Scan on weird({XSS}", "count": 10}]
+    report["generic_plans"]["checks"][0]["tenant"] = f"tenant {XSS}"
+    report["queries"]["legacy"] = f"SELECT '{XSS}' AS {QUOTES}"
+    report["queries"]["new_source"] = f"queries/{XSS}.sql"
+    report["gates"][3]["details"] = {"by_class": {f"class {XSS}": 1}}
+    report["failures"]["new"]["by_sqlstate"] = {XSS: 1}
+    report["tenants"][1]["new_failures_by_class"] = {XSS: 2}
+    report["database_stats"][XSS] = 1
     return report
 
 
@@ -242,25 +529,64 @@ def test_html_headline_comes_first() -> None:
     assert page.index("badge") < page.index('id="gates"')
 
 
+def gate_row(page: str, name: str) -> str:
+    start = page.index(f"<td><code>{name}</code></td>")
+    return page[page.rindex("<tr", 0, start) : page.index("</tr>", start)]
+
+
 def test_html_gates_table() -> None:
-    text = visible_text(render_html(make_report()))
+    page = render_html(make_report())
+    text = visible_text(page)
     assert "200 samples (need ≥ 200)" in text
     assert "enough paired samples" in text
     assert "1.5% mismatching (allowed 0%)" in text
-    assert "✗ fail" in text and "✓ pass" in text and "n/a" in text
+    assert "✗ fail" in text and "✓ pass" in text and "? inconclusive" in text
     # no display string: the raw figure and threshold are shown instead
     assert "1.03" in text and "1.2" in text
-    assert "2 / 4" in text  # gates passed, headline figure
+    assert "at 98% confidence" in visible_text(gate_row(page, "latency"))
+    assert "by class: statement_timeout 2" in visible_text(gate_row(page, "max_new_failures"))
+    assert 'class="open"' in gate_row(page, "max_new_failures")
+    assert 'class="failed"' in gate_row(page, "generic_plan")
+    # headline: info gates are not counted as judged
+    header = visible_text(page[: page.index("</header>")])
+    assert "4 / 7" in header and "1 informational" in header
+
+
+def test_html_info_gate_shown_as_info() -> None:
+    page = render_html(make_report())
+    row = gate_row(page, "buffers")
+    assert '<span class="pill info">info</span>' in row
+    assert "pass" not in visible_text(row) and "fail" not in visible_text(row)
+    assert 'class="info"' in row
+    assert "do not affect the verdict" in page
+
+
+def test_html_schema_v1_gates() -> None:
+    """Without ``status``, ``passed`` decides; None is shown as n/a, not as info."""
+    page = render_html(schema_v1_report())
+    assert '<span class="pill na">n/a</span>' in gate_row(page, "max_new_failures")
+    assert '<span class="pill info">' not in page
 
 
 def test_html_latency_section_and_chart() -> None:
     page = render_html(make_report())
-    text = visible_text(page)
-    assert "1.03×" in text
-    assert "98% confidence interval 0.97–1.08" in text
+    section = page[page.index('id="latency"') : page.index('id="correctness"')]
+    text = " ".join(visible_text(section).split())
+    # leads with the Hodges-Lehmann ratio the gate judges, then the quantile ratio
+    assert "Typical latency, new ÷ legacy: 1.04× (98% confidence interval 0.991–1.09)" in text
+    assert "change +4.0%" in text
+    assert "p95: new ÷ legacy = 1.03× (bootstrap 98% confidence interval 0.97–1.08)" in text
+    assert text.index("1.04×") < text.index("1.03×")
+    # the p-value says what it tests, against the noise-widened tolerance
     assert "Mann–Whitney p = 0.41" in text
-    assert "+3.0%" in text
+    assert (
+        "a one-sided test of whether the new path is slower than legacy × 1.155 "
+        "(the 15.5% tolerance, widened by A/A noise); the gate fails when p is below 0.02."
+    ) in text
     assert "0.41 ms" in text and "1.4 ms" in text
+    assert "would be needed" not in text
+    header = visible_text(page[: page.index("</header>")])
+    assert "1.04×" in header and "CI 0.991–1.09" in header
     svg = page[page.index("<svg") : page.index("</svg>")]
     assert svg.count('class="bar-legacy"') == 5  # 4 quantiles + legend
     assert svg.count('class="bar-new"') == 5
@@ -288,13 +614,60 @@ def test_html_latency_without_samples() -> None:
             "confidence": None,
             "change_pct": None,
             "mann_whitney_p": None,
+            "hl_ratio": None,
+            "hl_ci": None,
+            "effective_tolerance": 0.1,
+            "samples_needed": None,
         },
     )
     page = render_html(report)
     assert "<svg" not in page
     assert "No latency samples to chart." in page
     assert "no confidence interval" in page
+    assert "not estimated — too few timed executions (0 legacy, 0 new)" in page
 
+
+def test_html_latency_undecided_and_too_few() -> None:
+    report = make_report()
+    report["latency"].update(samples_needed=1_840, mann_whitney_p=0.2, hl_ratio=1.2)
+    text = " ".join(visible_text(render_html(report)).split())
+    assert "Undecided: about 1,840 samples per path would be needed" in text
+
+    report["latency"].update(hl_ratio=None, hl_ci=None, mann_whitney_p=None, samples_needed=None)
+    report["latency"]["legacy"]["n"] = 12
+    text = " ".join(visible_text(render_html(report)).split())
+    assert "not estimated — too few timed executions (12 legacy, 200 new)" in text
+    assert "Mann–Whitney" not in text
+
+
+def test_html_noise_present() -> None:
+    page = render_html(make_report())
+    latency = visible_text(page[page.index('id="latency"') : page.index('id="correctness"')])
+    latency = " ".join(latency.split())
+    assert "Noise from the A/A calibration (legacy against itself, 100 samples)" in latency
+    assert "legacy ÷ legacy = 1.05× (CI 0.97–1.12)" in latency
+    correctness = page[page.index('id="correctness"') : page.index('id="failures"')]
+    correctness = " ".join(visible_text(correctness).split())
+    assert "Noise from the A/A calibration: 1% of 100 legacy-against-legacy pairs" in correctness
+    assert "No A/A calibration run" not in page
+
+
+def test_html_noise_absent() -> None:
+    report = make_report()
+    report["noise"] = {
+        "samples": 0,
+        "compared": 0,
+        "mismatch_rate": None,
+        "latency_ratio": None,
+        "latency_ci": None,
+    }
+    report["mismatches"]["noise_rate"] = None
+    page = render_html(report)
+    hint = "No A/A calibration run — <code>rollout shadow orders-recent --stage shadow-pilot --aa</code>"
+    assert page.count(hint) == 2  # latency and correctness
+    assert "widened by A/A noise" not in page
+    # schema 1 bodies predate the calibration: no claim either way
+    assert "A/A" not in render_html(schema_v1_report())
 
 def test_html_correctness_diffs() -> None:
     page = render_html(make_report())
@@ -331,16 +704,17 @@ def test_html_marks_empty_and_absent_values() -> None:
 def test_html_bounds_diff_samples() -> None:
     page = render_html(many_samples_report(40))
     assert page.count('<div class="sample">') == 10
-    assert "first 10 of 40" in page
+    assert "(10 shown; 32 more mismatching executions not shown)" in page
     assert "more differences in this sample are not shown" in page
 
 
 def test_html_failures_locks_tenants_environment() -> None:
     text = " ".join(visible_text(render_html(make_report())).split())
     assert "57014" in text and "query_canceled" in text
-    assert "2 failed only on the new path" in text
+    assert "2 failed only on the new path (statement_timeout 2)" in text
     assert "lock timeouts" in text and "lock_timeout was 2s on both paths" in text
     assert "globex" in text
+    assert "2 statement_timeout 2" in text  # tenant's new failures with their class
     assert "PostgreSQL 18.6" in text
     assert "host=db.internal dbname=shop user=app" in text
     assert "3f1c2a9e-0000-4000-8000-000000000002" in text

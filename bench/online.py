@@ -288,7 +288,7 @@ def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
             raise RuntimeError(f"{FLAG}: expected 'shadow' for {TENANTS[0]} in {STAGE}, "
                                f"got {d.path} ({d.reason})")
         sides = _sides(ro, flag, lab)
-        calls = [(t, {k: v for k, v in p.items() if k != "tenant"}, p) for t, p in plan]
+        calls = [(t, {k: x for k, x in p.items() if k != "tenant"}, p) for t, p in plan]
         orders = itertools.cycle(itertools.permutations(sides))
         before = _online_rows(db.dsn)
         _round(ro, sides, calls[:WARM_UP], orders, v)

@@ -112,6 +112,7 @@ DATABASE_STATS = (
 DATABASE_STATS_WARN = {"deadlocks", "conflicts", "temp_files"}
 
 SHAPE_MAX_DEPTH = 64
+MAX_SENTENCE_NAMES = 6
 MD_MAX_LOCK_LINES = 3
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&])")
@@ -461,8 +462,9 @@ def _gate_status(gate: Mapping[str, Any]) -> str:
     return "pass" if passed is True else "fail" if passed is False else "n/a"
 
 
-def _details_text(raw: Any) -> str:
-    """A gate's ``details`` as one short line; empty values are left out."""
+def _details_text(raw: Any, display: str = "") -> str:
+    """A gate's ``details`` as one short line; empty values, and values the gate's display
+    already shows, are left out."""
     parts = []
     for key, value in _map(raw).items():
         if isinstance(value, Mapping):
@@ -471,7 +473,7 @@ def _details_text(raw: Any) -> str:
             text = ", ".join(fmt_num(v) for v in value)
         else:
             text = fmt_num(value)
-        if text:
+        if text and text not in display:
             parts.append(f"{_str(key).replace('_', ' ')}: {text}")
     return "; ".join(parts)
 
@@ -498,7 +500,7 @@ def _gates(raw: Any) -> list[dict[str, Any]]:
                 "summary": summary,
                 "result": result,
                 "confidence": _number(gate.get("confidence")),
-                "details": _details_text(gate.get("details")),
+                "details": _details_text(gate.get("details"), display),
                 "reason": _str(gate.get("reason")),
             }
         )
@@ -752,6 +754,11 @@ def _latency_chart(
     return {"width": width, "height": y - group_gap + 6, "groups": groups}
 
 
+def _total(*values: Any) -> int | float:
+    total = sum(_number(v) or 0 for v in values)
+    return int(total) if all(v is None or _int(v) is not None for v in values) else total
+
+
 def _sqlstate_class(code: str) -> str:
     if code == "client":
         return "client"
@@ -785,7 +792,8 @@ def _failures(raw: Any) -> dict[str, Any] | None:
     new_only_by_class = raw.get("new_only_by_class")
     only = _map(new_only_by_class)
     classes = []
-    for cls in _ordered_classes([*class_legacy, *class_new, *only]):
+    code_classes = [_sqlstate_class(code) for code in codes]  # so no SQLSTATE goes unshown
+    for cls in _ordered_classes([*class_legacy, *class_new, *only, *code_classes]):
         classes.append(
             {
                 "name": cls,
@@ -818,6 +826,7 @@ def _failures(raw: Any) -> dict[str, Any] | None:
                 "name": SQLSTATE_NAMES.get(code, ""),
                 "legacy": by_legacy.get(code, 0),
                 "new": by_new.get(code, 0),
+                "total": _total(by_legacy.get(code), by_new.get(code)),
             }
             for code in codes
         ],
@@ -853,16 +862,21 @@ def _and(items: list[str]) -> str:
 
 
 def _sentence(*parts: str | list[str]) -> list[dict[str, Any]]:
-    """Segments of a sentence: plain strings are prose, lists are names shown as code."""
+    """Segments of a sentence: plain strings are prose, lists are names shown as code
+    (a long list is cut after a few names; the full lists are in the locks-held table)."""
     out: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(part, str):
             out.append({"text": part, "code": False})
             continue
-        for i, name in enumerate(part):
+        names = part if len(part) <= MAX_SENTENCE_NAMES else part[: MAX_SENTENCE_NAMES - 1]
+        for i, name in enumerate(names):
             if i:
-                out.append({"text": " and " if i == len(part) - 1 else ", ", "code": False})
+                last = i == len(names) - 1 and len(names) == len(part)
+                out.append({"text": " and " if last else ", ", "code": False})
             out.append({"text": name, "code": True})
+        if len(names) < len(part):
+            out.append({"text": f" and {len(part) - len(names)} more", "code": False})
     return out
 
 

@@ -63,6 +63,8 @@ def stream_pair(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connecti
         for side, (conn, query) in sides.items():
             conn.read_only = not write
             stack.enter_context(conn.transaction(force_rollback=True))
+            # plan for reading everything, not for the first rows (the cursor default)
+            conn.execute("SET LOCAL cursor_tuple_fraction = 1")
             cur = stack.enter_context(conn.cursor(name=f"rollout_stream_{side}"))
             start = time.perf_counter_ns()
             try:

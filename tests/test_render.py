@@ -12,6 +12,7 @@ import pytest
 from rollout.render import md_code, md_fence, render_html, render_markdown
 
 XSS = "<script>alert(1)</script>"
+XSS_PLAIN = "<script>alert`1`</script>"  # no brackets or commas: plan shapes still parse
 QUOTES = 'it\'s "quoted"'
 
 
@@ -464,7 +465,7 @@ def hostile_report() -> dict[str, Any]:
     locks["new"]["held"] = [[f"rel {XSS}", "RowExclusiveLock"]]
     locks["new"]["waited_on"] = {f"RowExclusiveLock on {XSS}": 1}
     report["plans"]["new"]["shapes"] = [
-        {"shape": f"Limit (Seq Scan on {XSS}, Index Scan on {QUOTES})", "count": 10}
+        {"shape": f"Limit (Seq Scan on {XSS_PLAIN}, Index Scan on {QUOTES})", "count": 10}
     ]
     report["plans"]["legacy"]["shapes"] = [{"shape": f"Seq Scan on weird({XSS}", "count": 10}]
     report["generic_plans"]["checks"][0]["tenant"] = f"tenant {XSS}"
@@ -492,6 +493,7 @@ def many_samples_report(n: int = 80) -> dict[str, Any]:
         samples.append(sample)
     report["mismatches"]["samples"] = samples
     report["mismatches"]["count"] = n
+    report["mismatches"]["samples_omitted"] = 0
     return report
 
 
@@ -544,7 +546,12 @@ def test_html_gates_table() -> None:
     # no display string: the raw figure and threshold are shown instead
     assert "1.03" in text and "1.2" in text
     assert "at 98% confidence" in visible_text(gate_row(page, "latency"))
-    assert "by class: statement_timeout 2" in visible_text(gate_row(page, "max_new_failures"))
+    # details the display string already carries are not repeated
+    assert "by class" not in visible_text(gate_row(page, "max_new_failures"))
+    report = make_report()
+    report["gates"][3]["display"] = "2 > 0"
+    row = visible_text(gate_row(render_html(report), "max_new_failures"))
+    assert "by class: statement_timeout 2" in row
     assert 'class="open"' in gate_row(page, "max_new_failures")
     assert 'class="failed"' in gate_row(page, "generic_plan")
     # headline: info gates are not counted as judged
@@ -663,11 +670,13 @@ def test_html_noise_absent() -> None:
     }
     report["mismatches"]["noise_rate"] = None
     page = render_html(report)
-    hint = "No A/A calibration run — <code>rollout shadow orders-recent --stage shadow-pilot --aa</code>"
+    command = "rollout shadow orders-recent --stage shadow-pilot --aa"
+    hint = f"No A/A calibration run — <code>{command}</code>"
     assert page.count(hint) == 2  # latency and correctness
     assert "widened by A/A noise" not in page
     # schema 1 bodies predate the calibration: no claim either way
     assert "A/A" not in render_html(schema_v1_report())
+
 
 def test_html_correctness_diffs() -> None:
     page = render_html(make_report())
@@ -704,7 +713,7 @@ def test_html_marks_empty_and_absent_values() -> None:
 def test_html_bounds_diff_samples() -> None:
     page = render_html(many_samples_report(40))
     assert page.count('<div class="sample">') == 10
-    assert "(10 shown; 32 more mismatching executions not shown)" in page
+    assert "(10 shown; 30 more mismatching executions not shown)" in page
     assert "more differences in this sample are not shown" in page
 
 
@@ -778,6 +787,204 @@ def test_unknown_verdict_renders_amber() -> None:
     assert ">MAYBE</div>" in page
 
 
+def section(page: str, start: str, end: str) -> str:
+    """Visible text between two section ids, whitespace collapsed, inline markup dropped."""
+    html_part = page[page.index(f'id="{start}"') : page.index(f'id="{end}"')]
+    html_part = re.sub(r"</?(code|strong|em)>", "", html_part)
+    return " ".join(visible_text(html_part).split())
+
+
+def test_html_failures_by_class() -> None:
+    page = render_html(make_report())
+    table = page[page.index("<th>Failure class</th>") : page.index('id="locks"')]
+    rows = re.findall(r"<tr class=\"[^\"]*\">.*?</tr>", table, flags=re.S)
+    texts = [" ".join(visible_text(r).split()) for r in rows]
+    # classes in a fixed reading order; legacy, new, only-new, then the SQLSTATEs
+    assert texts == [
+        "serialization_failure 1 0 0 40001 serialization_failure (legacy 1, new 0)",
+        "deadlock 0 1 0 40P01 deadlock_detected (legacy 0, new 1)",
+        "statement_timeout 0 2 2 57014 query_canceled (legacy 0, new 2)",
+    ]
+    assert rows[2].startswith('<tr class="failed">')  # only the new path failed this way
+
+
+def test_html_failures_schema_v1_classified_from_sqlstates() -> None:
+    text = section(render_html(schema_v1_report()), "failures", "locks")
+    assert "statement_timeout 0 2 — 57014 query_canceled" in text
+    assert "serialization_failure 1 0 —" in text
+
+
+def test_html_lock_holds_difference_sentence() -> None:
+    page = render_html(make_report())
+    text = section(page, "locks", "plans")
+    assert (
+        "The new path takes RowExclusiveLock on orders where legacy took AccessShareLock." in text
+    )
+    assert "Legacy took AccessShareLock on customers; the new path does not lock it." in text
+    # the stronger lock on the new path comes first and is marked
+    assert text.index("RowExclusiveLock on orders where") < text.index("on customers;")
+    assert '<li class="stronger">The new path takes <code>RowExclusiveLock</code>' in page
+
+
+def test_html_lock_difference_grouping_and_fallback() -> None:
+    report = make_report()
+    locks = report["locks"]
+    locks["only_new_holds"] = [["a", "AccessExclusiveLock"], ["b", "AccessExclusiveLock"]]
+    locks["only_legacy_holds"] = []
+    for path in ("legacy", "new"):
+        del locks[path]["held"]  # only the difference lists: still a sentence
+    text = section(render_html(report), "locks", "plans")
+    assert "The new path takes AccessExclusiveLock on a and b, which legacy did not lock." in text
+    assert "Locks held by each path" not in text
+
+
+def test_html_lock_waits_and_same_locks() -> None:
+    page = render_html(make_report())
+    text = section(page, "locks", "plans")
+    assert "mean wait per execution 0.2 ms 1.3 ms" in text
+    assert "longest wait 4.1 ms 12.0 ms" in text
+    assert "lock timeouts (55P03) 0 1" in text
+    assert "RowExclusiveLock on orders 3 7" in text  # waited on, legacy and new
+    assert "Locks held by each path (3 relations)" in text
+    assert "orders AccessShareLock RowExclusiveLock" in text
+
+    report = make_report()
+    same = [["orders", "AccessShareLock"]]
+    report["locks"].update(only_new_holds=[], only_legacy_holds=[])
+    report["locks"]["legacy"]["held"] = report["locks"]["new"]["held"] = same
+    text = section(render_html(report), "locks", "plans")
+    assert "Both paths take the same locks (1 relation)." in text
+
+
+def test_html_plan_shapes() -> None:
+    page = render_html(make_report())
+    plans = page[page.index('id="plans"') : page.index('id="generic-plans"')]
+    tree = (
+        "Limit\n"
+        "└─ Sort\n"
+        "   └─ Hash Join\n"
+        "      ├─ Seq Scan on orders\n"
+        "      └─ Hash\n"
+        "         └─ Seq Scan on customers"
+    )
+    assert f'<pre class="tree"><code>{tree}</code></pre>' in plans
+    assert "<code>Limit\n└─ Index Scan on orders_customer_created_idx</code>" in plans
+    # side by side: legacy column before new column
+    assert plans.index("<h3>Legacy</h3>") < plans.index("<h3>New</h3>") < plans.index("Hash Join")
+    text = " ".join(visible_text(plans).split())
+    assert "The plans differ in shape." in text
+    assert "touches 2.5× the shared buffers of legacy" in text
+    assert "7 of 10 samples" in text and "3 of 10 samples" in text
+    assert "shared buffers per execution (median) 12 30 2.5×" in text
+    assert "execution time (median, EXPLAIN ANALYZE) 0.08 ms 0.2 ms 2.5×" in text
+
+
+def test_html_plan_shape_that_does_not_parse_is_shown_verbatim() -> None:
+    report = make_report()
+    odd = "Seq Scan on weird(name, Limit)"  # brackets in a relation name
+    report["plans"]["legacy"]["shapes"] = [{"shape": odd, "count": 10}]
+    page = render_html(report)
+    assert f'<pre class="tree"><code>{odd}</code></pre>' in page
+
+
+def test_html_no_plan_samples() -> None:
+    report = make_report()
+    report["plans"] = {
+        "samples": 0,
+        "buffers_ratio": None,
+        "same_shape": False,
+        "legacy": {"samples": 0, "shapes": []},
+        "new": {"samples": 0, "shapes": []},
+    }
+    report["generic_plans"] = {"checks": [], "regressions": [], "worst_new_ratio": None}
+    text = section(render_html(report), "plans", "stage-impact")
+    assert "No EXPLAIN samples for this stage." in text
+    assert "No generic-plan check for this stage." in text
+
+
+def test_html_generic_regression_highlighted() -> None:
+    page = render_html(make_report())
+    part = page[page.index('id="generic-plans"') : page.index('id="stage-impact"')]
+    rows = re.findall(r"<tr class=\"[^\"]*\">.*?</tr>", part, flags=re.S)
+    assert len(rows) == 2
+    regressed, fine = rows  # regressions sort first
+    assert regressed.startswith('<tr class="regressed">') and "globex" in regressed
+    assert '<span class="pill fail">regression</span>' in regressed
+    assert "<strong>45×</strong>" in regressed
+    assert " ".join(visible_text(regressed).split()).startswith(
+        "globex 0.2 ms 20 buffers 0.25 ms 21 buffers 1.25× 0.2 ms 20 buffers 9 ms 4,100 buffers"
+    )
+    assert fine.startswith('<tr class="">') and "acme" in fine and "regression" not in fine
+    text = " ".join(visible_text(part).split())
+    assert "Worst new-path generic ÷ custom: 45× (limit 5×)" in text
+    assert "far slower than its custom plan for globex" in text
+
+
+def test_html_stage_impact_table() -> None:
+    page = render_html(canary_report())
+    text = section(page, "stage-impact", "tenants")
+    assert (
+        "Serving moved from stage shadow-pilot to canary at 2026-11-28T08:00:00+00:00 by alice."
+        in text
+    )
+    assert "Online traffic in the 60 minutes before against the 60 minutes after" in text
+    assert "Before (shadow-pilot) After (canary) After ÷ before" in text
+    assert "requests 1,000 1,200" in text
+    assert "served by the new path 0 (0%) 60 (5%)" in text
+    assert "p95 latency 0.9 ms 1.8 ms 2×" in text
+    assert "mean lock wait 0.05 ms — " in text
+    assert "failures: deadlock 0 2" in text
+    assert "pool checkout waits are not recorded yet" in text
+    part = page[page.index('id="stage-impact"') : page.index('id="tenants"')]
+    assert '<tr class="worse"><td>failures: deadlock</td>' in part
+
+
+def test_html_stage_impact_absent() -> None:
+    text = section(render_html(make_report()), "stage-impact", "tenants")
+    assert "No stage change with online traffic to compare yet" in text
+
+
+def test_html_queries_and_database_stats() -> None:
+    page = render_html(make_report())
+    part = page[page.index('id="queries"') : page.index('id="rollback"')]
+    assert part.count("<details>") == 2
+    assert html.escape(NEW_SQL, quote=True) in part
+    text = " ".join(visible_text(part).split())
+    assert "Legacy query · inline · 3 lines" in text
+    assert "New query · queries/orders-recent.new.sql · 4 lines" in text
+    env = page[
+        page.index('id="database-stats"') : page.index(
+            "</section>", page.index('id="database-stats"')
+        )
+    ]
+    env = " ".join(visible_text(env).split())
+    assert "deadlocks 1" in env and "transactions committed xact_commit 604" in env
+    assert "buffer cache hit ratio 99.6%" in env
+    assert '<tr class="worse"><td>deadlocks' in page  # a deadlock deserves a second look
+    assert '<tr class=""><td>transactions rolled back' in page
+
+
+def test_html_escapes_new_sections() -> None:
+    page = render_html(hostile_report())
+    assert "<script" not in page
+    esc = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    locks = page[page.index('id="locks"') : page.index('id="plans"')]
+    assert f"<code>rel {esc}</code>" in locks  # relation name in the difference sentence
+    assert f"<code>mode {esc}</code>" in locks
+    assert f"<code>RowExclusiveLock on {esc}</code>" in locks  # waited on
+    plans = page[page.index('id="plans"') : page.index('id="stage-impact"')]
+    assert "├─ Seq Scan on &lt;script&gt;alert`1`&lt;/script&gt;" in plans
+    assert "└─ Index Scan on it&#39;s &#34;quoted&#34;" in plans
+    assert f"Seq Scan on weird({esc}" in plans  # unparseable, verbatim and escaped
+    assert f"tenant {esc}" in plans
+    queries = page[page.index('id="queries"') : page.index('id="rollback"')]
+    assert f"SELECT &#39;{esc}&#39; AS it&#39;s &#34;quoted&#34;" in queries
+    assert f"queries/{esc}.sql" in queries
+    assert f"class {esc} 1" in page  # gate details
+    assert f"<code>{esc}</code>" in page  # SQLSTATE
+    assert XSS in visible_text(page)
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
@@ -796,11 +1003,92 @@ def test_markdown_core_content() -> None:
     assert "row count: legacy 20, new 19" in md
 
 
+def test_markdown_gates_latency_failures_locks() -> None:
+    md = render_markdown(make_report())
+    assert "| `buffers` | ℹ️ info | median 30 vs 12 buffers (2.50×) |" in md
+    assert "| `max_new_failures` | ⚠️ inconclusive |" in md
+    assert "| `generic_plan` | ❌ fail |" in md
+    latency = [line for line in md.splitlines() if line.startswith("**Latency:**")]
+    assert latency == [
+        "**Latency:** new ÷ legacy 1.04× (Hodges–Lehmann, 98% CI 0.991–1.09) · "
+        "p95 1.03× (CI 0.97–1.08) · Mann–Whitney p = 0.41 that new is slower than "
+        "legacy × 1.155 · A/A noise 1.05×"
+    ]
+    assert (
+        "**Failures:** legacy 1 (serialization\\_failure 1), new 3 (statement\\_timeout 2, "
+        "deadlock 1) · only new failed: 2 (statement\\_timeout 2) · SQLSTATE `40001` "
+        "serialization\\_failure ×1, `40P01` deadlock\\_detected ×1, `57014` query\\_canceled ×2"
+    ) in md
+    assert (
+        "**Locks:** The new path takes `RowExclusiveLock` on `orders` where legacy took "
+        "`AccessShareLock`. Legacy took `AccessShareLock` on `customers`; the new path "
+        "does not lock it."
+    ) in md
+    assert "0 mismatches" not in md and "3 mismatches (1.5%)" in md
+    assert "· A/A noise 1%" in md
+    # each summary line is its own paragraph
+    for head in ("**Latency:**", "**Failures:**", "**Locks:**"):
+        before = md[: md.index(head)]
+        assert before.endswith("\n\n")
+
+
+def test_markdown_latency_samples_needed_and_no_noise() -> None:
+    report = make_report()
+    report["latency"]["samples_needed"] = 1_840
+    report["noise"] = {
+        "samples": 0,
+        "compared": 0,
+        "mismatch_rate": None,
+        "latency_ratio": None,
+        "latency_ci": None,
+    }
+    md = render_markdown(report)
+    assert "· about 1,840 samples per path would decide · no A/A calibration run" in md
+
+
+def test_markdown_no_failures() -> None:
+    report = make_report()
+    empty = {"count": 0, "by_sqlstate": {}, "by_class": {}}
+    report["failures"] = {
+        "legacy": empty,
+        "new": dict(empty),
+        "new_only": 0,
+        "new_only_by_class": {},
+    }
+    assert "**Failures:** none on either path" in render_markdown(report)
+
+
+def test_markdown_schema_v1() -> None:
+    md = render_markdown(schema_v1_report())
+    assert "| `max_new_failures` | ⚠️ n/a |" in md
+    assert (
+        "**Latency:** p95 legacy 0.7 ms, new 0.72 ms · new ÷ legacy 1.03× (98% CI 0.97–1.08)" in md
+    )
+    assert "Hodges" not in md and "A/A" not in md
+    assert "**Failures:** legacy 1 (serialization\\_failure 1), new 3" in md
+    assert "**Locks:**" not in md
+
+
+def test_markdown_short_with_many_lock_differences() -> None:
+    report = many_samples_report(200)
+    locks = report["locks"]
+    long_name = "x" * 200
+    locks["only_new_holds"] = [[f"{long_name}{i}", f"Mode{i % 9}"] for i in range(300)]
+    locks["only_legacy_holds"] = [[f"rel{i}", "AccessShareLock"] for i in range(300)]
+    locks["legacy"]["held"] = locks["only_legacy_holds"]
+    locks["new"]["held"] = locks["only_new_holds"]
+    md = render_markdown(report)
+    assert len(md) < 12_000
+    line = next(line for line in md.splitlines() if line.startswith("**Locks:**"))
+    assert "(+7 more in the HTML report)" in line  # 9 new-only groups + 1 legacy-only group
+    assert "and 295 more; the new path does not lock them." in render_html(report)
+
+
 def test_markdown_short_with_many_samples() -> None:
     md = render_markdown(many_samples_report(200))
     assert len(md) < 12_000
     assert md.count("tenant **tenant-") == 3
-    assert "Showing 3 of 200 diff samples" in md
+    assert "Showing 3 of 200 mismatching samples; the HTML report shows 10." in md
 
 
 def test_markdown_long_script_is_clipped() -> None:
@@ -826,6 +1114,7 @@ def test_markdown_table_cells_escape_pipes_and_newlines() -> None:
 
 def test_markdown_escapes_outside_code() -> None:
     md = render_markdown(hostile_report())
+    assert "`rel <script>alert(1)</script>`" in md  # relation names are code spans
     outside_code = re.sub(r"(`{3,}).*?\n\1", "", md, flags=re.S)  # drop fenced blocks
     outside_code = re.sub(r"(`+).+?\1", "", outside_code)  # drop code spans
     assert "<script>" not in outside_code

@@ -16,7 +16,7 @@ import psycopg
 
 import rollout
 
-from . import decision, kill_switch, online, overhead, recorder
+from . import compare, decision, kill_switch, online, overhead, recorder
 from .database import BenchDB, bench_database, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -29,6 +29,7 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (kill_switch.NAME, kill_switch.run, kill_switch.table),
     (online.NAME, online.run, online.table),
     (recorder.NAME, recorder.run, recorder.table),
+    (compare.NAME, compare.run, compare.table),
 )
 
 

@@ -8,10 +8,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from . import __version__, commands
+from .connection import redact
 from .errors import EXIT_USAGE, InputError, RolloutError
 from .report import FORMATS
 from .shadow import Progress, RunOptions
@@ -115,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("flag", metavar="FLAG")
     p.add_argument("--force", action="store_true", help="override the report check (--reason)")
     p.set_defaults(run=_advance)
+
+    p = sub.add_parser("rollback", parents=[common, actor],
+                       help="show, verify or apply a flag's schema rollback")
+    p.add_argument("flag", metavar="FLAG")
+    p.add_argument("--verify", action="store_true",
+                   help="prove the script in a scratch copy of the schema (exit 1 if not)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what --apply would run, with each statement's hazards")
+    p.add_argument("--apply", action="store_true",
+                   help="kill the flag, then run the script on the target")
+    p.add_argument("--yes", action="store_true", help="apply without asking")
+    p.set_defaults(run=_rollback)
     return parser
 
 
@@ -188,6 +202,78 @@ def _advance(session: commands.Session, args: argparse.Namespace) -> int:
                           reason=args.reason)
     print(f"{args.flag}: {_describe_state(st)}" + (" (forced)" if args.force else ""))
     return 0
+
+
+def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
+    flag = session.load().flag(args.flag)
+    rb = flag.rollback
+    if rb.none_reason:
+        print(f"{flag.name}: no rollback script: {rb.none_reason}")
+        return 0
+    if rb.script is None:
+        raise InputError(f"flag '{flag.name}' has no rollback script (rollback.script)")
+    if args.verify or args.dry_run:
+        result = commands.rollback_verify(session, flag.name, say=_err)
+        print(f"{flag.name}: {result['status']}")
+        for line in result.get("differences") or []:
+            print(f"  - {line}")
+        _print_hazards(result.get("hazards") or [], only="rollback" if args.dry_run else None)
+        if args.dry_run:
+            print(f"would kill {flag.name}, then run {rb.script_path}"
+                  + (" in one transaction" if all(h["transactional"] for h in
+                                                  result.get("hazards") or [] if
+                                                  h["script"] == "rollback")
+                     else " statement by statement"))
+        if not args.apply:
+            return 0 if result["verified"] or args.dry_run else 1
+    if not args.apply:
+        print(f"{flag.name}: rollback script {rb.script_path}"
+              + (f", undoing {rb.migration_path}" if rb.migration_path else ""))
+        print(f"  verify: rollout rollback {flag.name} --verify")
+        print(f"  apply:  rollout rollback {flag.name} --apply  (kills the flag first)")
+        return 0
+    if args.dry_run:
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InputError("refusing to apply a rollback without confirmation: pass --yes")
+        answer = input(f"Kill {flag.name} and run {rb.script_path} on "
+                       f"{redact(session.target_dsn)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 1
+
+    def step(number: int, total: int, stmt: Any) -> None:
+        _err(f"  [{number}/{total}] {stmt.summary}")
+
+    outcome = commands.rollback_apply(session, flag.name, actor=_actor(args),
+                                      reason=args.reason, progress=step)
+    if outcome.ok:
+        print(f"{flag.name}: killed; {rb.script_path} applied ({outcome.statements} "
+              f"statement(s){', one transaction' if outcome.transactional else ''})")
+        return 0
+    kept = ("nothing was applied (one transaction)" if outcome.transactional
+            else f"{outcome.applied} statement(s) before it stayed applied")
+    _err(f"rollout: error: rollback failed at {outcome.position}: {outcome.error}; {kept}")
+    return 1
+
+
+def _print_hazards(hazards: list[dict[str, Any]], only: str | None = None) -> None:
+    for h in hazards:
+        if only and h["script"] != only:
+            continue
+        notes = []
+        if h.get("strongest_lock"):
+            rel, mode = h["strongest_lock"]
+            notes.append(f"{mode} on {rel}")
+        if not h["transactional"]:
+            notes.append(h["why_not_transactional"])
+        if h.get("destroys_data"):
+            notes.append(h["destroys_data"])
+        if h.get("sequences_not_rewound"):
+            notes.append("sequence values are not rewound")
+        print(f"  {h['script']} #{h['statement_number']} (line {h['line']}): {h['statement']}"
+              + (f"  [{'; '.join(notes)}]" if notes else ""))
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:

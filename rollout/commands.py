@@ -15,6 +15,7 @@ from .dbcheck import check_flag
 from .errors import InputError, Refused
 from .flags import Flag
 from .report import FORMATS, WrittenReport, write_report
+from .rollback import Applied, apply, static_problems, verification_for
 from .scaffold import init_workspace
 from .shadow import Progress, RunOptions, RunSummary, run_shadow, target_tenants
 from .state import Event, FlagState, change, events, read_all, read_state
@@ -72,6 +73,8 @@ def check(session: Session, names: Sequence[str] = (), database: bool = False) -
             ws.flag(unknown[0])  # raises the unknown-flag error, listing known flags
         flags = [ws.flags[n] for n in names if n in ws.flags]
         problems = [str(e) for e in ws.errors if Path(e.file).stem in names]
+    for flag in flags:
+        problems.extend(static_problems(flag))
     if database and flags:
         with session.target() as conn:
             for flag in flags:
@@ -107,7 +110,7 @@ def report(session: Session, flag_name: str, *, stage: str | None = None,
     with session.store() as store:
         stage = stage or current_stage(store, flag)
         return write_report(flag, stage, store, out_dir, database=redact(session.target_dsn),
-                            formats=formats)
+                            formats=formats, target_dsn=session.target_dsn)
 
 
 # -- runtime flag state ---------------------------------------------------------------------
@@ -228,3 +231,42 @@ def _advance_problem(flag: Flag, st: FlagState, latest: dict[str, Any] | None) -
         return (f"the latest report ({when}) predates the flag's last change "
                 f"({st.updated_at.isoformat(timespec='seconds')})")
     return None
+
+
+# -- rollback -------------------------------------------------------------------------------
+
+
+def rollback_verify(session: Session, name: str, say: Say | None = None) -> dict[str, Any]:
+    """Verify the flag's rollback now, in a scratch copy of the target's schema."""
+    flag = session.load().flag(name)
+    with session.store() as store:
+        return verification_for(flag, session.target_dsn, store.conn, say, fresh=True)
+
+
+def rollback_apply(session: Session, name: str, *, actor: str, reason: str | None = None,
+                   progress: Callable[[int, int, Any], None] | None = None) -> Applied:
+    """Kill the flag (audited), then run its rollback script on the target; the outcome is
+    audited too. A failure stops at the failing statement."""
+    flag = session.load().flag(name)
+    script = flag.rollback.script
+    if script is None:
+        raise InputError(f"flag '{flag.name}' has no rollback script"
+                         + (f" ({flag.rollback.none_reason})" if flag.rollback.none_reason
+                            else ""))
+    why = (reason or "").strip() or "schema rollback"
+    with session.store() as store:
+        st = read_state(store.conn, flag.name)
+        if st.started and not st.killed:
+            st = change(store.conn, flag, "kill", actor=actor,
+                        reason=f"{why}: serving legacy before the schema rollback",
+                        killed=True, expected_version=st.version)
+        with session.target() as conn:
+            outcome = apply(conn, script, progress)
+        text = (f"{why}: {flag.rollback.script_path} applied ({outcome.statements} "
+                f"statement(s), {'one transaction' if outcome.transactional else 'one by one'})"
+                if outcome.ok else
+                f"{why}: {flag.rollback.script_path} FAILED at {outcome.position}: "
+                f"{outcome.error}; {outcome.applied} statement(s) stayed applied")
+        change(store.conn, flag, "rollback", actor=actor, reason=text[:1000],
+               stage=st.stage or flag.first_stage, killed=True)
+    return outcome

@@ -19,6 +19,7 @@ from .errors import InputError
 from .flags import Flag
 from .observations import Observation
 from .render import render_html, render_markdown
+from .rollback import verification_for
 from .store import Store
 from .verdict import failure_class, judge
 
@@ -35,17 +36,21 @@ class WrittenReport:
     files: list[Path]
 
 
-def build_report(flag: Flag, stage: str, store: Store, *, database: str) -> dict[str, Any]:
+def build_report(flag: Flag, stage: str, store: Store, *, database: str,
+                 target_dsn: str | None = None) -> dict[str, Any]:
     """Everything a release manager needs for one stage, JSON-ready."""
     if flag.stage(stage) is None:
         names = ", ".join(s.name for s in flag.stages)
         raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
     observations = store.observations(flag.name, stage, flag.sql_hash)
     runs = store.runs(flag.name, stage, flag.sql_hash)
+    verification = (verification_for(flag, target_dsn, store.conn)
+                    if target_dsn is not None else None)
     core = judge(flag, observations,
                  noise=store.observations(flag.name, stage, flag.sql_hash, mode="aa"),
                  plans=store.plans(flag.name, stage, flag.sql_hash),
-                 generic=store.generic_checks(flag.name, stage, flag.sql_hash))
+                 generic=store.generic_checks(flag.name, stage, flag.sql_hash),
+                 rollback=verification)
     versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -62,7 +67,7 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str) -> dict
         **core,
         "queries": {"legacy": flag.legacy.sql, "new": flag.new.sql,
                     "legacy_source": flag.legacy.source, "new_source": flag.new.source},
-        "rollback": rollback_plan(flag, stage),
+        "rollback": rollback_plan(flag, stage, verification),
         "stage_impact": stage_impact(store, flag, stage),
         "database_stats": _database_stats(runs),
         "environment": {
@@ -126,7 +131,8 @@ def _database_stats(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return dict(total)
 
 
-def rollback_plan(flag: Flag, stage: str) -> dict[str, Any]:
+def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
     """The two steps back: return serving to the previous stage (or kill), then undo schema."""
     names = [s.name for s in flag.stages]
     i = names.index(stage)
@@ -142,23 +148,26 @@ def rollback_plan(flag: Flag, stage: str) -> dict[str, Any]:
     if rb.none_reason:
         steps.append(f"No schema rollback: {rb.none_reason}")
     elif rb.script_path:
-        steps.append("Undo the schema change: "
-                     f"psql \"$DATABASE_URL\" -v ON_ERROR_STOP=1 -1 -f {rb.script_path}")
+        steps.append(f"Undo the schema change: rollout rollback {flag.name} --apply "
+                     f"(runs {rb.script_path}; kills the flag first)")
     else:
         steps.append("No rollback script: the schema change cannot be undone by the toolkit")
     return {
         "script_path": rb.script_path, "script": rb.script,
         "migration_path": rb.migration_path, "migration": rb.migration,
         "none_reason": rb.none_reason,
-        "verified": False,
-        "verification": "not verified: this version does not verify rollback scripts",
+        "verified": bool(verification and verification.get("verified")),
+        "verification": (verification or {}).get("status", "not verified"),
+        "verification_details": dict(verification) if verification else None,
+        "hazards": list((verification or {}).get("hazards") or []),
         "flag_command": command,
         "steps": steps,
     }
 
 
 def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, database: str,
-                 formats: Sequence[str] = FORMATS) -> WrittenReport:
+                 formats: Sequence[str] = FORMATS, target_dsn: str | None = None
+                 ) -> WrittenReport:
     """Render the report to ``out_dir/<flag>/<stage>.<fmt>`` and record it in the store.
 
     Files are written to a temporary name and renamed, so a failure leaves no half report.
@@ -167,7 +176,7 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
     if unknown or not formats:
         raise InputError(f"unknown report format {', '.join(unknown) or '(none)'}; "
                          f"use {', '.join(FORMATS)}")
-    body = build_report(flag, stage, store, database=database)
+    body = build_report(flag, stage, store, database=database, target_dsn=target_dsn)
     target = out_dir / flag.name
     target.mkdir(parents=True, exist_ok=True)
     rendered = {

@@ -67,7 +67,8 @@ class Gate:
 
 def judge(flag: Flag, observations: Sequence[Observation], *,
           noise: Sequence[Observation] = (), plans: Sequence[Mapping[str, Any]] = (),
-          generic: Sequence[Mapping[str, Any]] = (), seed: int = 0) -> dict[str, Any]:
+          generic: Sequence[Mapping[str, Any]] = (),
+          rollback: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
     """The verdict and every figure behind it, as the JSON-ready core of a report."""
     g = flag.gates
     compared = [o for o in observations if o.matched is not None]
@@ -88,7 +89,7 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
         _lock_wait(locks, g.max_lock_wait_regression_ms),
         _buffers(plan_summary, g.max_buffers_ratio),
         _generic_gate(generic_summary, g.generic_plan_max_ratio),
-        _rollback(flag),
+        _rollback(flag, rollback),
     ]
     failed = [x for x in gates if x.status == "fail"]
     open_ = [x for x in gates if x.status == "inconclusive"]
@@ -317,16 +318,26 @@ def _generic_gate(generic: Mapping[str, Any], limit: float) -> Gate:
                 "generic plans of the new path hold up for every checked tenant")
 
 
-def _rollback(flag: Flag) -> Gate:
+def _rollback(flag: Flag, verification: Mapping[str, Any] | None) -> Gate:
     rb = flag.rollback
     if rb.none_reason:
-        return Gate("rollback", "pass", "none", "script or reason", "no schema change",
-                    f"no rollback script needed: {rb.none_reason}")
+        return Gate("rollback", "pass", "none", "verified script or reason",
+                    "no schema change", f"no rollback script needed: {rb.none_reason}")
     if rb.script is None:
-        return Gate("rollback", "inconclusive", None, "script", "missing",
-                    "no rollback script: the flag names none (rollback.script)")
-    return Gate("rollback", "pass", rb.script_path, "script", rb.script_path or "",
-                f"rollback script {rb.script_path} present (not verified by this version)")
+        return Gate("rollback", "inconclusive", None, "verified script", "missing",
+                    "no rollback script: the flag names none (rollback.script, or "
+                    "rollback.none with a reason)")
+    if verification is None:
+        return Gate("rollback", "inconclusive", rb.script_path, "verified script",
+                    "not verified", f"rollback script {rb.script_path} has not been verified "
+                    f"(`rollout rollback {flag.name} --verify`)")
+    if not verification.get("verified"):
+        return Gate("rollback", "inconclusive", rb.script_path, "verified script",
+                    "verification failed",
+                    f"rollback script {rb.script_path} is {verification.get('status')}",
+                    details={"differences": list(verification.get("differences") or [])})
+    return Gate("rollback", "pass", rb.script_path, "verified script", "verified",
+                f"rollback script {rb.script_path} verified in a scratch copy of the schema")
 
 
 # -- summaries ------------------------------------------------------------------------------

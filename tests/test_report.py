@@ -88,7 +88,8 @@ def test_inconclusive_without_rollback_script(shop: str, make_workspace: Workspa
     root = make_workspace({"eq": text})
     code, body, _ = shadow_and_report(capsys, root, shop, "eq", 60)
     assert code == 3
-    assert body["reasons"] == ["no rollback script: the flag names none (rollback.script)"]
+    assert body["reasons"] == ["no rollback script: the flag names none (rollback.script, or "
+                               "rollback.none with a reason)"]
     assert body["rollback"]["script"] is None
 
 
@@ -130,7 +131,7 @@ def test_password_never_appears(db: str, make_workspace: WorkspaceMaker,
     secret = "Pw-7f3a-Never-Show"
     role = f"rollout_pw_{conninfo_to_dict(db)['dbname']}"[-60:]
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
             sql.Identifier(role), sql.Literal(secret)))
         conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
             sql.Identifier(str(conninfo_to_dict(db)["dbname"])), sql.Identifier(role)))

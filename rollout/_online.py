@@ -215,6 +215,20 @@ class RunnerCore:
         self.recorder = recorder
         self.counters = Counters()
         self.admission = Admission()
+        self._shapes: dict[tuple[str, str, int], tuple[tuple[str, ...], tuple[int, ...]]] = {}
+
+    def _shape(self, flag: str, path: str, res: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Column names and type OIDs of a served result, read once per flag, path and
+        width: the caller hands only its rows to the shadow job."""
+        if res is None or not res.nfields:
+            return (), ()
+        key = (flag, path, res.nfields)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = (
+                tuple((res.fname(i) or b"").decode() for i in range(res.nfields)),
+                tuple(res.ftype(i) for i in range(res.nfields)))
+        return shape
 
     def decide(self, flag: str, ctx: Context) -> Decision:
         """The decision under the live runtime state; never raises, never does I/O."""

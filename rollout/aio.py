@@ -18,6 +18,7 @@ from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
+from .compare import ResultSet
 from .execute import ISOLATION_LEVELS, Limits, failure, result_set, set_local
 from .observations import PathResult
 from .recorder import Recorder
@@ -52,7 +53,7 @@ class AsyncRollout(RunnerCore):
         self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             dsn, min_size=1, max_size=shadow_pool_size, open=False, name="rollout-shadow",
             kwargs={"application_name": "pg-rollout-shadow", "autocommit": True},
-            configure=self._configure_shadow, check=AsyncConnectionPool.check_connection)
+            configure=self._configure_shadow)
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
@@ -87,8 +88,11 @@ class AsyncRollout(RunnerCore):
             elapsed = time.perf_counter_ns() - start
         out = rows if rows is not None else []
         if d.path != "legacy":
+            # the rows go to the comparison as they are (no copy): callers must not mutate
+            # the returned list while it is being shadowed
+            shape = self._shape(f.name, d.path, res)
             self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
-                                     (res, list(out), cur.rowcount)))
+                                     (shape, out, cur.rowcount)))
         return out
 
     async def run(self, flag: str, ctx: Context, *, legacy: Callable[[AConn], Awaitable[R]],
@@ -138,8 +142,8 @@ class AsyncRollout(RunnerCore):
     async def _shadow(self, job: ShadowJob) -> None:
         f = job.flag
         if job.call is None:
-            pgres, rows, rowcount = job.served_result
-            job.served_result = result_set(pgres, rows, rowcount)
+            (names, oids), rows, rowcount = job.served_result
+            job.served_result = ResultSet(names, oids, rows if names else None, rowcount)
             sql = (f.new if job.background == "new" else f.legacy).sql
             result, value = await self._execute(f.kind == "write", sql, job.params or {},
                                                 background_limits(f, self.limits),

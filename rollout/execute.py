@@ -83,8 +83,11 @@ def execute(
     for this one transaction. With a ``sampler`` the execution's lock waits are attributed to
     it; with ``capture_locks`` the locks it holds at the end are listed (outside the timing).
     """
-    conn.read_only = not write
-    conn.isolation_level = ISOLATION_LEVELS[isolation]
+    # Setting these costs a little even when unchanged: pooled connections keep them.
+    if conn.read_only != (not write):
+        conn.read_only = not write
+    if conn.isolation_level != ISOLATION_LEVELS[isolation]:
+        conn.isolation_level = ISOLATION_LEVELS[isolation]
     pid = conn.info.backend_pid
     held = None
     try:

@@ -144,20 +144,18 @@ class Flag:
     def decide(self, ctx: Context, stage: str | None, killed: bool = False) -> Decision:
         return decide(self.name, self._stages, ctx, stage, killed)
 
-    @property
-    def sql_hash(self) -> str:
-        """Fingerprint of both paths' SQL: observations of older SQL do not count."""
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_stages", {s.name: s for s in self.stages})
         h = hashlib.sha256()
         for q in (self.legacy.sql, self.new.sql):
             h.update(q.strip().encode())
             h.update(b"\x00")
-        return h.hexdigest()[:16]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_stages", {s.name: s for s in self.stages})
+        object.__setattr__(self, "sql_hash", h.hexdigest()[:16])
 
     _stages: Mapping[str, Stage] = field(default_factory=dict, init=False, repr=False,
                                          compare=False)
+    sql_hash: str = field(default="", init=False, compare=False)
+    """Fingerprint of both paths' SQL: observations of older SQL do not count."""
 
 
 def load_flag(path: Path, workspace: Path) -> Flag:

@@ -21,7 +21,8 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
-from .execute import Limits, execute, failure, result_set
+from .compare import ResultSet
+from .execute import Limits, execute, failure
 from .observations import PathResult
 from .recorder import Recorder
 from .runtime import FlagStates
@@ -53,7 +54,7 @@ class Rollout(RunnerCore):
         self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
             dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
             kwargs={"application_name": "pg-rollout-shadow", "autocommit": True},
-            configure=self._configure_shadow, check=ConnectionPool.check_connection)
+            configure=self._configure_shadow)
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
                                           daemon=True) for i in range(shadow_workers)]
@@ -86,8 +87,11 @@ class Rollout(RunnerCore):
             elapsed = time.perf_counter_ns() - start
         out = rows if rows is not None else []
         if d.path != "legacy":
+            # the rows go to the comparison as they are (no copy): callers must not mutate
+            # the returned list while it is being shadowed
+            shape = self._shape(f.name, d.path, res)
             self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
-                                     (res, list(out), cur.rowcount)))
+                                     (shape, out, cur.rowcount)))
         return out
 
     def run(self, flag: str, ctx: Context, *, legacy: Callable[[Conn], R],
@@ -141,8 +145,8 @@ class Rollout(RunnerCore):
     def _shadow(self, job: ShadowJob) -> None:
         f = job.flag
         if job.call is None:
-            pgres, rows, rowcount = job.served_result
-            job.served_result = result_set(pgres, rows, rowcount)
+            (names, oids), rows, rowcount = job.served_result
+            job.served_result = ResultSet(names, oids, rows if names else None, rowcount)
             sql = (f.new if job.background == "new" else f.legacy).sql
             try:
                 with self.shadow_pool.connection() as conn:

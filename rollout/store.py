@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from importlib import resources
+from operator import attrgetter
 from typing import Any
 
 import psycopg
@@ -18,6 +19,9 @@ from .observations import COLUMNS, Observation
 from .plans import GenericCheck, PlanSample
 
 MIGRATION_LOCK = 0x726F6C6C  # advisory lock key: concurrent first runs migrate once
+_ROW = attrgetter(*COLUMNS)
+_JSONB = tuple(COLUMNS.index(c) for c in ("params", "diff", "locks"))
+_BATCH = COLUMNS.index("batch_id")
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -137,17 +141,15 @@ class Store:
         With ``batch_id`` every row carries it, so a retried batch can be recognised.
         """
         cols = ", ".join(COLUMNS)
-        jsonb = {COLUMNS.index("params"), COLUMNS.index("diff"), COLUMNS.index("locks")}
-        batch_col = COLUMNS.index("batch_id")
         n = 0
         with self.conn.transaction(), self.conn.cursor() as cur, cur.copy(
             f"COPY rollout.observations ({cols}) FROM STDIN"
         ) as copy:
             for obs in rows:
-                values = [getattr(obs, c) for c in COLUMNS]
+                values = list(_ROW(obs))
                 if batch_id is not None:
-                    values[batch_col] = batch_id
-                for i in jsonb:
+                    values[_BATCH] = batch_id
+                for i in _JSONB:
                     if values[i] is not None:
                         values[i] = Jsonb(values[i])
                 copy.write_row(values)

@@ -20,6 +20,7 @@ from .flags import Flag
 from .observations import Observation
 from .render import render_html, render_markdown
 from .rollback import verification_for
+from .state import events, read_state
 from .store import Store
 from .verdict import failure_class, judge
 
@@ -69,6 +70,7 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                     "legacy_source": flag.legacy.source, "new_source": flag.new.source},
         "rollback": rollback_plan(flag, stage, verification),
         "stage_impact": stage_impact(store, flag, stage),
+        "timeline": timeline(store, flag),
         "database_stats": _database_stats(runs),
         "environment": {
             "server_version": ", ".join(versions) or None,
@@ -79,7 +81,30 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
             "last_observation": observations[-1].observed_at.isoformat(timespec="seconds")
             if observations else None,
             "toolkit_version": __version__,
+            "samples": {"ab": len(observations),
+                        "online": sum(o.source == "online" for o in observations),
+                        "offline": sum(o.source == "offline" for o in observations)},
+            "run_seconds": sum((r["finished_at"] - r["started_at"]).total_seconds()
+                               for r in runs if r["finished_at"] is not None),
         },
+    }
+
+
+def timeline(store: Store, flag: Flag, limit: int = 20) -> dict[str, Any]:
+    """The flag's stages, where it is now, and its latest audit events."""
+    st = read_state(store.conn, flag.name)
+    return {
+        "current_stage": st.stage, "killed": st.killed, "version": st.version,
+        "started": st.started,
+        "stages": [{"name": s.name, "current": s.name == st.stage,
+                    "serve": s.serve.describe() if s.serve else None,
+                    "shadow": s.shadow.describe() if s.shadow else None}
+                   for s in flag.stages],
+        "events": [{"at": e.at.isoformat(timespec="seconds"), "actor": e.actor,
+                    "action": e.action, "from_stage": e.from_stage, "to_stage": e.to_stage,
+                    "killed": e.killed, "reason": e.reason, "forced": e.forced,
+                    "report_id": str(e.report_id) if e.report_id else None}
+                   for e in events(store.conn, flag.name, limit)],
     }
 
 

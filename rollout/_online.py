@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from .compare import ResultSet, compare
 from .execute import Limits
 from .flags import Flag
@@ -257,6 +259,13 @@ class RunnerCore:
                 self.counters.dropped_rate_limited += 1
             return None
         return ShadowJob(f, d, ctx.tenant, params, call, served, result, background)
+
+    @staticmethod
+    def _retry(f: Flag, exc: Exception, conn: Any, attempt: int) -> bool:
+        """Retry once a read whose pooled connection turned out dead: nothing ran, and the
+        pool has already replaced it. Writes are never retried."""
+        return (attempt == 1 and f.kind == "read" and isinstance(exc, psycopg.OperationalError)
+                and conn is not None and conn.closed)
 
     def _dropped(self) -> None:
         with self.counters.lock:

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from .connection import connect, redact, resolve_dsn
-from .dbcheck import check_flag
+from .dbcheck import check_flag, order_problems
 from .errors import InputError, Refused
 from .flags import Flag
 from .report import FORMATS, WrittenReport, write_report
@@ -75,6 +75,7 @@ def check(session: Session, names: Sequence[str] = (), database: bool = False) -
         problems = [str(e) for e in ws.errors if Path(e.file).stem in names]
     for flag in flags:
         problems.extend(static_problems(flag))
+        problems.extend(order_problems(flag))
     if database and flags:
         with session.target() as conn:
             for flag in flags:

@@ -77,6 +77,25 @@ def check_flag(conn: psycopg.Connection[Any], flag: Flag) -> list[str]:
     return problems
 
 
+_LIMIT = re.compile(r"\b(LIMIT|FETCH\s+(FIRST|NEXT))\b", re.I)
+_ORDER = re.compile(r"\bORDER\s+BY\b", re.I)
+
+
+def order_problems(flag: Flag) -> list[str]:
+    """Strict comparison of a query that limits rows without ordering them compares
+    whichever rows the plan happens to return: say so before anything runs."""
+    if flag.compare.order != "strict":
+        return []
+    out = []
+    for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
+        text = re.sub(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", " ", query, flags=re.S)
+        if _LIMIT.search(text) and not _ORDER.search(text):
+            out.append(f"{flag.file}: queries.{path}: LIMIT without ORDER BY returns rows in "
+                       "no defined order; strict comparison would report noise (add a total "
+                       "ORDER BY, or use compare.order: ignore)")
+    return out
+
+
 def _message(res: pq.abc.PGresult) -> str:
     raw = res.error_message or b""
     return raw.decode(errors="replace").strip().removeprefix("ERROR:").strip()

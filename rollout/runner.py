@@ -74,17 +74,22 @@ class Rollout(RunnerCore):
         d = self.decide(flag, ctx)
         args = {"tenant": ctx.tenant, **(params or {})}
         sql = (f.new if d.path == "new" else f.legacy).sql.encode()
-        with self.pool.connection() as conn:
-            start = time.perf_counter_ns()
+        for attempt in (1, 2):
+            conn = None
             try:
-                with conn.transaction():
-                    cur = conn.execute(sql, args)
-                    res = cur.pgresult
-                    rows = cur.fetchall() if res is not None and res.nfields else None
+                with self.pool.connection() as conn:
+                    start = time.perf_counter_ns()
+                    with conn.transaction():
+                        cur = conn.execute(sql, args)
+                        res = cur.pgresult
+                        rows = cur.fetchall() if res is not None and res.nfields else None
+                    elapsed = time.perf_counter_ns() - start
+                break
             except psycopg.Error as exc:
+                if self._retry(f, exc, conn, attempt):
+                    continue  # a pooled connection the server dropped (restart, failover)
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
-            elapsed = time.perf_counter_ns() - start
         out = rows if rows is not None else []
         if d.path != "legacy":
             # the rows go to the comparison as they are (no copy): callers must not mutate

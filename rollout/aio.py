@@ -88,7 +88,10 @@ class AsyncRollout(RunnerCore):
                 break
             except psycopg.Error as exc:
                 if self._retry(f, exc, conn, attempt):
-                    continue  # a pooled connection the server dropped (restart, failover)
+                    # a pooled connection the server dropped (restart, failover): the others
+                    # are likely dead too; let the pool test and replace them, then retry
+                    await self.pool.check()
+                    continue
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
         out = rows if rows is not None else []

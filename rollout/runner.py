@@ -87,7 +87,10 @@ class Rollout(RunnerCore):
                 break
             except psycopg.Error as exc:
                 if self._retry(f, exc, conn, attempt):
-                    continue  # a pooled connection the server dropped (restart, failover)
+                    # a pooled connection the server dropped (restart, failover): the others
+                    # are likely dead too; let the pool test and replace them, then retry
+                    self.pool.check()
+                    continue
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
         out = rows if rows is not None else []

@@ -323,7 +323,14 @@ def restart_server(server_dsn: str) -> None:
 
 def test_server_restart_mid_run(online: tuple[str, Path], server_dsn: str) -> None:
     dsn, root = online
-    with Rollout.connect(dsn, workspace=root, pool_size=2) as ro:
+    with Rollout.connect(dsn, workspace=root, pool_size=4) as ro:
+        # several connections in the pool, all of which the restart kills
+        threads = [threading.Thread(target=ro.query, args=("eq", Context(tenant="acme"),
+                                                            {"grp": g})) for g in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         for grp in range(4):
             assert ro.query("eq", Context(tenant="acme"), {"grp": grp}) == legacy_rows(
                 dsn, "acme", grp, EQ_LEGACY)
@@ -338,7 +345,7 @@ def test_server_restart_mid_run(online: tuple[str, Path], server_dsn: str) -> No
     assert stats["serving_failures"] == {}
     assert stats["internal_errors"] == 0
     observed = online_observations(dsn, "eq")
-    assert len(observed) == 10  # failed shadow executions are observations too
+    assert len(observed) == 14  # failed shadow executions are observations too
     failed = [o for o in observed if o[3] is not None]
     assert len(failed) == sum(stats["background_failures"].values())
     assert {o[3] for o in failed} <= {"57P01", "08000"}

@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from psycopg.conninfo import conninfo_to_dict
 
 from .verdict import failure_class
 
-__all__ = ["render_html", "render_markdown"]
+__all__ = ["highlight_sql", "render_html", "render_index", "render_markdown"]
 
 HTML_TEMPLATE = "report.html.j2"
 MARKDOWN_TEMPLATE = "report.md.j2"
+INDEX_TEMPLATE = "index.html.j2"
 
 HTML_MAX_SAMPLES = 10
 HTML_MAX_ENTRIES = 25
@@ -28,8 +31,26 @@ MD_MAX_ENTRIES = 4
 MD_MAX_COLUMNS = 3
 MD_MAX_VALUE = 60
 MD_MAX_SCRIPT = 4000
+MD_MIN_SCRIPT = 200  # below this, the comment points to the HTML report instead
+MD_BUDGET = 11_500  # characters: a comment stays under 12,000 with room to spare
+MD_MAX_TEXT = 300  # a description, reason, plan step or verification status
+MD_MAX_CELL = 160  # a gate's figure or reason in the gates table
 # A PR comment shows only a few entries per sample; the most telling kinds go first.
-MD_ENTRY_ORDER = {"columns": 0, "row_count": 1, "changed": 2, "missing": 3, "extra": 4}
+MD_ENTRY_ORDER = {
+    "columns": 0,
+    "column_types": 1,
+    "row_count": 2,
+    "changed": 3,
+    "value": 4,
+    "missing": 5,
+    "extra": 6,
+    "duplicate_key": 7,
+    "order": 8,
+}
+MD_MAX_DIFFERENCES = 3
+HAZARD_MAX_STATEMENT = 300
+TIMELINE_MAX_EVENTS = 20
+INDEX_MAX_DESCRIPTION = 160
 
 QUANTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"))
 VERDICT_CLASS = {"GO": "go", "NO-GO": "nogo", "INCONCLUSIVE": "inconclusive"}
@@ -131,7 +152,23 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """Render ``report`` to Markdown short enough for a pull-request comment."""
     ctx = _context(report)
     ctx["md"] = _markdown_extras(report)
-    return _markdown_env().get_template(MARKDOWN_TEMPLATE).render(r=ctx)
+    template = _markdown_env().get_template(MARKDOWN_TEMPLATE)
+    text = template.render(r=ctx)
+    script = _map(report.get("rollback")).get("script")
+    excess = len(text) - MD_BUDGET
+    if excess > 0 and isinstance(script, str) and ctx["md"]["script"] is not None:
+        # everything else is bounded; the script gives way to stay within a comment
+        keep = len(ctx["md"]["script"]) - excess - 100
+        ctx["md"].update(_md_script(script, keep))
+        text = template.render(r=ctx)
+    return text
+
+
+def render_index(data: Mapping[str, Any]) -> str:
+    """Render the workspace index (``reports/index.html``): every flag, its live stage, the
+    latest verdict per stage and relative links to the HTML reports. ``data`` is what
+    ``rollout.report.write_index`` collects; missing or malformed parts are shown as such."""
+    return _html_env().get_template(INDEX_TEMPLATE).render(ix=_index_context(data))
 
 
 # --------------------------------------------------------------------------- environments
@@ -168,7 +205,9 @@ def _markdown_env() -> Environment:
         code=md_code,
         code_cell=lambda value: md_code(value, in_table=True),
         fence=md_fence,
+        clip=lambda value, limit: _clip(_str(value), limit),
     )
+    env.globals.update(MD_MAX_TEXT=MD_MAX_TEXT, MD_MAX_CELL=MD_MAX_CELL)
     return env
 
 
@@ -183,6 +222,7 @@ def _common_filters() -> dict[str, Any]:
         "ci": fmt_ci,
         "signed_pct": fmt_signed_pct,
         "value": fmt_value,
+        "seconds": fmt_seconds,
     }
 
 
@@ -429,6 +469,7 @@ def _context(report: Mapping[str, Any]) -> dict[str, Any]:
         "tenants": _tenants(report.get("tenants")),
         "queries": _queries(report.get("queries")),
         "rollback": _rollback(report.get("rollback")),
+        "timeline": _timeline(report.get("timeline"), stage["stage"]),
         "database_stats": _database_stats(report.get("database_stats")),
         "environment": _environment(report.get("environment")),
     }
@@ -552,10 +593,40 @@ def _html_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "tenant": _str(sample.get("tenant"), "—"),
         "params": _params_text(sample.get("params")),
-        "entries": [_html_entry(e) for e in entries[:HTML_MAX_ENTRIES]],
+        "entries": _group_rows([_html_entry(e) for e in entries[:HTML_MAX_ENTRIES]]),
         "hidden_entries": max(0, len(entries) - HTML_MAX_ENTRIES),
         "truncated": bool(sample.get("truncated")),
     }
+
+
+def _group_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive rows only in one result (missing, extra) with the same columns become one
+    table: a block of lost rows reads as a table, not as a stack of one-row tables."""
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        last = out[-1] if out else None
+        if (
+            entry["kind"] in ("missing", "extra")
+            and last is not None
+            and last["kind"] in ("missing", "extra", "rows")
+            and last["table"]["columns"] == entry["table"]["columns"]
+        ):
+            last["table"]["rows"].extend(entry["table"]["rows"])
+            last["kind"] = "rows"
+            labels = [row["label"] for row in last["table"]["rows"]]
+            only_legacy, only_new = labels.count("legacy"), labels.count("new")
+            if only_new == 0:
+                last["title"] = f"Rows only in legacy result ({only_legacy})"
+            elif only_legacy == 0:
+                last["title"] = f"Rows only in new result ({only_new})"
+            else:
+                last["title"] = (
+                    f"Rows only in one result ({only_legacy} only in legacy,"
+                    f" {only_new} only in new)"
+                )
+            continue
+        out.append(entry)
+    return out
 
 
 def _params_text(params: Any) -> str:
@@ -581,9 +652,11 @@ def _entry(kind: str, title: str, **fields: Any) -> dict[str, Any]:
     """A diff entry view; every key is present so templates need no ``is defined`` tests."""
     view: dict[str, Any] = {
         "columns": None,
+        "names": None,
         "legacy": None,
         "new": None,
         "table": None,
+        "note": "",
         "raw": None,
     }
     view.update(fields, kind=kind, title=title)
@@ -601,6 +674,48 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
             columns={
                 "legacy": [{"name": c, "odd": c not in new} for c in legacy],
                 "new": [{"name": c, "odd": c not in legacy} for c in new],
+            },
+            note=_str(entry.get("note")),
+        )
+    if kind == "column_types":
+        return _entry(
+            kind,
+            "Column types differ",
+            names=[_str(c) for c in _list(entry.get("columns"))],
+            note="Same column names, different data types: values are not compared.",
+        )
+    if kind == "order":
+        rows = entry.get("rows")
+        return _entry(
+            kind,
+            "Same rows, different order",
+            legacy=fmt_num(rows) if rows is not None else "",
+            note=_str(entry.get("note")),
+        )
+    if kind == "duplicate_key":
+        key = _map(entry.get("key"))
+        side = _str(entry.get("side"), "?")
+        return _entry(
+            kind,
+            f"Duplicate key in the {side} result",
+            table={
+                "columns": [_str(c) for c in key],
+                "changed": [True for _ in key],
+                "rows": [{"label": side, "cells": [_cell(v) for v in key.values()]}],
+            },
+        )
+    if kind == "value":
+        legacy_value, new_value = entry.get("legacy"), entry.get("new")
+        return _entry(
+            kind,
+            "Values differ",
+            table={
+                "columns": ["value"],
+                "changed": [True],
+                "rows": [
+                    {"label": "legacy", "cells": [_cell(legacy_value, changed=True)]},
+                    {"label": "new", "cells": [_cell(new_value, changed=True)]},
+                ],
             },
         )
     if kind == "row_count":
@@ -711,6 +826,7 @@ def _latency(raw: Any) -> dict[str, Any] | None:
         "limit": 1 + tolerance if tolerance is not None else None,
         "samples_needed": _int(raw.get("samples_needed")),
         "chart": _latency_chart(legacy, new, gated),
+        "ecdf": _latency_ecdf(legacy, new),
     }
 
 
@@ -752,6 +868,114 @@ def _latency_chart(
         groups.append({"label": q, "gated": q == gated, "y": y + bar_h + 4, "bars": bars})
         y += 2 * bar_h + bar_gap + group_gap
     return {"width": width, "height": y - group_gap + 6, "groups": groups}
+
+
+# The quantiles a report carries, as cumulative fractions, for the distribution chart.
+ECDF_LEVELS = ((0.50, "p50"), (0.90, "p90"), (0.95, "p95"), (0.99, "p99"))
+
+
+def _tail(p: float) -> float:
+    """The chart's vertical scale: -log10(1 - p) spreads p50, p90, p95 and p99 evenly
+    enough to read the tail (0.30, 1, 1.30, 2)."""
+    return -math.log10(1 - p)
+
+
+def _nice_step(span: float, target: int = 5) -> float:
+    raw = span / target
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    for mult in (1, 2, 2.5, 5, 10):
+        if raw <= mult * magnitude:
+            return mult * magnitude
+    return 10 * magnitude
+
+
+def _tick_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    return f"{value:g}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _latency_ecdf(legacy: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Geometry for the latency distribution of both paths as an empirical CDF drawn from the
+    four quantiles the report carries: a dot per measured quantile, straight lines between
+    them (interpolation, not data), latency on a log axis when it spans a wide range."""
+    paths = []
+    for name, data in (("legacy", legacy), ("new", new)):
+        points = []
+        for p, label in ECDF_LEVELS:
+            v = _number(data[label])
+            if v is not None and math.isfinite(v) and v > 0:
+                points.append((p, label, v))
+        paths.append((name, points))
+    values = [v for _, points in paths for _, _, v in points]
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    log = hi / lo > 4
+    if log:
+        x_lo = lo / 1.3
+        x_hi = hi * 1.3
+        ticks = [
+            m * 10.0**k
+            for k in range(math.floor(math.log10(x_lo)), math.ceil(math.log10(x_hi)) + 1)
+            for m in (1, 2, 5)
+            if x_lo <= m * 10.0**k <= x_hi
+        ]
+        if len(ticks) > 8:  # many decades: label the powers of ten only
+            ticks = [t for t in ticks if f"{t:.0e}".startswith("1")]
+
+        def fx(v: float) -> float:
+            return (math.log10(v) - math.log10(x_lo)) / (math.log10(x_hi) - math.log10(x_lo))
+    else:
+        step = _nice_step(hi - lo if hi > lo else hi)
+        x_lo = max(0.0, math.floor(lo * 0.95 / step) * step)
+        x_hi = math.ceil(hi * 1.05 / step) * step
+        if x_hi <= x_lo:
+            x_hi = x_lo + step
+        ticks = [x_lo + i * step for i in range(round((x_hi - x_lo) / step) + 1)]
+
+        def fx(v: float) -> float:
+            return (v - x_lo) / (x_hi - x_lo)
+
+    width, height = 640, 270
+    left, right, top, bottom = 58, 18, 34, 46
+    plot_w, plot_h = width - left - right, height - top - bottom
+    t_lo, t_hi = _tail(0.5) - 0.12, _tail(0.99) + 0.12
+
+    def sx(v: float) -> float:
+        return round(left + fx(v) * plot_w, 1)
+
+    def sy(p: float) -> float:
+        return round(top + plot_h - (_tail(p) - t_lo) / (t_hi - t_lo) * plot_h, 1)
+
+    series = []
+    for name, points in paths:
+        dots = [
+            {"x": sx(v), "y": sy(p), "title": f"{name} {label}: {fmt_ms(v)}"}
+            for p, label, v in points
+        ]
+        series.append(
+            {
+                "path": name,
+                "points": " ".join(f"{d['x']},{d['y']}" for d in dots),
+                "dots": dots,
+                "line": len(dots) > 1,
+            }
+        )
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "right": width - right,
+        "top": top,
+        "bottom": top + plot_h,
+        "log": log,
+        "x_ticks": [{"x": sx(t), "label": _tick_label(t)} for t in ticks],
+        "y_ticks": [{"y": sy(p), "label": f"{p * 100:g}%"} for p, _ in ECDF_LEVELS],
+        "axis_x": round(left + plot_w / 2, 1),
+        "axis_y": height - 8,
+        "series": series,
+    }
 
 
 def _total(*values: Any) -> int | float:
@@ -1275,28 +1499,339 @@ def _rollback(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping):
         return None
     script, migration = raw.get("script"), raw.get("migration")
+    script = script if isinstance(script, str) else None
+    migration = migration if isinstance(migration, str) else None
+    none_reason = _str(raw.get("none_reason"))
+    details = _map(raw.get("verification_details"))
+    verified = raw.get("verified") is True
+    # "none needed" only when the flag says so; a missing script is "not verified"
+    state = "none needed" if none_reason else "verified" if verified else "not verified"
+    hazards_raw = raw.get("hazards") if "hazards" in raw else details.get("hazards")
+    hazards = [_hazard(_map(h)) for h in _list(hazards_raw)]
+    summary = _hazard_summary(hazards)
+    if none_reason:
+        kpi_label = "rollback: no schema change"
+    elif script is None:
+        kpi_label = "rollback: no script"
+    else:
+        kpi_label = "rollback script"
+        worst = next((h["worst"] for h in summary if h["script"] == "rollback"), None)
+        if worst:
+            kpi_label += f"; takes {worst['strongest'][1]}"
+    checks = []
+    for key, yes, no, judged in ROLLBACK_CHECKS:
+        value = details.get(key)
+        if isinstance(value, bool):
+            checks.append({"text": yes if value else no, "ok": value if judged else None})
     return {
         "steps": [_str(s) for s in _list(raw.get("steps"))],
         "flag_command": _str(raw.get("flag_command")),
         "script_path": _str(raw.get("script_path")),
-        "script": script if isinstance(script, str) else None,
+        "script": script,
+        "script_html": highlight_sql(script) if script is not None else [],
         "migration_path": _str(raw.get("migration_path")),
-        "migration": migration if isinstance(migration, str) else None,
-        "verified": raw.get("verified") is True,
+        "migration": migration,
+        "migration_html": highlight_sql(migration) if migration is not None else [],
+        "none_reason": none_reason,
+        "verified": verified,
+        "state": state,
         "verification": _str(raw.get("verification")),
+        # the status without the verdict word the pill already shows
+        "verification_text": re.sub(
+            r"^\s*(not verified|verified|no rollback needed)\s*:\s*",
+            "",
+            _str(raw.get("verification")),
+            flags=re.I,
+        ),
+        "has_details": bool(details),
+        "differences": [_str(d) for d in _list(details.get("differences"))],
+        "migration_differences": [_str(d) for d in _list(details.get("migration_differences"))],
+        "checks": checks,
+        "error": _str(details.get("error")),
+        "verified_at": _str(details.get("verified_at")),
+        "reused": details.get("reused") is True,
+        "hazards": hazards,
+        "hazards_reported": hazards_raw is not None,
+        "hazard_summary": summary,
+        "kpi_label": kpi_label,
     }
+
+
+# What a verification found besides the schema fingerprint: key, text when true, text when
+# false, and whether true is good (a check) or just a fact.
+ROLLBACK_CHECKS = (
+    (
+        "new_path_prepares",
+        "the new path's query prepares on the migrated schema",
+        "the new path's query does not prepare on the migrated schema",
+        True,
+    ),
+    (
+        "resumable",
+        "the migration applies again after the rollback, so the rollout can resume",
+        "the migration does not apply again after the rollback",
+        True,
+    ),
+    (
+        "migration_was_applied",
+        "the target already runs the migration: the rollback was proven first",
+        "the target does not run the migration yet: it was applied in the scratch copy first",
+        False,
+    ),
+)
+
+
+def _lock_pair(value: Any) -> tuple[str, str] | None:
+    items = _list(value)
+    return (_str(items[0]), _str(items[1])) if len(items) >= 2 else None
+
+
+def _hazard(raw: Mapping[str, Any]) -> dict[str, Any]:
+    strongest = _lock_pair(raw.get("strongest_lock"))
+    locks = _holds(raw.get("locks"))
+    if strongest is None and locks:
+        strongest = max(locks, key=lambda rl: _strength(rl[1]))
+    why_not = _str(raw.get("why_not_transactional"))
+    transactional = raw.get("transactional")
+    if transactional is False and not why_not:
+        why_not = "cannot run in a transaction"
+    destroys = _str(raw.get("destroys_data"))
+    sequences = raw.get("sequences_not_rewound") is True
+    strength = _strength(strongest[1]) if strongest else 0
+    others = [lock for lock in locks if lock != strongest]
+    return {
+        "script": _str(raw.get("script"), "—"),
+        "number": _int(raw.get("statement_number")),
+        "line": _int(raw.get("line")),
+        "statement": _clip(_str(raw.get("statement")), HAZARD_MAX_STATEMENT),
+        "strongest": strongest,
+        "strength": strength,
+        # other locks that block writes too; the many AccessShareLocks are only counted
+        "other_locks": ", ".join(
+            f"{mode} on {rel}"
+            for rel, mode in others
+            if _strength(mode) >= LOCK_STRENGTH["ShareUpdateExclusiveLock"]
+        ),
+        "weaker_locks": sum(
+            _strength(mode) < LOCK_STRENGTH["ShareUpdateExclusiveLock"] for _, mode in others
+        ),
+        "why_not": why_not,
+        "destroys": destroys,
+        "sequences": sequences,
+        # blocks every read and write of a table, destroys data or cannot be rolled back
+        "severe": strength >= LOCK_STRENGTH["ExclusiveLock"] or bool(destroys) or bool(why_not),
+    }
+
+
+def _hazard_summary(hazards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per script (rollback first): its strongest lock and where, and how many statements
+    are not transactional, destroy data or leave sequences advanced."""
+    out = []
+    scripts = sorted({h["script"] for h in hazards}, key=lambda s: (s != "rollback", s))
+    for script in scripts:
+        mine = [h for h in hazards if h["script"] == script]
+        locking = [h for h in mine if h["strongest"]]
+        worst = max(locking, key=lambda h: h["strength"]) if locking else None
+        out.append(
+            {
+                "script": script,
+                "statements": len(mine),
+                "worst": worst,
+                "not_transactional": sum(bool(h["why_not"]) for h in mine),
+                "destroys": sum(bool(h["destroys"]) for h in mine),
+                "sequences": sum(h["sequences"] for h in mine),
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- SQL highlighting
+
+# Enough of PostgreSQL's keywords to make a DDL or DML script scannable; other words stay
+# plain. Matching is case-insensitive and never changes the text.
+# fmt: off
+SQL_KEYWORDS = frozenset(
+    {
+        "ADD", "ALL", "ALTER", "ALWAYS", "ANALYZE", "AND", "ANY", "AS", "ASC", "BEGIN", "BETWEEN",
+        "BY", "CASCADE", "CASE", "CAST", "CHECK", "COLLATE", "COLUMN", "COMMENT", "COMMIT",
+        "CONCURRENTLY", "CONSTRAINT", "COPY", "CREATE", "CROSS", "CURRENT_DATE",
+        "CURRENT_TIMESTAMP", "DATA", "DEFAULT", "DEFERRABLE", "DELETE", "DESC", "DISABLE",
+        "DISTINCT", "DO", "DOMAIN", "DROP", "ELSE", "ENABLE", "END", "EXCEPT", "EXCLUDE", "EXISTS",
+        "EXTENSION", "FALSE", "FETCH", "FILTER", "FIRST", "FOR", "FOREIGN", "FROM", "FULL",
+        "FUNCTION", "GENERATED", "GRANT", "GROUP", "HAVING", "IDENTITY", "IF", "ILIKE", "IN",
+        "INCLUDE", "INDEX", "INHERITS", "INITIALLY", "INNER", "INSERT", "INTERSECT", "INTO", "IS",
+        "JOIN", "KEY", "LANGUAGE", "LAST", "LATERAL", "LEFT", "LIKE", "LIMIT", "LOCK",
+        "MATERIALIZED", "NATURAL", "NO", "NOT", "NOTHING", "NOWAIT", "NULL", "NULLS", "OF",
+        "OFFSET", "ON", "ONLY", "OR", "ORDER", "OUTER", "OVER", "OWNER", "PARTITION", "POLICY",
+        "PRIMARY", "PROCEDURE", "REFERENCES", "REFRESH", "REINDEX", "RENAME", "REPLACE", "RESTRICT",
+        "RETURNING", "RETURNS", "REVOKE", "RIGHT", "ROLLBACK", "ROW", "ROWS", "SCHEMA", "SELECT",
+        "SEQUENCE", "SET", "SHARE", "SOME", "TABLE", "TABLESPACE", "TEMP", "TEMPORARY", "THEN",
+        "TO", "TRIGGER", "TRUE", "TRUNCATE", "TYPE", "UNION", "UNIQUE", "UNLOGGED", "UPDATE",
+        "USING", "VACUUM", "VALID", "VALIDATE", "VALUE", "VALUES", "VIEW", "WHEN", "WHERE",
+        "WINDOW", "WITH", "WITHOUT",
+    }
+)
+# fmt: on
+
+_SQL_TOKEN = re.compile(
+    r"""
+    (?P<c>--[^\n]*|/\*.*?(?:\*/|\Z))                           # comment
+    | (?P<d>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*|)\$.*?(?:\$(?P=tag)\$|\Z))  # dollar quote
+    | (?P<s>(?:[EeBbXxNn]|[Uu]&)?'(?:[^']|'')*(?:'|\Z))            # string constant
+    | (?P<q>"(?:[^"]|"")*(?:"|\Z))                               # quoted identifier
+    | (?P<p>%\([^)\s]*\)s|%s|\$\d+)                              # query parameter
+    | (?P<n>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)                # number
+    | (?P<w>[A-Za-z_][A-Za-z_0-9$]*)                             # word
+    """,
+    re.S | re.X,
+)
+# token group -> CSS class ("" stays plain text)
+_SQL_CLASS = {"c": "c", "d": "s", "s": "s", "q": "", "p": "p", "n": "n"}
+
+
+def highlight_sql(sql: str) -> list[tuple[str, str]]:
+    """``sql`` as (css class, text) runs for server-side highlighting: keywords ``k``,
+    strings ``s``, comments ``c``, numbers ``n``, parameters ``p``, plain text ``""``.
+
+    The texts concatenate to exactly ``sql``; the template escapes each one, so nothing in
+    the script can become markup."""
+    out: list[tuple[str, str]] = []
+
+    def add(css: str, text: str) -> None:
+        if not text:
+            return
+        if out and out[-1][0] == css:
+            out[-1] = (css, out[-1][1] + text)
+        else:
+            out.append((css, text))
+
+    pos = 0
+    for m in _SQL_TOKEN.finditer(sql):
+        add("", sql[pos : m.start()])
+        group = m.lastgroup or ""
+        if group == "tag":  # lastgroup names the innermost group that closed last
+            group = "d"
+        text = m.group(0)
+        css = ("k" if text.upper() in SQL_KEYWORDS else "") if group == "w" else _SQL_CLASS[group]
+        add(css, text)
+        pos = m.end()
+    add("", sql[pos:])
+    return out
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+def _timeline(raw: Any, report_stage: str) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    current = _str(raw.get("current_stage"))
+    killed = raw.get("killed") is True
+    started = raw.get("started") is True or (_int(raw.get("version")) or 0) > 0
+    stages = []
+    for item in _list(raw.get("stages")):
+        st = _map(item)
+        name = _str(st.get("name"), "—")
+        stages.append(
+            {
+                "name": name,
+                "current": st.get("current") is True or (bool(current) and name == current),
+                "reported": name == report_stage,
+                "serve": _str(st.get("serve")),
+                "shadow": _str(st.get("shadow")),
+            }
+        )
+    events = []
+    for item in _list(raw.get("events"))[:TIMELINE_MAX_EVENTS]:
+        ev = _map(item)
+        from_stage, to_stage = _str(ev.get("from_stage")), _str(ev.get("to_stage"))
+        if from_stage and to_stage and from_stage != to_stage:
+            change = f"{from_stage} → {to_stage}"
+        else:
+            change = to_stage or from_stage or "—"
+        events.append(
+            {
+                "at": _str(ev.get("at"), "—"),
+                "actor": _str(ev.get("actor"), "—"),
+                "action": _str(ev.get("action"), "—"),
+                "change": change,
+                "killed": ev.get("killed") is True,
+                "reason": _str(ev.get("reason")),
+                "forced": ev.get("forced") is True,
+                "report_id": _str(ev.get("report_id")),
+            }
+        )
+    if killed:
+        status = "killed"
+    elif not started:
+        status = "not started"
+    else:
+        status = "live"
+    return {
+        "status": status,
+        "current_stage": current,
+        "killed": killed,
+        "started": started,
+        "version": _int(raw.get("version")),
+        # the report judges one stage; the flag may be serving another right now
+        "elsewhere": bool(current) and current != report_stage,
+        "stages": stages,
+        "events": events,
+        "events_total": len(_list(raw.get("events"))),
+    }
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _connection_parts(text: str) -> dict[str, str]:
+    """host, port, dbname and user of a libpq connection string or URL ({} when it does
+    not parse). The report's string never carries a password."""
+    if not text or text == "—":
+        return {}
+    try:
+        parsed = conninfo_to_dict(text)
+    except psycopg.Error:  # not a connection string: it is still shown verbatim
+        return {}
+    return {k: _str(parsed[k]) for k in ("host", "port", "dbname", "user") if parsed.get(k)}
+
+
+def fmt_seconds(value: Any) -> str:
+    """A duration: 0.79 s, 12.4 s, 3 min 12 s, 2 h 05 min."""
+    x = _number(value)
+    if x is None or math.isinf(x) or x < 0:
+        return "—"
+    if x < 10:
+        return f"{x:.2g} s" if x < 1 else f"{x:.3g} s"
+    if x < 60:
+        return f"{x:.1f} s"
+    minutes, seconds = divmod(round(x), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def _environment(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, Mapping):
         return None
+    database = _str(raw.get("database"), "—")
+    parts = _connection_parts(database)
+    samples = _map(raw.get("samples"))
     return {
         "server_version": _str(raw.get("server_version"), "—"),
-        "database": _str(raw.get("database"), "—"),
+        "database": database,
+        "host": parts.get("host", ""),
+        "socket": parts.get("host", "").startswith("/"),
+        "port": parts.get("port", ""),
+        "dbname": parts.get("dbname", ""),
+        "user": parts.get("user", ""),
         "toolkit_version": _str(raw.get("toolkit_version"), "—"),
         "runs": [_str(r) for r in _list(raw.get("runs"))],
         "first_observation": _str(raw.get("first_observation"), "—"),
         "last_observation": _str(raw.get("last_observation"), "—"),
+        "run_seconds": _number(raw.get("run_seconds")),
+        "samples": ({k: samples.get(k) for k in ("ab", "online", "offline")} if samples else None),
     }
 
 
@@ -1333,21 +1868,68 @@ def _markdown_extras(report: Mapping[str, Any]) -> dict[str, Any]:
     samples = [_map(s) for s in _list(mismatches.get("samples"))]
     rollback = _map(report.get("rollback"))
     script = rollback.get("script")
-    script_clipped = False
-    if isinstance(script, str) and len(script) > MD_MAX_SCRIPT:
-        script = script[:MD_MAX_SCRIPT].rstrip("\n") + "\n-- … (truncated; see the full script)"
-        script_clipped = True
     locks = _locks(report.get("locks"))
     differences = locks["differences"] if locks else []
+    rb = _rollback(rollback) if rollback else None
+    rb_differences = (
+        [*rb["differences"], *rb["migration_differences"]] if rb and not rb["verified"] else []
+    )
     return {
+        "hazard_lines": _md_hazard_lines(rb["hazard_summary"]) if rb else [],
+        "rb_differences": [
+            md_text(_clip(d, MD_MAX_VALUE * 2)) for d in rb_differences[:MD_MAX_DIFFERENCES]
+        ],
+        "rb_differences_more": max(0, len(rb_differences) - MD_MAX_DIFFERENCES),
         "lock_lines": [_md_sentence(d["parts"]) for d in differences[:MD_MAX_LOCK_LINES]],
         "locks_more": max(0, len(differences) - MD_MAX_LOCK_LINES),
         "samples": [_md_sample(s) for s in samples[:MD_MAX_SAMPLES]],
         "samples_total": len(samples),
         "html_samples": min(len(samples), HTML_MAX_SAMPLES),
-        "script": script if isinstance(script, str) else None,
-        "script_clipped": script_clipped,
+        **_md_script(script if isinstance(script, str) else None, MD_MAX_SCRIPT),
     }
+
+
+def _md_script(script: str | None, limit: int) -> dict[str, Any]:
+    """The rollback script for the comment: whole, its first ``limit`` characters, or left out
+    (None, with ``script_omitted``) when less than a few lines would fit."""
+    if script is None or len(script) <= limit:
+        return {"script": script, "script_clipped": False, "script_omitted": False}
+    if limit < MD_MIN_SCRIPT:
+        return {"script": None, "script_clipped": False, "script_omitted": True}
+    clipped = script[:limit].rstrip("\n") + "\n-- … (truncated; see the full script)"
+    return {"script": clipped, "script_clipped": True, "script_omitted": False}
+
+
+def _md_hazard_lines(summary: list[dict[str, Any]]) -> list[str]:
+    """One line per script: its strongest lock (where), then what else to know."""
+    lines = []
+    for item in summary:
+        worst = item["worst"]
+        head = f"{md_text(item['script'])} script"
+        if worst:
+            relation, mode = worst["strongest"]
+            where = []
+            if worst["number"] is not None:
+                where.append(f"statement {worst['number']}")
+            if worst["line"] is not None:
+                where.append(f"line {worst['line']}")
+            text = (
+                f"strongest lock {md_code(_clip(mode, MD_MAX_VALUE))} on "
+                f"{md_code(_clip(relation, MD_MAX_VALUE))}"
+                + (f" ({', '.join(where)})" if where else "")
+            )
+        else:
+            text = "no table locks measured"
+        extra = []
+        for key, what in (
+            ("not_transactional", "not transactional"),
+            ("destroys", "destroying data"),
+            ("sequences", "leaving sequences advanced"),
+        ):
+            if item[key]:
+                extra.append(f"{item[key]} statement{'' if item[key] == 1 else 's'} {what}")
+        lines.append(f"{head}: {text}" + (f" · {', '.join(extra)}" if extra else ""))
+    return lines
 
 
 def _md_sentence(parts: list[dict[str, Any]]) -> str:
@@ -1389,10 +1971,22 @@ def _md_entry(entry: Mapping[str, Any]) -> str:
     if kind == "columns":
         legacy = ", ".join(_str(c) for c in _list(entry.get("legacy")))
         new = ", ".join(_str(c) for c in _list(entry.get("new")))
+        note = _str(entry.get("note"))
         return (
             f"columns differ: legacy {md_code(_clip(legacy, MD_MAX_VALUE * 2))}"
             f" vs new {md_code(_clip(new, MD_MAX_VALUE * 2))}"
+            + (f" ({md_text(_clip(note, MD_MAX_VALUE * 2))})" if note else "")
         )
+    if kind == "column_types":
+        names = ", ".join(_str(c) for c in _list(entry.get("columns")))
+        return f"column types differ: {md_code(_clip(names, MD_MAX_VALUE * 2))}"
+    if kind == "order":
+        return f"same {md_text(fmt_num(entry.get('rows')))} rows in a different order"
+    if kind == "duplicate_key":
+        side = md_text(_clip(_str(entry.get("side"), "?"), MD_MAX_VALUE))
+        return f"duplicate key in the {side} result: {_md_row(_map(entry.get('key')))}"
+    if kind == "value":
+        return f"value: {_md_value(entry.get('legacy'))} → {_md_value(entry.get('new'))}"
     if kind == "row_count":
         return (
             f"row count: legacy {md_text(fmt_num(entry.get('legacy')))},"
@@ -1420,3 +2014,76 @@ def _md_entry(entry: Mapping[str, Any]) -> str:
         head = "changed row" + (f" ({', '.join(where)})" if where else "")
         return f"{head}: {'; '.join(changes) or 'values differ'}"
     return f"{md_text(kind)}: {md_code(_clip(_json(dict(entry)), MD_MAX_VALUE * 2))}"
+
+
+# --------------------------------------------------------------------------- workspace index
+
+
+def _index_context(data: Mapping[str, Any]) -> dict[str, Any]:
+    flags = []
+    for item in _list(data.get("flags")):
+        raw = _map(item)
+        state = _map(raw.get("state"))
+        stage = _str(state.get("stage"))
+        killed = state.get("killed") is True
+        started = (_int(state.get("version")) or 0) > 0
+        status = "killed" if killed else "live" if started else "not started"
+        stages = []
+        for st_item in _list(raw.get("stages")):
+            st = _map(st_item)
+            name = _str(st.get("name"), "—")
+            verdict = _str(st.get("verdict")).upper()
+            href = _str(st.get("href"))
+            stages.append(
+                {
+                    "name": name,
+                    "current": started and name == stage,
+                    "in_flag": st.get("in_flag") is not False,
+                    "verdict": verdict,
+                    "verdict_class": VERDICT_CLASS.get(verdict, "inconclusive")
+                    if verdict
+                    else "none",
+                    "samples": st.get("samples"),
+                    "created_at": _str(st.get("created_at")),
+                    "href": href if _relative_href(href) else "",
+                    "html_stale": st.get("html_stale") is True,
+                }
+            )
+        current = next((s for s in stages if s["current"]), None)
+        description = _str(raw.get("description"))
+        flags.append(
+            {
+                "name": _str(raw.get("name"), "(unnamed flag)"),
+                "description": _clip(" ".join(description.split()), INDEX_MAX_DESCRIPTION),
+                "description_full": description,
+                "owner": _str(raw.get("owner")),
+                "error": _str(raw.get("error")),
+                "status": status,
+                "stage": stage,
+                "killed": killed,
+                "updated_at": _str(state.get("updated_at")),
+                "updated_by": _str(state.get("updated_by")),
+                "stages": stages,
+                "current_verdict": current["verdict"] if current else "",
+                "current_class": current["verdict_class"] if current else "none",
+            }
+        )
+    statuses = [str(f["status"]) for f in flags]
+    counts = {
+        "flags": len(flags),
+        "killed": statuses.count("killed"),
+        "live": statuses.count("live"),
+        "not_started": statuses.count("not started"),
+        "invalid": sum(bool(f["error"]) for f in flags),
+    }
+    return {
+        "generated_at": _str(data.get("generated_at")),
+        "toolkit_version": _str(data.get("toolkit_version")),
+        "flags": flags,
+        "counts": counts,
+    }
+
+
+def _relative_href(href: str) -> bool:
+    """Only links relative to the index are written: no scheme, no absolute or network path."""
+    return bool(href) and not re.match(r"^([a-z][a-z0-9+.-]*:|/|\\)", href, re.I)

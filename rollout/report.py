@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import uuid
 from collections import Counter
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -18,11 +20,12 @@ from . import __version__
 from .errors import InputError
 from .flags import Flag
 from .observations import Observation
-from .render import render_html, render_markdown
+from .render import render_html, render_index, render_markdown
 from .rollback import verification_for
-from .state import events, read_state
+from .state import events, read_all, read_state
 from .store import Store
 from .verdict import failure_class, judge
+from .workspace import Workspace
 
 SCHEMA_VERSION = 2
 IMPACT_WINDOW = timedelta(hours=1)
@@ -220,4 +223,77 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
     report_id = store.save_report(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
                                   verdict=body["verdict"], samples=body["samples"], body=body,
                                   files=[str(f) for f in files])
+    write_index([flag], store, out_dir)
     return WrittenReport(report_id, body["verdict"], body, files)
+
+
+def write_index(workspace_flags: Sequence[Flag], store: Store, out_dir: Path) -> Path:
+    """Write ``out_dir/index.html``: every flag, its live stage (the store's flag state), the
+    latest verdict per stage (``rollout.reports``) and relative links to the HTML reports.
+
+    ``workspace_flags`` are listed in any case. When ``out_dir`` is a workspace's ``reports/``
+    folder (its parent holds ``flags/``), every flag file of that workspace is listed too, an
+    invalid one with its error, so one `rollout report` refreshes the whole index. Written to
+    a temporary file and renamed, like the reports."""
+    flags: dict[str, Flag] = {}
+    invalid: dict[str, str] = {}
+    root = out_dir.parent
+    if (root / "flags").is_dir():
+        ws = Workspace.load(root, strict=False)
+        flags.update(ws.flags)
+        invalid = {Path(e.file).stem: str(e) for e in ws.errors}
+    flags.update({f.name: f for f in workspace_flags})
+    names = sorted({*flags, *invalid})
+    states = read_all(store.conn)
+    rows = store.latest_reports(names)
+    latest: dict[str, dict[str, Any]] = {}
+    for flag_name, stage, verdict, samples, files, created_at in rows:
+        latest.setdefault(flag_name, {})[stage] = {
+            "verdict": verdict, "samples": samples, "files": list(files or []),
+            "created_at": created_at.astimezone(UTC).isoformat(timespec="seconds")
+            if created_at else None}
+    entries = []
+    for name in names:
+        flag = flags.get(name)
+        stage_names = [s.name for s in flag.stages] if flag else []
+        reported = latest.get(name, {})
+        stages = []
+        for stage in [*stage_names, *sorted(set(reported) - set(stage_names))]:
+            rep = reported.get(stage)
+            page = out_dir / name / f"{stage}.html"
+            exists = rep is not None and page.is_file()
+            stages.append({
+                "name": stage, "in_flag": stage in stage_names,
+                "verdict": rep["verdict"] if rep else None,
+                "samples": rep["samples"] if rep else None,
+                "created_at": rep["created_at"] if rep else None,
+                "href": f"{quote(name, safe='')}/{quote(stage + '.html', safe='')}"
+                if exists else None,
+                # the newest report of this stage wrote no HTML: the page is an older one
+                "html_stale": exists and rep is not None
+                and not any(str(f).endswith(".html") for f in rep["files"]),
+            })
+        st = states.get(name)
+        entries.append({
+            "name": name,
+            "description": flag.description if flag else "",
+            "owner": flag.owner if flag else "",
+            "error": invalid.get(name) if flag is None else None,
+            "state": {"stage": st.stage, "killed": st.killed, "version": st.version,
+                      "updated_at": st.updated_at.astimezone(UTC).isoformat(timespec="seconds")
+                      if st.updated_at else None,
+                      "updated_by": st.updated_by} if st else None,
+            "stages": stages,
+        })
+    text = render_index({"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                         "toolkit_version": __version__, "flags": entries})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "index.html"
+    # a name of its own: two reports finishing at once must not write into one temp file
+    tmp = out_dir / f".index.html.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final

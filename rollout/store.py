@@ -213,6 +213,14 @@ class Store:
         return report_id
 
 
+    def latest_reports(self, flags: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The newest report of every (flag, stage): flag, stage, verdict, samples, files,
+        created_at."""
+        return self.conn.execute(
+            "SELECT DISTINCT ON (flag, stage) flag, stage, verdict, samples, files, created_at"
+            " FROM rollout.reports WHERE flag = ANY(%s) ORDER BY flag, stage, created_at DESC",
+            [list(flags)]).fetchall()
+
     def latest_report(self, flag: str, stage: str) -> dict[str, Any] | None:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(

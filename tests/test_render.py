@@ -1,15 +1,32 @@
-"""Rendering tests for rollout.render on hand-built report dicts (no database)."""
+"""Rendering tests for rollout.render on hand-built report dicts, the report's JSON schema,
+and (with the test database) real reports and the workspace index they refresh."""
 
 from __future__ import annotations
 
 import copy
 import html
+import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
-from rollout.render import md_code, md_fence, render_html, render_markdown
+from rollout.render import (
+    highlight_sql,
+    md_code,
+    md_fence,
+    render_html,
+    render_index,
+    render_markdown,
+)
+from tests.conftest import REPO, WorkspaceMaker
+from tests.helpers import run_cli
+from tests.test_report import CONTRACT_KEYS, shadow_and_report
+from tests.test_shadow import DIFFERENT, EQUIVALENT
 
 XSS = "<script>alert(1)</script>"
 XSS_PLAIN = "<script>alert`1`</script>"  # no brackets or commas: plan shapes still parse
@@ -350,8 +367,11 @@ def make_report(**overrides: Any) -> dict[str, Any]:
             "migration_path": "rollback/orders-recent.deploy.sql",
             "migration": "CREATE INDEX CONCURRENTLY orders_customer_created_idx\n"
             "  ON orders (customer_id, created_at DESC, id DESC);\n",
+            "none_reason": None,
             "verified": False,
             "verification": "not verified: run `rollout rollback verify orders-recent`",
+            "verification_details": None,
+            "hazards": [],
             "flag_command": "rollout flag kill orders-recent --reason 'no-go at shadow-pilot'",
             "steps": [
                 "Return serving to legacy: rollout flag kill orders-recent --reason "
@@ -379,9 +399,141 @@ def make_report(**overrides: Any) -> dict[str, Any]:
             "first_observation": "2026-11-28T09:00:00+00:00",
             "last_observation": "2026-11-28T09:55:00+00:00",
             "toolkit_version": "0.1.0",
+            "samples": {"ab": 200, "online": 40, "offline": 160},
+            "run_seconds": 191.5,
+        },
+        "timeline": {
+            "current_stage": None,
+            "killed": False,
+            "version": 0,
+            "started": False,
+            "stages": [
+                {
+                    "name": "shadow-pilot",
+                    "current": False,
+                    "serve": None,
+                    "shadow": "tenants acme, globex",
+                },
+                {"name": "canary", "current": False, "serve": "tenants acme", "shadow": None},
+                {
+                    "name": "ramp-25",
+                    "current": False,
+                    "serve": "25 % of slice keys",
+                    "shadow": None,
+                },
+                {"name": "full", "current": False, "serve": "100 % of slice keys", "shadow": None},
+            ],
+            "events": [],
         },
     }
     report.update(overrides)
+    return report
+
+
+HAZARDS = [
+    {
+        "script": "rollback",
+        "statement_number": 1,
+        "line": 2,
+        "statement": "DROP INDEX CONCURRENTLY IF EXISTS orders_customer_created_idx",
+        "transactional": False,
+        "why_not_transactional": "runs CONCURRENTLY, which cannot be in a transaction",
+        "locks": [],
+        "strongest_lock": None,
+        "destroys_data": None,
+        "sequences_not_rewound": False,
+    },
+    {
+        "script": "rollback",
+        "statement_number": 2,
+        "line": 4,
+        "statement": "ALTER TABLE orders DROP COLUMN note",
+        "transactional": True,
+        "why_not_transactional": None,
+        "locks": [
+            ["orders", "AccessExclusiveLock"],
+            ["orders_pkey", "AccessShareLock"],
+            ["customers", "ShareRowExclusiveLock"],
+        ],
+        "strongest_lock": ["orders", "AccessExclusiveLock"],
+        "destroys_data": "drops a column and its data",
+        "sequences_not_rewound": False,
+    },
+    {
+        "script": "migration",
+        "statement_number": 1,
+        "line": 1,
+        "statement": "CREATE INDEX orders_customer_created_idx ON orders (customer_id)",
+        "transactional": True,
+        "why_not_transactional": None,
+        "locks": [["orders", "ShareLock"]],
+        "strongest_lock": ["orders", "ShareLock"],
+        "destroys_data": None,
+        "sequences_not_rewound": True,
+    },
+]
+
+
+def verified_report(**details: Any) -> dict[str, Any]:
+    """make_report with a verification that ran (verified unless ``details`` say otherwise)."""
+    report = make_report()
+    rb = report["rollback"]
+    body = {
+        "verified": True,
+        "status": "verified: the rollback restores the schema exactly; the migration "
+        "re-applies cleanly",
+        "differences": [],
+        "migration_differences": [],
+        "new_path_prepares": True,
+        "resumable": True,
+        "migration_was_applied": False,
+        "hazards": copy.deepcopy(HAZARDS),
+        "error": None,
+        "verified_at": "2026-11-28T09:58:00+00:00",
+        "reused": True,
+    }
+    body.update(details)
+    rb.update(
+        verified=body["verified"],
+        verification=body["status"],
+        verification_details=body,
+        hazards=body["hazards"],
+    )
+    return report
+
+
+def timeline_report(*, stage: str | None, killed: bool = False) -> dict[str, Any]:
+    """make_report whose flag is live at ``stage`` (None: not started), with audit events."""
+    report = make_report()
+    tl = report["timeline"]
+    tl.update(current_stage=stage, killed=killed, version=3 if stage else 0, started=bool(stage))
+    for entry in tl["stages"]:
+        entry["current"] = entry["name"] == stage
+    if stage:
+        tl["events"] = [
+            {
+                "at": "2026-11-28T11:00:00+00:00",
+                "actor": "bob",
+                "action": "kill" if killed else "set",
+                "from_stage": stage,
+                "to_stage": stage,
+                "killed": killed,
+                "reason": "p99 alarm on the dashboard" if killed else "canary looks fine",
+                "forced": False,
+                "report_id": None,
+            },
+            {
+                "at": "2026-11-28T10:30:00+00:00",
+                "actor": "alice",
+                "action": "advance",
+                "from_stage": "shadow-pilot",
+                "to_stage": stage,
+                "killed": False,
+                "reason": "GO at shadow-pilot",
+                "forced": True,
+                "report_id": "5b0c1d2e-0000-4000-8000-000000000009",
+            },
+        ]
     return report
 
 
@@ -420,8 +572,20 @@ def canary_report() -> dict[str, Any]:
 def schema_v1_report() -> dict[str, Any]:
     """A body as schema 1 wrote it: no status on gates, no noise, plans, queries, ..."""
     report = make_report(schema_version=1)
-    for key in ("noise", "plans", "generic_plans", "stage_impact", "database_stats", "queries"):
+    for key in (
+        "noise",
+        "plans",
+        "generic_plans",
+        "stage_impact",
+        "database_stats",
+        "queries",
+        "timeline",
+    ):
         del report[key]
+    for key in ("none_reason", "verification_details", "hazards"):
+        del report["rollback"][key]
+    for key in ("samples", "run_seconds"):
+        del report["environment"][key]
     for gate in report["gates"]:
         del gate["status"], gate["confidence"]
         gate.pop("details", None)
@@ -475,6 +639,59 @@ def hostile_report() -> dict[str, Any]:
     report["failures"]["new"]["by_sqlstate"] = {XSS: 1}
     report["tenants"][1]["new_failures_by_class"] = {XSS: 2}
     report["database_stats"][XSS] = 1
+    # diff kinds beyond the row tables
+    sample["diff"] += [
+        {"kind": "column_types", "columns": [XSS]},
+        {"kind": "duplicate_key", "side": XSS, "key": {XSS: XSS}},
+        {"kind": "order", "rows": 3, "note": XSS},
+        {"kind": "value", "legacy": XSS, "new": f"{QUOTES}"},
+        {"kind": "columns", "legacy": [XSS], "new": ["x"], "note": XSS},
+        {"kind": XSS, "payload": XSS},
+    ]
+    # rollback verification, hazards, timeline, environment
+    hazard = copy.deepcopy(HAZARDS[1])
+    hazard.update(
+        statement=f"DROP TABLE {XSS}",
+        locks=[[f"rel {XSS}", "AccessExclusiveLock"], [XSS, f"mode {XSS}"]],
+        strongest_lock=[f"rel {XSS}", "AccessExclusiveLock"],
+        why_not_transactional=XSS,
+        destroys_data=XSS,
+    )
+    report["rollback"].update(
+        verified=False,
+        verification=f"not verified: {XSS}",
+        none_reason=None,
+        hazards=[hazard],
+        verification_details={
+            "verified": False,
+            "status": f"not verified: {XSS}",
+            "differences": [f"index {XSS} still exists"],
+            "migration_differences": [XSS],
+            "new_path_prepares": True,
+            "resumable": False,
+            "migration_was_applied": False,
+            "hazards": [hazard],
+            "error": XSS,
+            "verified_at": XSS,
+            "reused": False,
+        },
+    )
+    report["timeline"].update(current_stage=f"stage {XSS}", killed=True, version=2, started=True)
+    report["timeline"]["stages"][0].update(serve=XSS, shadow=XSS)
+    report["timeline"]["events"] = [
+        {
+            "at": XSS,
+            "actor": f"actor {XSS}",
+            "action": XSS,
+            "from_stage": XSS,
+            "to_stage": f"to {XSS}",
+            "killed": True,
+            "reason": f"reason {XSS}",
+            "forced": True,
+            "report_id": XSS,
+        }
+    ]
+    report["environment"].update(database=f"host='{XSS}' dbname={QUOTES!r}", server_version=XSS)
     return report
 
 
@@ -686,8 +903,8 @@ def test_html_correctness_diffs() -> None:
     for title in (
         "Column lists differ",
         "Row counts differ",
-        "Row only in legacy result",
-        "Row only in new result",
+        # a row only in legacy next to one only in new: one table, labelled per row
+        "Rows only in one result (1 only in legacy, 1 only in new)",
         "Row changed (at position 3; key id=7)",
     ):
         assert title in text
@@ -733,13 +950,16 @@ def test_html_failures_locks_tenants_environment() -> None:
 def test_html_rollback_section() -> None:
     page = render_html(make_report())
     section = page[page.index('id="rollback"') : page.index('id="environment"')]
-    assert "<pre><code>DROP INDEX CONCURRENTLY IF EXISTS orders_customer_created_idx;" in section
-    assert "<pre><code>CREATE INDEX CONCURRENTLY" in section
+    # both scripts highlighted server-side: keywords wrapped, names left plain
+    kw = '<span class="k">{}</span>'.format
+    drop = " ".join(kw(w) for w in ("DROP", "INDEX", "CONCURRENTLY", "IF", "EXISTS"))
+    assert f'<pre class="sql"><code>{drop} orders_customer_created_idx;' in section
+    assert f'<pre class="sql"><code>{kw("CREATE")} {kw("INDEX")} {kw("CONCURRENTLY")}' in section
     command = "rollout flag kill orders-recent --reason &#39;no-go at shadow-pilot&#39;"
     assert f"<pre><code>{command}</code></pre>" in section
     # the plan is ordered: flag first, then the schema script
     assert section.index("Return serving to legacy") < section.index("Undo the schema change")
-    assert '<span class="pill na">not verified</span> not verified: run' in section
+    assert '<span class="pill na">not verified</span> run `rollout rollback verify' in section
 
 
 def test_html_rollback_script_missing() -> None:
@@ -747,10 +967,12 @@ def test_html_rollback_script_missing() -> None:
     report["rollback"]["script"] = None
     report["rollback"]["migration"] = None
     page = render_html(report)
-    assert '<span class="pill fail">no script</span>' in page
+    assert (
+        '<span class="pill fail">not verified</span> <strong>No rollback script.</strong>' in page
+    )
     assert "Expected at <code>rollback/orders-recent.sql</code>" in page
     assert "was not found" in page
-    assert ">missing</b>" in page
+    assert "<b>not verified</b><span>rollback: no script</span>" in page
 
 
 def test_html_escapes_everything() -> None:
@@ -985,6 +1207,242 @@ def test_html_escapes_new_sections() -> None:
     assert XSS in visible_text(page)
 
 
+def rollback_part(page: str) -> str:
+    return page[page.index('id="rollback"') : page.index('id="environment"')]
+
+
+def header_text(page: str) -> str:
+    return " ".join(visible_text(page[: page.index("</header>")]).split())
+
+
+def none_needed_report() -> dict[str, Any]:
+    report = make_report()
+    report["rollback"].update(
+        script_path=None,
+        script=None,
+        migration_path=None,
+        migration=None,
+        none_reason="no schema change; the rewrite only uses the primary key",
+        verified=True,
+        verification="no rollback needed: no schema change; the rewrite only uses the primary key",
+        verification_details={
+            "verified": True,
+            "status": "no rollback needed: no schema change",
+            "differences": [],
+            "migration_differences": [],
+            "new_path_prepares": None,
+            "resumable": None,
+            "migration_was_applied": None,
+            "hazards": [],
+            "error": None,
+        },
+    )
+    return report
+
+
+@pytest.mark.parametrize(
+    ("report", "card"),
+    [
+        (make_report(), "<b>not verified</b><span>rollback script</span>"),
+        (
+            verified_report(),
+            "<b>verified</b><span>rollback script; takes AccessExclusiveLock</span>",
+        ),
+        (none_needed_report(), "<b>none needed</b><span>rollback: no schema change</span>"),
+    ],
+    ids=["not-verified", "verified", "none-needed"],
+)
+def test_html_rollback_kpi_card(report: dict[str, Any], card: str) -> None:
+    page = render_html(report)
+    assert card in page[: page.index("</header>")]
+    assert ">missing<" not in page
+
+
+def test_html_rollback_none_needed() -> None:
+    section = rollback_part(render_html(none_needed_report()))
+    assert '<span class="pill pass">none needed</span> No schema rollback: no schema change;' in (
+        section
+    )
+    assert "No rollback script" not in section and "not verified" not in section
+
+
+def test_html_rollback_hazards_table() -> None:
+    page = render_html(verified_report())
+    section = rollback_part(page)
+    assert '<span class="pill pass">verified</span> the rollback restores the schema' in section
+    text = " ".join(visible_text(section).split())
+    assert "Verification reused from 2026-11-28T09:58:00+00:00" in text
+    assert "✓ the new path's query prepares on the migrated schema" in text
+    assert "✓ the migration applies again after the rollback" in text
+    assert "it was applied in the scratch copy first" in text  # a fact, no tick
+    assert "Why it is not verified" not in text
+    table = section[section.index('id="hazards"') :]
+    rows = re.findall(r"<tr class=\"[^\"]*\">.*?</tr>", table, flags=re.S)
+    texts = [" ".join(visible_text(r).split()) for r in rows]
+    assert texts == [
+        "rollback 1 2 DROP INDEX CONCURRENTLY IF EXISTS orders_customer_created_idx none measured"
+        " runs CONCURRENTLY, which cannot be in a transaction — —",
+        "rollback 2 4 ALTER TABLE orders DROP COLUMN note AccessExclusiveLock on orders"
+        " also ShareRowExclusiveLock on customers +1 weaker lock — drops a column and its data —",
+        "migration 1 1 CREATE INDEX orders_customer_created_idx ON orders (customer_id)"
+        " ShareLock on orders — — not rewound",
+    ]
+    # not transactional, or blocking every read, or destroying data: highlighted
+    assert [r.startswith('<tr class="severe">') for r in rows] == [True, True, False]
+    # the hazards sit between the rollback script and the migration it undoes
+    assert section.index("Rollback script (step 2)") < section.index('id="hazards"')
+    assert section.index('id="hazards"') < section.index("Migration it undoes")
+
+
+def test_html_rollback_differences_when_not_verified() -> None:
+    report = verified_report(
+        verified=False,
+        status="not verified: index orders_customer_created_idx still exists",
+        differences=["index orders_customer_created_idx still exists"],
+        migration_differences=["column orders.note differs"],
+        resumable=False,
+    )
+    text = " ".join(visible_text(rollback_part(render_html(report))).split())
+    assert "not verified index orders_customer_created_idx still exists" in text
+    assert "Why it is not verified" in text
+    assert (
+        "the schema still differs from before the migration: index orders_customer_created_idx"
+        in (text)
+    )
+    assert "does not recreate the target's schema: column orders.note differs" in text
+    assert "✗ the migration does not apply again after the rollback" in text
+
+
+def test_html_sql_highlighting_escapes() -> None:
+    report = make_report()
+    script = (
+        "-- </pre><script>alert(1)</script>\n"
+        'SELECT \'<b>x</b>\', "we""ird" FROM t WHERE a = 1.5 AND b = $1;\n'
+        "DO $fn$ BEGIN PERFORM '<i>'; END $fn$;\n"
+    )
+    report["rollback"]["script"] = script
+    section = rollback_part(render_html(report))
+    assert "<script" not in section and "<b>" not in section and "<i>" not in section
+    assert '<span class="c">-- &lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;</span>' in section
+    assert '<span class="s">&#39;&lt;b&gt;x&lt;/b&gt;&#39;</span>' in section
+    assert '<span class="s">$fn$ BEGIN PERFORM &#39;&lt;i&gt;&#39;; END $fn$</span>' in section
+    assert '<span class="n">1.5</span>' in section and '<span class="p">$1</span>' in section
+    assert "&#34;we&#34;&#34;ird&#34;" in section  # a quoted identifier stays plain text
+    start = section.index('<pre class="sql">')
+    block = section[start : section.index("</pre>", start)]
+    assert html.unescape(re.sub(r"<[^>]+>", "", block)) == script
+
+
+@given(st.text())
+def test_highlight_sql_keeps_every_character(sql: str) -> None:
+    runs = highlight_sql(sql)
+    assert "".join(text for _, text in runs) == sql
+    assert {css for css, _ in runs} <= {"", "k", "s", "c", "n", "p"}
+    assert all(text for _, text in runs)
+
+
+def test_html_diff_kinds_are_tables_not_json() -> None:
+    report = make_report()
+    report["mismatches"]["samples"][0]["diff"] = [
+        {"kind": "columns", "legacy": ["id"], "new": ["id"], "note": "key column(s) sku not in"},
+        {"kind": "column_types", "columns": ["total", "created_at"]},
+        {"kind": "order", "rows": 20, "note": "the same rows in another order"},
+        {"kind": "duplicate_key", "side": "new", "key": {"id": "7", "tenant": "acme"}},
+        {"kind": "value", "legacy": "'shipped'", "new": "None"},
+        {"kind": "missing", "row": {"id": "1", "total": "2"}},
+        {"kind": "missing", "row": {"id": "3", "total": None}},
+        {"kind": "extra", "row": {"id": "9"}},
+        {"kind": "brand_new_kind", "detail": 1},
+    ]
+    page = render_html(report)
+    part = page[page.index('id="correctness"') : page.index('id="failures"')]
+    text = " ".join(visible_text(part).split())
+    assert "Column lists differ" in text and "key column(s) sku not in" in text
+    assert "Column types differ total created_at" in text
+    assert "Same rows, different order Both results hold the same 20 rows" in text
+    assert "Duplicate key in the new result id tenant new 7 acme" in text
+    assert "Values differ value legacy 'shipped' new None" in text
+    # consecutive rows only in legacy share one table; the new-only row has other columns
+    assert "Rows only in legacy result (2) id total legacy 1 2 legacy 3 NULL" in text
+    assert "Row only in new result id new 9" in text
+    # only a kind the renderer does not know is shown as raw JSON
+    raw = re.findall(r"<pre><code>(.*?)</code></pre>", part, flags=re.S)
+    assert raw == ["{&#34;kind&#34;: &#34;brand_new_kind&#34;, &#34;detail&#34;: 1}"]
+
+
+def test_html_latency_distribution_chart() -> None:
+    page = render_html(make_report())
+    part = page[page.index('id="latency-distribution"') : page.index('id="correctness"')]
+    svg = part[part.index("<svg") : part.index("</svg>")]
+    assert svg.count('class="dot-legacy"') == 4 and svg.count('class="dot-new"') == 4
+    assert svg.count("<polyline") == 2
+    for label in ("50%", "90%", "95%", "99%"):
+        assert f">{label}</text>" in svg
+    assert "<title>new p99: 1.4 ms</title>" in svg
+    assert "latency, ms</text>" in svg  # 0.41–1.4 ms: a linear axis
+    assert "the dashed lines merely join them" in part  # says what is measured and what not
+
+    report = make_report()
+    report["latency"]["new"].update(p90_ms=30.0, p95_ms=35.0, p99_ms=80.0)
+    wide = render_html(report)
+    assert "latency, ms (log scale)</text>" in wide
+
+    report = make_report()
+    report["latency"]["new"] = {k: None for k in report["latency"]["new"]}
+    one = render_html(report)
+    svg = one[one.index('<svg class="chart ecdf"') :]
+    svg = svg[: svg.index("</svg>")]
+    assert svg.count('class="dot-new"') == 0 and svg.count("<polyline") == 1
+
+
+def test_html_timeline_not_started() -> None:
+    page = render_html(make_report())
+    assert "Not started: every runner serves legacy." in header_text(page)
+    text = section(page, "timeline", "tenants")
+    assert "Not started: every runner serves legacy until the flag is set to a stage." in text
+    assert "shadow-pilot this report serves new: nobody shadows: tenants acme, globex" in text
+    assert "canary serves new: tenants acme shadows: nobody" in text
+    assert "No audit events" in text
+
+
+def test_html_timeline_live_elsewhere() -> None:
+    page = render_html(timeline_report(stage="canary"))
+    assert "Live now at stage canary — this report judges stage shadow-pilot." in header_text(page)
+    assert '<li class="todo live-here">canary</li>' in page
+    text = section(page, "timeline", "tenants")
+    assert "canary live serves new: tenants acme" in text
+    assert "Audit events (newest first)" in text
+    assert "2026-11-28T11:00:00+00:00 bob set canary canary looks fine —" in text
+    assert (
+        "2026-11-28T10:30:00+00:00 alice advance forced shadow-pilot → canary GO at shadow-pilot"
+        " 5b0c1d2e-0000-4000-8000-000000000009"
+    ) in text
+
+
+def test_html_timeline_killed_is_prominent() -> None:
+    page = render_html(timeline_report(stage="canary", killed=True))
+    header = page[: page.index("</header>")]
+    assert '<span class="killed-banner">KILLED</span> all traffic is served by legacy' in header
+    assert '<li class="todo killed-here">canary</li>' in header
+    part = page[page.index('id="timeline"') : page.index('id="tenants"')]
+    assert '<div class="callout bad"><span class="killed-banner">KILLED</span>' in part
+    assert '<span class="pill fail">killed here</span>' in part
+    assert '<tr class="kill">' in part
+
+
+def test_html_environment_details() -> None:
+    text = section(render_html(make_report()), "environment", "database-stats")
+    assert "Host db.internal" in text
+    assert "Database shop as app" in text
+    assert "Connection host=db.internal dbname=shop user=app" in text
+    assert "Samples 200 paired (160 offline shadow, 40 online)" in text
+    assert "Run time 3 min 12 s" in text
+    report = make_report()
+    report["environment"]["database"] = "user=postgres dbname=rollout host=/run/pg"
+    text = section(render_html(report), "environment", "database-stats")
+    assert "Host Unix socket in /run/pg" in text
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
@@ -1142,3 +1600,351 @@ def test_markdown_tolerates_missing_sections() -> None:
     assert "INCONCLUSIVE" in md
     assert "no reasons were recorded" in md
     assert "No rollback plan was reported." in md
+
+
+def test_markdown_rollback_status_and_hazards() -> None:
+    md = render_markdown(verified_report())
+    assert (
+        "✅ **Rollback: verified** — the rollback restores the schema exactly; the migration "
+        "re-applies cleanly"
+    ) in md
+    assert (
+        "**Hazards:**\n\n"
+        "- rollback script: strongest lock `AccessExclusiveLock` on `orders` (statement 2, "
+        "line 4) · 1 statement not transactional, 1 statement destroying data\n"
+        "- migration script: strongest lock `ShareLock` on `orders` (statement 1, line 1) · "
+        "1 statement leaving sequences advanced\n"
+    ) in md
+    assert "Differences after the rollback" not in md
+    assert md.index("**Rollback: verified**") < md.index("**Hazards:**") < md.index("1. Return")
+
+
+def test_markdown_rollback_not_verified_and_none_needed() -> None:
+    report = verified_report(
+        verified=False,
+        status="not verified: index i0 still exists",
+        differences=[f"index i{i} still exists" for i in range(5)],
+        migration_differences=["column orders.note differs"],
+    )
+    md = render_markdown(report)
+    assert "⚠️ **Rollback: not verified** — index i0 still exists" in md
+    assert (
+        "Differences after the rollback: index i0 still exists; index i1 still exists; "
+        "index i2 still exists (+3 more in the HTML report)"
+    ) in md
+    md = render_markdown(make_report())
+    assert "⚠️ **Rollback: not verified** — run \\`rollout rollback verify orders-recent\\`" in md
+    assert "**Hazards:**" not in md  # never verified: nothing measured
+    md = render_markdown(none_needed_report())
+    assert "✅ **Rollback: none needed** — no schema change; the rewrite only uses" in md
+    assert "No rollback script" not in md
+    report = make_report()
+    report["rollback"].update(script=None, verification="no rollback script")
+    md = render_markdown(report)
+    assert (
+        "❌ **Rollback: not verified** — no rollback script (expected at "
+        "`rollback/orders-recent.sql`)."
+    ) in md
+
+
+def test_markdown_diff_kinds() -> None:
+    report = make_report()
+    report["mismatches"]["samples"][0]["diff"] = [
+        {"kind": "order", "rows": 20, "note": "n"},
+        {"kind": "duplicate_key", "side": "new", "key": {"id": "7"}},
+        {"kind": "value", "legacy": "'shipped'", "new": "None"},
+        {"kind": "column_types", "columns": ["total", "created_at"]},
+    ]
+    lines = [line.strip() for line in render_markdown(report).splitlines()]
+    assert lines[lines.index("1. tenant **acme** · `customer_id=7`") + 1 :][:4] == [
+        "- column types differ: `total, created_at`",
+        "- value: `'shipped'` → `None`",
+        "- duplicate key in the new result: `id=7`",
+        "- same 20 rows in a different order",
+    ]
+
+
+def test_markdown_short_with_many_hazards_and_differences() -> None:
+    hazards = []
+    for i in range(400):
+        hazard = copy.deepcopy(HAZARDS[i % 3])
+        hazard["statement"] = f"ALTER TABLE t{i} " + "x" * 300
+        hazard["strongest_lock"] = [f"t{i}" + "y" * 200, "AccessExclusiveLock"]
+        hazards.append(hazard)
+    report = many_samples_report(200)
+    details = verified_report(
+        verified=False,
+        status="not verified: " + "z" * 3000,
+        differences=[f"index {'i' * 300}{n} still exists" for n in range(300)],
+        hazards=hazards,
+    )["rollback"]
+    report["rollback"] = details
+    report["rollback"]["script"] = "DROP INDEX i;\n" * 2000
+    md = render_markdown(report)
+    assert len(md) < 12_000
+    assert md.count("- rollback script: strongest lock") == 1
+    assert md.count("- migration script: strongest lock") == 1
+
+
+# --------------------------------------------------------------------------- workspace index
+
+
+def index_data() -> dict[str, Any]:
+    return {
+        "generated_at": "2026-11-28T12:00:00+00:00",
+        "toolkit_version": "0.1.0",
+        "flags": [
+            {
+                "name": "orders-recent",
+                "description": f"keyset pagination {XSS}",
+                "owner": "team-orders",
+                "error": None,
+                "state": {
+                    "stage": "canary",
+                    "killed": True,
+                    "version": 4,
+                    "updated_at": "2026-11-28T11:00:00+00:00",
+                    "updated_by": f"bob {XSS}",
+                },
+                "stages": [
+                    {
+                        "name": "shadow-pilot",
+                        "in_flag": True,
+                        "verdict": "GO",
+                        "samples": 200,
+                        "created_at": "2026-11-28T10:00:00+00:00",
+                        "href": "orders-recent/shadow-pilot.html",
+                        "html_stale": False,
+                    },
+                    {
+                        "name": "canary",
+                        "in_flag": True,
+                        "verdict": "NO-GO",
+                        "samples": 1_200,
+                        "created_at": "2026-11-28T10:50:00+00:00",
+                        "href": "orders-recent/canary.html",
+                        "html_stale": True,
+                    },
+                    {"name": "full", "in_flag": True, "verdict": None, "href": None},
+                    {
+                        "name": f"old {XSS}",
+                        "in_flag": False,
+                        "verdict": "INCONCLUSIVE",
+                        "samples": 3,
+                        "created_at": "2026-11-01T10:00:00+00:00",
+                        "href": "javascript:alert(1)",
+                    },
+                ],
+            },
+            {
+                "name": "orders-latest",
+                "description": "",
+                "owner": "",
+                "state": None,
+                "stages": [
+                    {"name": "shadow-pilot", "verdict": "NO-GO", "href": "https://example.com/x"},
+                    {"name": "canary", "verdict": "GO", "href": "//example.com/y"},
+                ],
+            },
+            {"name": "broken", "error": f"flags/broken.yaml:3: stages: {XSS}", "stages": []},
+        ],
+    }
+
+
+def test_index_lists_flags_state_and_verdicts() -> None:
+    page = render_index(index_data())
+    text = " ".join(visible_text(page).split())
+    assert "3 flags 0 live 1 killed 2 not started 1 invalid flag file" in text
+    assert "orders-recent keyset pagination" in text
+    assert "killed stage canary; all traffic on legacy since 2026-11-28T11:00:00+00:00" in text
+    assert "shadow-pilot GO 200 samples · 2026-11-28T10:00:00+00:00" in text
+    assert "canary (killed) NO-GO 1,200 samples" in text
+    assert "the HTML page is from an earlier report" in text
+    assert "full no report yet" in text
+    assert "(no longer a stage)" in text
+    assert "orders-latest not started" in text
+    assert "invalid flag file flags/broken.yaml:3" in text
+    start = page.index('id="flag-orders-recent"')
+    row = page[start : page.index("</tr>", start)]
+    assert row.startswith('id="flag-orders-recent"') and 'class="killed"' in page
+    assert '<li class="nogo current">' in row
+
+
+def test_index_links_are_relative_and_everything_is_escaped() -> None:
+    page = render_index(index_data())
+    hrefs = re.findall(r'href="([^"]*)"', page)
+    assert hrefs == ["orders-recent/shadow-pilot.html", "orders-recent/canary.html"]
+    assert "javascript:" not in page and "example.com" not in page
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Content-Security-Policy" in page
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r"\b(src|srcset)\s*=", page)
+
+
+def test_index_tolerates_missing_parts() -> None:
+    page = render_index({})
+    assert "No flags in this workspace yet." in page
+    page = render_index({"flags": [{"name": "x"}]})
+    assert "no stages" in page and "not started" in page
+
+
+# --------------------------------------------------------------------------- JSON schema
+
+SCHEMA_PATH = REPO / "docs" / "report-schema.json"
+DOCS_PATH = REPO / "docs" / "reports.md"
+
+
+def report_validator() -> Draft202012Validator:
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def schema_errors(body: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in report_validator().iter_errors(body)
+    ]
+
+
+def complete_report() -> dict[str, Any]:
+    """verified_report as build_report writes it: every gate has a display string."""
+    report = timeline_report(stage="canary")
+    report["rollback"] = verified_report()["rollback"]
+    for gate in report["gates"]:
+        gate["display"] = gate["display"] or f"{gate['figure']}"
+    return report
+
+
+def test_schema_requires_the_contract_keys_and_is_documented() -> None:
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert set(schema["required"]) == CONTRACT_KEYS | {"schema_version"}
+    assert schema["properties"]["schema_version"] == {"const": 2}
+    docs = DOCS_PATH.read_text(encoding="utf-8")
+    for key in schema["properties"]:
+        assert f"`{key}`" in docs, f"docs/reports.md does not describe {key}"
+
+
+def test_hand_built_reports_validate() -> None:
+    for body in (complete_report(), timeline_report(stage=None), canary_report()):
+        for gate in body["gates"]:
+            gate["display"] = gate["display"] or "shown"
+        assert schema_errors(body) == []
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda body: body.pop(key)
+
+
+BROKEN: dict[str, Callable[[dict[str, Any]], None]] = {
+    "no verdict": _drop("verdict"),
+    "no rollback": _drop("rollback"),
+    "no schema_version": _drop("schema_version"),
+    "unknown verdict": lambda b: b.update(verdict="MAYBE"),
+    "schema 3": lambda b: b.update(schema_version=3),
+    "reasons not a list": lambda b: b.update(reasons="because"),
+    "negative samples": lambda b: b.update(samples=-1),
+    "gate without status": lambda b: b["gates"][0].pop("status"),
+    "unknown gate status": lambda b: b["gates"][0].update(status="maybe"),
+    "changed row without position or key": lambda b: [
+        e.pop(k, None)
+        for e in b["mismatches"]["samples"][0]["diff"]
+        if e["kind"] == "changed"
+        for k in ("position", "key")
+    ],
+    "row_count as text": lambda b: b["mismatches"]["samples"][0]["diff"][1].update(new="19"),
+    "quantile as text": lambda b: b["latency"]["legacy"].update(p95_ms="0.7 ms"),
+    "hazard lock not a pair": lambda b: b["rollback"]["hazards"][1].update(
+        strongest_lock=["orders"]
+    ),
+    "hazard of another script": lambda b: b["rollback"]["hazards"][0].update(script="deploy"),
+    "one rollback step": lambda b: b["rollback"].update(steps=["kill it"]),
+    "verified as text": lambda b: b["rollback"].update(verified="yes"),
+    "killed as text": lambda b: b["timeline"].update(killed="no"),
+    "event without actor": lambda b: b["timeline"]["events"][0].pop("actor"),
+    "sample counts missing": lambda b: b["environment"]["samples"].pop("online"),
+}
+
+
+@pytest.mark.parametrize("mutate", list(BROKEN.values()), ids=list(BROKEN))
+def test_broken_bodies_fail_validation(mutate: Callable[[dict[str, Any]], None]) -> None:
+    body = complete_report()
+    assert schema_errors(body) == []
+    mutate(body)
+    assert schema_errors(body)
+
+
+def test_real_reports_validate_and_the_index_lists_them(
+    shop: str, make_workspace: WorkspaceMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_workspace({"eq": EQUIVALENT, "diff": DIFFERENT})
+    reports = root / "reports"
+    for flag, expected in (("eq", 0), ("diff", 1)):
+        code, body, out = shadow_and_report(capsys, root, shop, flag, 60)
+        assert code == expected, out
+        assert schema_errors(body) == []
+        assert len((reports / flag / "pilot.md").read_text(encoding="utf-8")) < 12_000
+    index = (reports / "index.html").read_text(encoding="utf-8")
+    assert sorted(re.findall(r'href="([^"]*)"', index)) == ["diff/pilot.html", "eq/pilot.html"]
+    assert all((reports / href).is_file() for href in re.findall(r'href="([^"]*)"', index))
+    text = " ".join(visible_text(index).split())
+    assert "2 flags 0 live 0 killed 2 not started" in text
+    assert "pilot GO 60 samples" in text and "pilot NO-GO 60 samples" in text
+    assert "everyone no report yet" in text
+    assert not list(reports.glob(".index.html*"))  # no temporary file left behind
+
+    # the kill switch shows up in the next report's timeline and in the index
+    r = run_cli(
+        capsys,
+        "flag",
+        "kill",
+        "eq",
+        "--reason",
+        "alarm",
+        "--actor",
+        "tester",
+        "--workspace",
+        root,
+        "--dsn",
+        shop,
+    )
+    assert r.code == 0, r.err
+    rep = run_cli(capsys, "report", "eq", "--workspace", root, "--dsn", shop)
+    assert rep.code == 0, rep.err
+    body = json.loads((reports / "eq" / "pilot.json").read_text(encoding="utf-8"))
+    assert schema_errors(body) == []
+    assert body["timeline"]["killed"] is True
+    assert [e["actor"] for e in body["timeline"]["events"]] == ["tester"]
+    page = (reports / "eq" / "pilot.html").read_text(encoding="utf-8")
+    assert '<span class="killed-banner">KILLED</span>' in page[: page.index("</header>")]
+    text = " ".join(visible_text((reports / "index.html").read_text(encoding="utf-8")).split())
+    assert "2 flags 0 live 1 killed 1 not started" in text
+    assert "killed stage pilot; all traffic on legacy" in text
+
+    # --out outside the workspace: that folder gets an index of what was reported there
+    elsewhere = root.parent / "elsewhere"
+    rep = run_cli(capsys, "report", "diff", "--workspace", root, "--dsn", shop, "--out", elsewhere)
+    assert rep.code == 1, rep.err
+    index = (elsewhere / "index.html").read_text(encoding="utf-8")
+    assert re.findall(r'href="([^"]*)"', index) == ["diff/pilot.html"]
+    assert "1 flag 0 live" in " ".join(visible_text(index).split())
+
+
+def test_markdown_short_with_long_texts() -> None:
+    report = many_samples_report(200)
+    report["description"] = "d" * 50_000
+    report["reasons"] = [f"reason {i} " + "r" * 5_000 for i in range(8)]
+    for gate in report["gates"]:
+        gate["reason"] = "g" * 5_000
+        gate["display"] = "f" * 5_000
+    report["rollback"]["steps"] = ["s" * 5_000, "t" * 5_000]
+    report["rollback"]["verification"] = "not verified: " + "v" * 5_000
+    report["rollback"]["script"] = "DROP INDEX i;\n" * 2_000
+    report["rollback"]["hazards"] = copy.deepcopy(HAZARDS) * 100
+    report["locks"]["only_new_holds"] = [[f"{'x' * 200}{i}", f"Mode{i}"] for i in range(30)]
+    md = render_markdown(report)
+    assert len(md) < 12_000
+    assert "reason 7 rrr" in md  # every reason is there, clipped
+    assert "(first part)" in md  # the script gave way to the rest

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from . import __version__, commands
-from .connection import redact
+from .connection import embedded_status, redact, stop_embedded
 from .errors import EXIT_USAGE, InputError, RolloutError
 from .report import FORMATS
 from .shadow import Progress, RunOptions
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="override the report check (--reason)")
     p.set_defaults(run=_advance)
 
+    p = sub.add_parser("server", parents=[common],
+                       help="the embedded PostgreSQL of the workspace: status or stop")
+    p.add_argument("action", choices=("status", "stop"))
+    p.set_defaults(run=_server)
+
     p = sub.add_parser("rollback", parents=[common, actor],
                        help="show, verify or apply a flag's schema rollback")
     p.add_argument("flag", metavar="FLAG")
@@ -201,6 +206,20 @@ def _advance(session: commands.Session, args: argparse.Namespace) -> int:
     st = commands.advance(session, args.flag, actor=_actor(args), force=args.force,
                           reason=args.reason)
     print(f"{args.flag}: {_describe_state(st)}" + (" (forced)" if args.force else ""))
+    return 0
+
+
+def _server(session: commands.Session, args: argparse.Namespace) -> int:
+    data = session.workspace / ".rollout" / "pgdata"
+    status = embedded_status(data)
+    if status is None:
+        print("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
+        return 0
+    if args.action == "stop":
+        print("embedded PostgreSQL stopped" if stop_embedded(data) else
+              "embedded PostgreSQL was not running")
+        return 0
+    print(f"embedded PostgreSQL in .rollout/pgdata: {status}")
     return 0
 
 

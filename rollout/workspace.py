@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FlagFileError, InputError
-from .flags import Flag, load_flag
+from .flagfile import load_flag
+from .flags import Flag
 
 
 @dataclass

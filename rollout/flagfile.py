@@ -1,0 +1,349 @@
+"""Loading a flag file: YAML with line numbers, validated key by key into a ``Flag``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ._yaml import Located, load_located
+from .errors import FlagFileError
+from .flags import (
+    FAILURE_CLASSES,
+    ISOLATION,
+    TOP_KEYS,
+    CompareRules,
+    Flag,
+    Gates,
+    LatencyGate,
+    Online,
+    Query,
+    Rollback,
+)
+from .targeting import Stage, Target
+
+
+def load_flag(path: Path, workspace: Path) -> Flag:
+    """Load and validate one flag file; raise FlagFileError on the first problem."""
+    rel = _display(path, workspace)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FlagFileError(rel, None, "", f"cannot read: {exc.strerror}") from None
+    doc = load_located(rel, text)
+    return _Validator(doc, workspace, path.stem).flag()
+
+
+def _display(path: Path, workspace: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(workspace.resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _Validator:
+    def __init__(self, doc: Located, workspace: Path, stem: str) -> None:
+        self.doc = doc
+        self.workspace = workspace
+        self.stem = stem
+
+    def fail(self, path: str, message: str) -> Exception:
+        return self.doc.error(path, message)
+
+    # -- typed getters --------------------------------------------------------------------
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
+        for key in value:
+            if key not in allowed:
+                child = f"{path}.{key}" if path else key
+                raise self.fail(child, f"unknown key (allowed: {', '.join(allowed)})")
+        return value
+
+    def text(self, value: Any, path: str, required: bool = True) -> str | None:
+        if value is None:
+            if required:
+                raise self.fail(path, "is required")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, f"must be non-empty text, got {_kind(value)}")
+        return value
+
+    def number(self, value: Any, path: str, lo: float, hi: float, integer: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(path, f"must be a number, got {_kind(value)}")
+        if integer and not isinstance(value, int):
+            raise self.fail(path, "must be a whole number")
+        if not lo <= value <= hi:
+            raise self.fail(path, f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return value
+
+    def names(self, value: Any, path: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(path, "must be a list of names")
+        return tuple(value)
+
+    # -- sections ---------------------------------------------------------------------------
+    def flag(self) -> Flag:
+        data = self.doc.data
+        if data is None:
+            raise self.fail("", "file is empty")
+        top = self.mapping(data, "", TOP_KEYS)
+        name = self.text(top.get("name"), "name")
+        assert name is not None
+        if name != self.stem:
+            raise self.fail("name", f"'{name}' does not match the file name '{self.stem}.yaml'")
+        kind = top.get("kind", "read")
+        if kind not in ("read", "write"):
+            raise self.fail("kind", f"must be read or write, got {kind!r}")
+        legacy, new = self.queries(top.get("queries"))
+        sample_sql, tenants_sql = self.params(top.get("params"))
+        compare = self.compare(top.get("compare"))
+        if compare.checksum and kind == "write":
+            raise self.fail("compare.checksum", "is for large read results, not kind: write")
+        return Flag(
+            name=name,
+            description=self.text(top.get("description"), "description", required=False) or "",
+            owner=self.text(top.get("owner"), "owner", required=False) or "",
+            kind=kind,
+            legacy=legacy,
+            new=new,
+            sample_sql=sample_sql,
+            tenants_sql=tenants_sql,
+            compare=compare,
+            stages=self.stages(top.get("stages")),
+            gates=self.gates(top.get("gates")),
+            rollback=self.rollback(top.get("rollback")),
+            file=self.doc.file,
+            online=self.online(top.get("online")),
+            isolation=self.isolation(top.get("isolation", "read committed")),
+        )
+
+    def queries(self, value: Any) -> tuple[Query, Query]:
+        if value is None:
+            raise self.fail("queries", "is required (legacy and new)")
+        q = self.mapping(value, "queries", ("legacy", "new"))
+        out = []
+        for side in ("legacy", "new"):
+            text = self.text(q.get(side), f"queries.{side}")
+            assert text is not None
+            out.append(self.sql_or_file(text, f"queries.{side}"))
+        return out[0], out[1]
+
+    def sql_or_file(self, text: str, path: str) -> Query:
+        stripped = text.strip()
+        if "\n" not in stripped and stripped.endswith(".sql") and " " not in stripped:
+            return Query(self.read_file(stripped, path), stripped)
+        return Query(text, "inline")
+
+    def read_file(self, rel: str, path: str) -> str:
+        target = (self.workspace / rel).resolve()
+        if not target.is_file():
+            raise self.fail(path, f"file not found: {rel}")
+        content = target.read_text(encoding="utf-8")
+        if not content.strip():
+            raise self.fail(path, f"file is empty: {rel}")
+        return content
+
+    def params(self, value: Any) -> tuple[str | None, str | None]:
+        if value is None:
+            return None, None
+        p = self.mapping(value, "params", ("sample", "tenants"))
+        return (
+            self.text(p.get("sample"), "params.sample", required=False),
+            self.text(p.get("tenants"), "params.tenants", required=False),
+        )
+
+    def compare(self, value: Any) -> CompareRules:
+        if value is None:
+            return CompareRules()
+        c = self.mapping(value, "compare", (
+            "order", "key", "ignore_columns", "float_tolerance", "float_abs_tolerance",
+            "numeric_scale", "round_timestamps", "sensitive", "max_diffs", "stream",
+            "batch_size", "checksum"))
+        order = c.get("order", "strict")
+        if order not in ("strict", "ignore", "key"):
+            raise self.fail("compare.order", f"must be strict, ignore or key, got {order!r}")
+        key = self.names(c["key"], "compare.key") if "key" in c else ()
+        checksum = self.flag_value(c, "compare.checksum", "checksum")
+        if order == "key" and not key:
+            raise self.fail("compare.key", "is required with order: key")
+        if checksum and not key:
+            raise self.fail("compare.key", "is required with checksum: true (to drill down)")
+        if order != "key" and key and not checksum:
+            raise self.fail("compare.key", "is only used with order: key or checksum: true")
+        ignore = self.names(c.get("ignore_columns", []), "compare.ignore_columns")
+        scale = c.get("numeric_scale", "ignore")
+        if scale not in ("ignore", "strict"):
+            raise self.fail("compare.numeric_scale", f"must be ignore or strict, got {scale!r}")
+        rounding: dict[str, timedelta] = {}
+        if "round_timestamps" in c:
+            units = self.mapping(c["round_timestamps"], "compare.round_timestamps",
+                                 tuple(str(k) for k in (c["round_timestamps"] or {})))
+            for col, unit in units.items():
+                rounding[col] = self.interval(unit, f"compare.round_timestamps.{col}")
+        return CompareRules(
+            order, key, frozenset(ignore),
+            float(self.number(c.get("float_tolerance", 0.0), "compare.float_tolerance", 0, 1e300)),
+            float(self.number(c.get("float_abs_tolerance", 0.0), "compare.float_abs_tolerance",
+                              0, 1e300)),
+            scale, rounding,
+            frozenset(self.names(c.get("sensitive", []), "compare.sensitive")),
+            int(self.number(c.get("max_diffs", 5), "compare.max_diffs", 1, 10_000, integer=True)),
+            self.flag_value(c, "compare.stream", "stream"),
+            int(self.number(c.get("batch_size", 10_000), "compare.batch_size", 1, 10_000_000,
+                            integer=True)),
+            checksum,
+        )
+
+    def flag_value(self, section: dict[str, Any], path: str, key: str) -> bool:
+        value = section.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def interval(self, value: Any, path: str) -> timedelta:
+        units = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+        if isinstance(value, str):
+            for suffix, seconds in sorted(units.items(), key=lambda u: -len(u[0])):
+                number = value.strip().removesuffix(suffix)
+                if number != value.strip():
+                    try:
+                        amount = float(number)
+                    except ValueError:
+                        break
+                    if amount > 0:
+                        return timedelta(seconds=amount * seconds)
+        raise self.fail(path, f"must be a duration like 1s, 500ms or 1min, got {value!r}")
+
+    def stages(self, value: Any) -> tuple[Stage, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail("stages", "must be a non-empty list of stages")
+        seen: set[str] = set()
+        stages = []
+        for i, item in enumerate(value):
+            path = f"stages[{i}]"
+            s = self.mapping(item, path, ("name", "serve", "shadow"))
+            name = self.text(s.get("name"), f"{path}.name")
+            assert name is not None
+            if name in seen:
+                raise self.fail(f"{path}.name", f"duplicate stage name '{name}'")
+            seen.add(name)
+            serve = self.target(s.get("serve"), f"{path}.serve")
+            shadow = self.target(s.get("shadow"), f"{path}.shadow")
+            stages.append(Stage(name, serve, shadow))
+        return tuple(stages)
+
+    def target(self, value: Any, path: str) -> Target | None:
+        if value is None:
+            return None
+        t = self.mapping(value, path, ("tenants", "exclude", "percent"))
+        if not t:
+            raise self.fail(path, "needs tenants and/or percent")
+        tenants = self.names(t["tenants"], f"{path}.tenants") if "tenants" in t else None
+        exclude = self.names(t.get("exclude", []), f"{path}.exclude")
+        percent = t.get("percent")
+        if percent is not None:
+            percent = float(self.number(percent, f"{path}.percent", 0, 100))
+            if abs(percent * 1000 - round(percent * 1000)) > 1e-6:
+                raise self.fail(f"{path}.percent", "resolution is 0.001 %")
+        all_tenants = tenants is not None and "*" in tenants
+        listed = frozenset(x for x in tenants if x != "*") if tenants is not None else None
+        return Target(listed if not all_tenants else None, all_tenants, frozenset(exclude), percent)
+
+    def gates(self, value: Any) -> Gates:
+        if value is None:
+            return Gates()
+        g = self.mapping(value, "gates", (
+            "min_samples", "max_mismatch_rate", "latency", "max_new_failures",
+            "max_lock_wait_regression_ms", "max_new_failures_by_class", "max_buffers_ratio",
+            "generic_plan_max_ratio"))
+        d = Gates()
+        latency = d.latency
+        if "latency" in g:
+            lat = self.mapping(g["latency"], "gates.latency",
+                               ("quantile", "max_regression", "confidence"))
+            def num(k: str, lo: float, hi: float, default: float) -> float:
+                return float(self.number(lat[k], f"gates.latency.{k}", lo, hi)) if k in lat \
+                    else default
+
+            latency = LatencyGate(
+                quantile=num("quantile", 0.5, 0.999, d.latency.quantile),
+                max_regression=num("max_regression", 0.0, 100.0, d.latency.max_regression),
+                confidence=num("confidence", 0.5, 0.9999, d.latency.confidence),
+            )
+
+        def get(key: str, lo: float, hi: float, integer: bool = False) -> float | None:
+            return self.number(g[key], f"gates.{key}", lo, hi, integer) if key in g else None
+
+        ms = get("min_samples", 1, 10_000_000, integer=True)
+        mr = get("max_mismatch_rate", 0.0, 1.0)
+        nf = get("max_new_failures", 0, 10_000_000, integer=True)
+        lw = get("max_lock_wait_regression_ms", 0.0, 1e9)
+        br = get("max_buffers_ratio", 0.0, 1e9)
+        gp = get("generic_plan_max_ratio", 1.0, 1e9)
+        by_class: dict[str, int] = {}
+        if "max_new_failures_by_class" in g:
+            key = "gates.max_new_failures_by_class"
+            classes = self.mapping(g["max_new_failures_by_class"], key, FAILURE_CLASSES)
+            by_class = {k: int(self.number(v, f"{key}.{k}", 0, 1e9, integer=True))
+                        for k, v in classes.items()}
+        return Gates(
+            min_samples=int(ms) if ms is not None else d.min_samples,
+            max_mismatch_rate=float(mr) if mr is not None else d.max_mismatch_rate,
+            latency=latency,
+            max_new_failures=int(nf) if nf is not None else d.max_new_failures,
+            max_lock_wait_regression_ms=float(lw) if lw is not None
+            else d.max_lock_wait_regression_ms,
+            max_new_failures_by_class=by_class,
+            max_buffers_ratio=float(br) if br is not None else None,
+            generic_plan_max_ratio=float(gp) if gp is not None else d.generic_plan_max_ratio,
+        )
+
+    def isolation(self, value: Any) -> str:
+        if value not in ISOLATION:
+            raise self.fail("isolation", f"must be one of {', '.join(ISOLATION)}, got {value!r}")
+        return str(value)
+
+    def online(self, value: Any) -> Online:
+        if value is None:
+            return Online()
+        o = self.mapping(value, "online", ("max_per_second", "max_per_tenant_per_second",
+                                           "verify_new", "statement_timeout_ms",
+                                           "lock_timeout_ms"))
+        verify = o.get("verify_new", False)
+        if not isinstance(verify, bool):
+            raise self.fail("online.verify_new", f"must be true or false, got {_kind(verify)}")
+
+        def rate(key: str) -> float | None:
+            return float(self.number(o[key], f"online.{key}", 0, 1e9)) if key in o else None
+
+        def millis(key: str) -> int | None:
+            return int(self.number(o[key], f"online.{key}", 1, 86_400_000, integer=True)) \
+                if key in o else None
+
+        return Online(rate("max_per_second"), rate("max_per_tenant_per_second"), verify,
+                      millis("statement_timeout_ms"), millis("lock_timeout_ms"))
+
+    def rollback(self, value: Any) -> Rollback:
+        if value is None:
+            return Rollback()
+        r = self.mapping(value, "rollback", ("script", "migration", "none"))
+        if "none" in r:
+            if "script" in r:
+                raise self.fail("rollback.none", "cannot be given together with rollback.script")
+            reason = self.text(r["none"], "rollback.none")
+            return Rollback(none_reason=reason)
+        out: dict[str, str | None] = {}
+        for key in ("script", "migration"):
+            rel = self.text(r.get(key), f"rollback.{key}", required=False)
+            out[key] = rel
+            out[key + "_text"] = self.read_file(rel, f"rollback.{key}") if rel else None
+        return Rollback(out["script"], out["script_text"], out["migration"], out["migration_text"])
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)

@@ -24,7 +24,8 @@ from .render import render_html, render_index, render_markdown
 from .rollback import verification_for
 from .state import events, read_all, read_state
 from .store import Store
-from .verdict import failure_class, judge
+from .summaries import failure_class
+from .verdict import judge
 from .workspace import Workspace
 
 SCHEMA_VERSION = 2

@@ -1,0 +1,205 @@
+"""The figures behind a verdict: latency statistics, noise, failures by class, locks, plans,
+generic-plan checks and tenants, each summarised from observations into JSON-ready dicts."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .observations import Observation
+from .stats import hodges_lehmann, mann_whitney_greater, quantile_ratio_ci, samples_needed
+
+MIN_LATENCY_PAIRS = 20
+"""Below this many timed executions per path the latency gate does not judge."""
+GENERIC_MIN_MS = 1.0
+"""A generic plan must also be this much slower (absolute) to count as far worse."""
+
+
+def failure_class(sqlstate: str | None, error: str | None = None) -> str | None:
+    """The failure class of an execution: None when it succeeded."""
+    if sqlstate is None:
+        return "client" if error else None
+    named = {"40001": "serialization_failure", "40P01": "deadlock", "55P03": "lock_timeout",
+             "57014": "statement_timeout", "57P01": "connection"}
+    if sqlstate in named:
+        return named[sqlstate]
+    if sqlstate.startswith("23"):
+        return "constraint_violation"
+    if sqlstate.startswith("08"):
+        return "connection"
+    return "other"
+
+
+def latency_summary(observations: Sequence[Observation], quantile: float, confidence: float,
+                    tolerance: float = 0.10, noise: Mapping[str, Any] | None = None,
+                    seed: int = 0) -> dict[str, Any]:
+    """Quantiles per path; the Hodges-Lehmann ratio new/legacy with its CI; the one-sided
+    Mann-Whitney p-value against the (noise-widened) tolerance; the bootstrap CI of the
+    quantile ratio; and, when undecided, the samples a decision would need."""
+    legacy_ns = [o.legacy_ns for o in observations if o.legacy_ns is not None]
+    new_ns = [o.new_ns for o in observations if o.new_ns is not None]
+    pairs = [(o.legacy_ns, o.new_ns) for o in observations
+             if o.legacy_ns is not None and o.new_ns is not None]
+    noise_shift = abs(math.log(noise["latency_ratio"])) if noise and noise.get(
+        "latency_ratio") else 0.0
+    margin = math.log1p(tolerance) + noise_shift
+    out: dict[str, Any] = {
+        "quantile": quantile, "confidence": confidence, "pairs": len(pairs),
+        "legacy": quantiles_summary(legacy_ns), "new": quantiles_summary(new_ns),
+        "ratio": None, "ratio_ci": None, "hl_ratio": None, "hl_ci": None, "change_pct": None,
+        "mann_whitney_p": None, "effective_tolerance": math.expm1(margin),
+        "samples_needed": None,
+    }
+    if not legacy_ns or not new_ns:
+        return out
+    log_l = np.log(np.asarray(legacy_ns, dtype=float))
+    log_n = np.log(np.asarray(new_ns, dtype=float))
+    out["ratio"] = float(np.quantile(new_ns, quantile) / np.quantile(legacy_ns, quantile))
+    if min(len(legacy_ns), len(new_ns)) < MIN_LATENCY_PAIRS:
+        out["change_pct"] = (out["ratio"] - 1) * 100
+        return out
+    shift = hodges_lehmann(log_l, log_n, confidence)
+    out["hl_ratio"] = math.exp(shift.estimate)
+    out["hl_ci"] = [math.exp(shift.low), math.exp(shift.high)]
+    out["change_pct"] = (out["hl_ratio"] - 1) * 100
+    out["mann_whitney_p"] = mann_whitney_greater(log_l, log_n, margin)
+    if pairs:
+        a = [p[0] for p in pairs]
+        b = [p[1] for p in pairs]
+        ratio, low, high = quantile_ratio_ci(a, b, quantile, confidence, paired=True, seed=seed)
+        out["ratio"], out["ratio_ci"] = ratio, [low, high]
+    alpha = 1 - confidence
+    if out["mann_whitney_p"] >= alpha and shift.estimate > margin:
+        needed = samples_needed(log_l, log_n, shift.estimate - margin, alpha)
+        out["samples_needed"] = needed
+    return out
+
+
+def noise_summary(noise: Sequence[Observation], confidence: float) -> dict[str, Any]:
+    compared = [o for o in noise if o.matched is not None]
+    out: dict[str, Any] = {"samples": len(noise), "compared": len(compared),
+                           "mismatch_rate": (sum(o.matched is False for o in compared)
+                                             / len(compared)) if compared else None,
+                           "latency_ratio": None, "latency_ci": None}
+    a = [o.legacy_ns for o in noise if o.legacy_ns is not None]
+    b = [o.new_ns for o in noise if o.new_ns is not None]
+    if min(len(a), len(b)) >= MIN_LATENCY_PAIRS:
+        shift = hodges_lehmann(np.log(a), np.log(b), confidence)
+        out["latency_ratio"] = math.exp(shift.estimate)
+        out["latency_ci"] = [math.exp(shift.low), math.exp(shift.high)]
+    return out
+
+
+def quantiles_summary(values_ns: Sequence[int]) -> dict[str, Any]:
+    if not values_ns:
+        return {"n": 0, "p50_ms": None, "p90_ms": None, "p95_ms": None, "p99_ms": None,
+                "mean_ms": None}
+    ms = np.array(values_ns, dtype=float) / 1e6
+    q = np.quantile(ms, [0.5, 0.9, 0.95, 0.99])
+    return {"n": len(ms), "p50_ms": float(q[0]), "p90_ms": float(q[1]), "p95_ms": float(q[2]),
+            "p99_ms": float(q[3]), "mean_ms": float(ms.mean())}
+
+
+def failures_summary(results: Iterable[tuple[str | None, str | None]]) -> dict[str, Any]:
+    states: Counter[str] = Counter()
+    classes: Counter[str] = Counter()
+    for state, error in results:
+        cls = failure_class(state, error)
+        if cls is None:
+            continue
+        states[state or "client"] += 1
+        classes[cls] += 1
+    return {"count": sum(states.values()), "by_sqlstate": dict(states),
+            "by_class": dict(classes)}
+
+
+def locks_summary(observations: Sequence[Observation]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in ("legacy", "new"):
+        waits = [getattr(o, f"{path}_lock_wait_ns") for o in observations]
+        measured = [w for w in waits if w is not None]
+        waited = [w for w in measured if w > 0]
+        held: set[tuple[str, str]] = set()
+        episodes: Counter[str] = Counter()
+        for o in observations:
+            info = (o.locks or {}).get(path) or {}
+            held.update((str(r), str(m)) for r, m in info.get("held", []))
+            for w in info.get("waits", []):
+                episodes[f"{w.get('mode')} on {w.get('relation') or w.get('locktype')}"] += 1
+        out[path] = {
+            "measured": len(measured), "waited": len(waited),
+            "mean_wait_ms": (sum(measured) / len(measured) / 1e6) if measured else 0.0,
+            "p95_wait_ms": float(np.quantile(measured, 0.95)) / 1e6 if measured else 0.0,
+            "max_wait_ms": max(measured) / 1e6 if measured else 0.0,
+            "lock_timeouts": sum(getattr(o, f"{path}_sqlstate") == "55P03"
+                                 for o in observations),
+            "held": sorted([list(x) for x in held]),
+            "waited_on": dict(episodes),
+        }
+    legacy_held = {tuple(x) for x in out["legacy"]["held"]}
+    new_held = {tuple(x) for x in out["new"]["held"]}
+    out["only_new_holds"] = sorted([list(x) for x in new_held - legacy_held])
+    out["only_legacy_holds"] = sorted([list(x) for x in legacy_held - new_held])
+    out["note"] = ("waits sampled from pg_locks every 10 ms; a wait shorter than that may be "
+                   "missed; lock_timeout failures (55P03) count as failures")
+    return out
+
+
+def plans_summary(plans: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"samples": len(plans), "buffers_ratio": None}
+    for path in ("legacy", "new"):
+        mine = [p for p in plans if p["path"] == path]
+        shapes = Counter(str(p["shape"]) for p in mine)
+        out[path] = {
+            "samples": len(mine),
+            "shapes": [{"shape": s, "count": n} for s, n in shapes.most_common(3)],
+            "median_buffers": float(np.median([p["buffers"] for p in mine])) if mine else None,
+            "median_exec_ms": float(np.median([p["exec_ms"] for p in mine])) if mine else None,
+            "rows_misestimate": float(np.median([
+                max(p["plan_rows"], 1.0) / max(p["actual_rows"], 1.0) for p in mine]))
+            if mine else None,
+        }
+    if out["legacy"]["median_buffers"] and out["new"]["median_buffers"] is not None:
+        out["buffers_ratio"] = out["new"]["median_buffers"] / out["legacy"]["median_buffers"]
+    out["same_shape"] = bool(plans) and (
+        {s["shape"] for s in out["legacy"]["shapes"]} == {s["shape"] for s in out["new"]["shapes"]})
+    return out
+
+
+def generic_summary(checks: Sequence[Mapping[str, Any]], limit: float) -> dict[str, Any]:
+    rows = []
+    for c in checks:
+        ratio = c["generic_ms"] / c["custom_ms"] if c["custom_ms"] > 0 else 1.0
+        rows.append({**c, "ratio": ratio})
+    legacy_ratio = {r["tenant"]: r["ratio"] for r in rows if r["path"] == "legacy"}
+    regressions = [r for r in rows if r["path"] == "new" and r["ratio"] > limit
+                   and r["generic_ms"] - r["custom_ms"] > GENERIC_MIN_MS
+                   and legacy_ratio.get(r["tenant"], 0.0) <= limit]
+    new_ratios = [r["ratio"] for r in rows if r["path"] == "new"]
+    return {"checks": rows, "regressions": regressions,
+            "worst_new_ratio": max(new_ratios) if new_ratios else None}
+
+
+def tenants_summary(observations: Sequence[Observation]) -> list[dict[str, Any]]:
+    groups: dict[str | None, list[Observation]] = {}
+    for o in observations:
+        groups.setdefault(o.tenant, []).append(o)
+    rows = []
+    for tenant, obs in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
+        leg = [o.legacy_ns for o in obs if o.legacy_ns is not None]
+        new = [o.new_ns for o in obs if o.new_ns is not None]
+        rows.append({
+            "tenant": tenant, "samples": len(obs),
+            "mismatches": sum(o.matched is False for o in obs),
+            "legacy_p50_ms": float(np.median(leg)) / 1e6 if leg else None,
+            "new_p50_ms": float(np.median(new)) / 1e6 if new else None,
+            "new_failures": sum(o.new_failed and not o.legacy_failed for o in obs),
+            "new_failures_by_class": dict(Counter(
+                failure_class(o.new_sqlstate, o.new_error) or "other"
+                for o in obs if o.new_failed and not o.legacy_failed)),
+        })
+    return rows

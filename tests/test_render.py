@@ -15,14 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from rollout.render import (
-    highlight_sql,
-    md_code,
-    md_fence,
-    render_html,
-    render_index,
-    render_markdown,
-)
+from rollout.render import render_html, render_index, render_markdown
+from rollout.render._md_escape import md_code, md_fence
+from rollout.render._sql import highlight_sql
 from tests.conftest import REPO, WorkspaceMaker
 from tests.helpers import run_cli
 from tests.test_report import CONTRACT_KEYS, shadow_and_report

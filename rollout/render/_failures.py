@@ -1,0 +1,127 @@
+"""Failures per path by class and SQLSTATE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..verdict import failure_class
+from ._format import as_int, as_map, as_str, counts_text, number
+
+# Condition names for the SQLSTATEs a shadow run is most likely to meet.
+SQLSTATE_NAMES = {
+    "08003": "connection_does_not_exist",
+    "08006": "connection_failure",
+    "22003": "numeric_value_out_of_range",
+    "22012": "division_by_zero",
+    "22P02": "invalid_text_representation",
+    "23502": "not_null_violation",
+    "23503": "foreign_key_violation",
+    "23505": "unique_violation",
+    "25P02": "in_failed_sql_transaction",
+    "40001": "serialization_failure",
+    "40P01": "deadlock_detected",
+    "42501": "insufficient_privilege",
+    "42703": "undefined_column",
+    "42883": "undefined_function",
+    "42P01": "undefined_table",
+    "53100": "disk_full",
+    "53200": "out_of_memory",
+    "53300": "too_many_connections",
+    "55P03": "lock_not_available",
+    "57014": "query_canceled",
+    "57P01": "admin_shutdown",
+    # failures without a SQLSTATE are counted under this key
+    "client": "client-side error, no SQLSTATE",
+}
+
+# Failure classes as rollout.verdict.failure_class names them, in reading order.
+FAILURE_CLASSES = (
+    "serialization_failure",
+    "deadlock",
+    "lock_timeout",
+    "statement_timeout",
+    "constraint_violation",
+    "connection",
+    "client",
+    "other",
+)
+
+
+def _total(*values: Any) -> int | float:
+    total = sum(number(v) or 0 for v in values)
+    return int(total) if all(v is None or as_int(v) is not None for v in values) else total
+
+
+def _sqlstate_class(code: str) -> str:
+    if code == "client":
+        return "client"
+    return failure_class(code) or "other"
+
+
+def _class_counts(path: Mapping[str, Any]) -> dict[str, Any]:
+    """A path's failures by class; schema 1 bodies only have SQLSTATEs, so classify those."""
+    if isinstance(path.get("by_class"), Mapping):
+        return {as_str(k): v for k, v in as_map(path.get("by_class")).items()}
+    out: dict[str, Any] = {}
+    for code, n in as_map(path.get("by_sqlstate")).items():
+        cls = _sqlstate_class(as_str(code))
+        out[cls] = out.get(cls, 0) + (as_int(n) or 0)
+    return out
+
+
+def ordered_classes(names: Iterable[str]) -> list[str]:
+    present = set(names)
+    known = [c for c in FAILURE_CLASSES if c in present]
+    return known + sorted(present - set(FAILURE_CLASSES))
+
+
+def failures_view(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, Mapping):
+        return None
+    legacy, new = as_map(raw.get("legacy")), as_map(raw.get("new"))
+    by_legacy, by_new = as_map(legacy.get("by_sqlstate")), as_map(new.get("by_sqlstate"))
+    codes = sorted({as_str(c) for c in (*by_legacy, *by_new)})
+    class_legacy, class_new = _class_counts(legacy), _class_counts(new)
+    new_only_by_class = raw.get("new_only_by_class")
+    only = as_map(new_only_by_class)
+    classes = []
+    code_classes = [_sqlstate_class(code) for code in codes]  # so no SQLSTATE goes unshown
+    for cls in ordered_classes([*class_legacy, *class_new, *only, *code_classes]):
+        classes.append(
+            {
+                "name": cls,
+                "legacy": class_legacy.get(cls, 0),
+                "new": class_new.get(cls, 0),
+                "new_only": only.get(cls, 0) if isinstance(new_only_by_class, Mapping) else None,
+                "sqlstates": [
+                    {
+                        "code": code,
+                        "name": SQLSTATE_NAMES.get(code, ""),
+                        "legacy": by_legacy.get(code, 0),
+                        "new": by_new.get(code, 0),
+                    }
+                    for code in codes
+                    if _sqlstate_class(code) == cls
+                ],
+            }
+        )
+    return {
+        "legacy": legacy.get("count"),
+        "new": new.get("count"),
+        "new_only": raw.get("new_only"),
+        "new_only_text": counts_text(only),
+        "legacy_text": counts_text(class_legacy),
+        "new_text": counts_text(class_new),
+        "classes": classes,
+        "rows": [
+            {
+                "code": code,
+                "name": SQLSTATE_NAMES.get(code, ""),
+                "legacy": by_legacy.get(code, 0),
+                "new": by_new.get(code, 0),
+                "total": _total(by_legacy.get(code), by_new.get(code)),
+            }
+            for code in codes
+        ],
+    }

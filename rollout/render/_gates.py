@@ -1,0 +1,84 @@
+"""The gates table and the A/A noise calibration of a report."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from typing import Any
+
+from ._format import as_list, as_map, as_pair, as_str, counts_text, fmt_num, number
+
+GATE_STATUSES = ("pass", "fail", "inconclusive", "info")
+
+
+def _gate_status(gate: Mapping[str, Any]) -> str:
+    """pass | fail | inconclusive | info; schema 1 bodies only carry ``passed`` (None: n/a)."""
+    status = as_str(gate.get("status")).lower()
+    if status in GATE_STATUSES:
+        return status
+    passed = gate.get("passed")
+    return "pass" if passed is True else "fail" if passed is False else "n/a"
+
+
+def _details_text(raw: Any, display: str = "") -> str:
+    """A gate's ``details`` as one short line; empty values, and values the gate's display
+    already shows, are left out."""
+    parts = []
+    for key, value in as_map(raw).items():
+        if isinstance(value, Mapping):
+            text = counts_text(value)
+        elif isinstance(value, list | tuple):
+            text = ", ".join(fmt_num(v) for v in value)
+        else:
+            text = fmt_num(value)
+        if text and text not in display:
+            parts.append(f"{as_str(key).replace('_', ' ')}: {text}")
+    return "; ".join(parts)
+
+
+def gates_view(raw: Any) -> list[dict[str, Any]]:
+    gates = []
+    for item in as_list(raw):
+        gate = as_map(item)
+        result = _gate_status(gate)
+        display = as_str(gate.get("display"))
+        figure, threshold = fmt_num(gate.get("figure")), fmt_num(gate.get("threshold"))
+        if display:
+            summary = display
+        elif gate.get("threshold") is None:
+            summary = figure
+        else:
+            summary = f"{figure} (threshold {threshold})"
+        gates.append(
+            {
+                "name": as_str(gate.get("name"), "(unnamed gate)"),
+                "figure": display or figure,
+                "threshold": threshold,
+                "threshold_value": gate.get("threshold"),
+                "summary": summary,
+                "result": result,
+                "confidence": number(gate.get("confidence")),
+                "details": _details_text(gate.get("details"), display),
+                "reason": as_str(gate.get("reason")),
+            }
+        )
+    return gates
+
+
+def noise_view(raw: Any, flag: str, stage: str) -> dict[str, Any] | None:
+    """The A/A calibration (legacy against itself); None for bodies that predate it."""
+    if not isinstance(raw, Mapping):
+        return None
+    samples = number(raw.get("samples")) or 0
+    command = f"rollout shadow {shlex.quote(flag)}"
+    if stage and stage != "—":
+        command += f" --stage {shlex.quote(stage)}"
+    return {
+        "ran": samples > 0,
+        "samples": raw.get("samples"),
+        "compared": raw.get("compared"),
+        "mismatch_rate": number(raw.get("mismatch_rate")),
+        "latency_ratio": number(raw.get("latency_ratio")),
+        "latency_ci": as_pair(raw.get("latency_ci")),
+        "command": command + " --aa",
+    }

@@ -6,8 +6,10 @@ and the counters behind ``get_stats()``. The sync and async runners only add I/O
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from .compare import ResultSet, compare
+from .compare import MASK, ResultSet, compare
 from .execute import Limits
 from .flags import Flag
 from .observations import Observation, PathResult
@@ -138,7 +140,7 @@ def observe(job: ShadowJob, background: PathResult, background_result: Any,
         observed_at=datetime.now(UTC), flag=job.flag.name, stage=job.decision.stage or "",
         sql_hash=job.flag.sql_hash, tenant=job.tenant, decision=job.decision.path,
         first_path="legacy" if job.background == "new" else "new",
-        params=_params(job.params), legacy_ns=legacy.ns, new_ns=new.ns,
+        params=_params(job.params, job.flag.compare.sensitive), legacy_ns=legacy.ns, new_ns=new.ns,
         legacy_rows=legacy.row_count, new_rows=new.row_count,
         legacy_sqlstate=legacy.sqlstate, new_sqlstate=new.sqlstate,
         legacy_error=legacy.error, new_error=new.error, matched=matched, diff=diff,
@@ -149,13 +151,14 @@ def observe(job: ShadowJob, background: PathResult, background_result: Any,
 def served_failure_observation(flag: Flag, decision: Decision, tenant: str | None,
                                params: Mapping[str, Any] | None,
                                failed: PathResult) -> Observation:
-    """The served path failed: the error still becomes an observation (nothing to compare)."""
+    """An observation of the served path alone: its failure, or (serving new without
+    verification) its latency — nothing to compare."""
     legacy = failed if decision.path != "new" else PathResult(None, None)
     new = failed if decision.path == "new" else PathResult(None, None)
     return Observation(
         observed_at=datetime.now(UTC), flag=flag.name, stage=decision.stage or "",
         sql_hash=flag.sql_hash, tenant=tenant, decision=decision.path, first_path=None,
-        params=_params(params), legacy_ns=legacy.ns, new_ns=new.ns,
+        params=_params(params, flag.compare.sensitive), legacy_ns=legacy.ns, new_ns=new.ns,
         legacy_rows=legacy.row_count, new_rows=new.row_count, legacy_sqlstate=legacy.sqlstate,
         new_sqlstate=new.sqlstate, legacy_error=legacy.error, new_error=new.error,
         matched=None, diff=None, source="online",
@@ -194,10 +197,13 @@ def _as_rows(value: Any) -> list[tuple[Any, ...]] | None:
     return None
 
 
-def _params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _params(params: Mapping[str, Any] | None, sensitive: frozenset[str]
+            ) -> dict[str, Any] | None:
+    """Parameters as JSON, sensitive ones masked, the tenant (its own column) left out."""
     if params is None:
         return None
-    return {k: v if v is None or isinstance(v, bool | int | float | str) else str(v)
+    return {k: MASK if k in sensitive else
+            v if v is None or isinstance(v, bool | int | float | str) else str(v)
             for k, v in params.items() if k != "tenant"}
 
 
@@ -253,6 +259,8 @@ class RunnerCore:
             self.counters.decisions[d.path] += 1
         background = "new" if d.path == "shadow" else "legacy"
         if background == "legacy" and not f.online.verify_new:
+            # served new, nothing to compare: record the request for the stage-impact view
+            self.recorder.record(served_failure_observation(f, d, ctx.tenant, params, served))
             return None
         if not self.admission.admit(f, ctx.tenant):
             with self.counters.lock:
@@ -301,6 +309,38 @@ class RunnerCore:
     def _internal_error(self) -> None:
         with self.counters.lock:
             self.counters.internal_errors += 1
+
+    def _start_pool_stats(self, pools: Mapping[str, Any], interval: float | None) -> None:
+        """Every ``interval`` seconds, record each pool's statistics since the last time
+        (psycopg_pool's ``pop_stats``): checkout waits and errors over time, for the stage
+        impact view. ``get_stats()`` then shows counters since the last snapshot."""
+        self._pools = dict(pools)
+        self._runner_id = uuid.uuid4()
+        self._pool_stats_stop = threading.Event()
+        if not interval:
+            return
+
+        def loop() -> None:
+            while not self._pool_stats_stop.wait(interval):
+                self._snapshot_pools()
+
+        threading.Thread(target=loop, name="rollout-pool-stats", daemon=True).start()
+
+    def _snapshot_pools(self) -> None:
+        now = datetime.now(UTC)
+        flags = sorted(self.flags)
+        for name, pool in self._pools.items():
+            with contextlib.suppress(Exception):  # statistics must never hurt the service
+                s = pool.pop_stats()
+                self.recorder.record_pool_stats((
+                    now, self._runner_id, flags, name, s.get("requests_num", 0),
+                    s.get("requests_queued", 0), s.get("requests_wait_ms", 0),
+                    s.get("requests_errors", 0), s.get("returns_bad", 0),
+                    s.get("connections_lost", 0), s.get("pool_size")))
+
+    def _stop_pool_stats(self) -> None:
+        self._pool_stats_stop.set()
+        self._snapshot_pools()
 
     def _stats(self, queued: int, pool: Any, shadow_pool: Any) -> dict[str, Any]:
         stats = self.counters.snapshot()

@@ -41,7 +41,8 @@ class AsyncRollout(RunnerCore):
                  store_dsn: str | None = None, pool_size: int = 10, shadow_pool_size: int = 2,
                  shadow_workers: int = 2, queue_size: int = 1000,
                  shadow_limits: Limits | None = None, states: FlagStates | None = None,
-                 recorder: Recorder | None = None) -> None:
+                 recorder: Recorder | None = None,
+                 pool_stats_interval: float | None = 10.0) -> None:
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
@@ -57,6 +58,8 @@ class AsyncRollout(RunnerCore):
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
+        self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
+                               pool_stats_interval)
 
     @classmethod
     async def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
@@ -221,6 +224,7 @@ class AsyncRollout(RunnerCore):
         for _ in self._workers:
             await self._queue.put(None)
         await asyncio.gather(*self._workers, return_exceptions=True)
+        self._stop_pool_stats()
         await asyncio.to_thread(self.recorder.close)
         await asyncio.to_thread(self.states.close)
         await self.shadow_pool.close()

@@ -59,6 +59,13 @@ class Observation:
     locks: dict[str, Any] | None = None
 
     @property
+    def served_only(self) -> bool:
+        """A request served the new path with nothing run beside it: it shows the stage's
+        traffic (stage impact), not a comparison."""
+        return (self.decision == "new" and self.first_path is None and self.legacy_ns is None
+                and self.legacy_error is None and self.new_error is None)
+
+    @property
     def legacy_failed(self) -> bool:
         return self.legacy_error is not None or self.legacy_sqlstate is not None
 

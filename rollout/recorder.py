@@ -45,6 +45,7 @@ class Recorder:
         self._max_buffer = max_buffer
         self._retry_delay = retry_delay
         self._buffer: deque[Observation] = deque()
+        self._pool_stats: deque[tuple[Any, ...]] = deque(maxlen=10_000)
         self._pending: tuple[uuid.UUID, list[Observation]] | None = None
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -65,6 +66,10 @@ class Recorder:
         self.stats.recorded += 1
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
+
+    def record_pool_stats(self, row: tuple[Any, ...]) -> None:
+        """Queue one pool-statistics row (see ``Store.write_pool_stats``); never blocks."""
+        self._pool_stats.append(row)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write everything recorded so far; True when the buffer is empty in time."""
@@ -100,6 +105,7 @@ class Recorder:
             self._conn.close()
 
     def _drain(self) -> None:
+        self._drain_pool_stats()
         while self._pending is not None or self._buffer:
             if self._pending is None:
                 n = min(len(self._buffer), self._batch_size)
@@ -117,16 +123,41 @@ class Recorder:
                 continue
             self._pending = None
 
+    def _drain_pool_stats(self) -> None:
+        """Pool statistics are best effort: kept (bounded) while the store is down."""
+        if not self._pool_stats:
+            return
+        stats = list(self._pool_stats)
+        try:
+            self._connect()
+            Store(self._store_conn()).write_pool_stats(stats)
+        except (psycopg.Error, OSError):
+            self.stats.store_errors += 1
+            self._reset()
+            return
+        for _ in stats:
+            self._pool_stats.popleft()
+
+    def _store_conn(self) -> psycopg.Connection[Any]:
+        assert self._conn is not None
+        return self._conn
+
+    def _connect(self) -> bool:
+        """Open the store connection if needed; True when it is new."""
+        if self._conn is not None and not self._conn.closed:
+            return False
+        self._conn = psycopg.connect(self._dsn, autocommit=True,
+                                     application_name="pg-rollout-recorder")
+        Store.open(self._conn)
+        return True
+
     def _write(self, batch_id: uuid.UUID, rows: list[Observation]) -> None:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._dsn, autocommit=True,
-                                         application_name="pg-rollout-recorder")
-            store = Store.open(self._conn)
-            if self.stats.store_errors and store.has_batch(batch_id):
-                # The last attempt committed but its acknowledgement was lost.
-                self.stats.duplicates_skipped += 1
-                return
-        Store(self._conn).write_observations(rows, batch_id=batch_id)
+        if self._connect() and self.stats.store_errors and Store(
+                self._store_conn()).has_batch(batch_id):
+            # The last attempt committed but its acknowledgement was lost.
+            self.stats.duplicates_skipped += 1
+            return
+        Store(self._store_conn()).write_observations(rows, batch_id=batch_id)
         self.stats.written += len(rows)
         self.stats.batches += 1
 

@@ -119,12 +119,24 @@ def stage_impact(store: Store, flag: Flag, stage: str,
     if entered is None or entered["from_stage"] is None:
         return None
     at = entered["at"]
-    before = store.online_window(flag.name, entered["from_stage"], at - window, at)
-    after = store.online_window(flag.name, stage, at, at + window)
+    before = _window(store.online_window(flag.name, entered["from_stage"], at - window, at))
+    after = _window(store.online_window(flag.name, stage, at, at + window))
+    before["pools"] = _pools(store.pool_window(flag.name, at - window, at))
+    after["pools"] = _pools(store.pool_window(flag.name, at, at + window))
     return {"changed_at": at.isoformat(timespec="seconds"), "from_stage": entered["from_stage"],
             "by": entered["actor"], "window_minutes": window.total_seconds() / 60,
-            "before": _window(before), "after": _window(after),
-            "note": "served path per request; pool checkout waits are not recorded yet"}
+            "before": before, "after": after,
+            "note": "served path per request; pools: every runner serving the flag"}
+
+
+def _pools(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Checkout waits and errors per pool from the runners' recorded pool statistics."""
+    return {name: {"requests": int(r["requests"] or 0), "wait_ms": int(r["wait_ms"] or 0),
+                   "mean_wait_ms": (r["wait_ms"] or 0) / r["requests"] if r["requests"]
+                   else None, "errors": int(r["errors"] or 0),
+                   "returns_bad": int(r["returns_bad"] or 0),
+                   "connections_lost": int(r["connections_lost"] or 0)}
+            for name, r in rows.items()}
 
 
 def _window(observations: Sequence[Observation]) -> dict[str, Any]:

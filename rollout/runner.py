@@ -41,7 +41,8 @@ class Rollout(RunnerCore):
                  store_dsn: str | None = None, pool: ConnectionPool[Conn] | None = None,
                  pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
                  queue_size: int = 1000, shadow_limits: Limits | None = None,
-                 states: FlagStates | None = None, recorder: Recorder | None = None) -> None:
+                 states: FlagStates | None = None, recorder: Recorder | None = None,
+                 pool_stats_interval: float | None = 10.0) -> None:
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
@@ -60,6 +61,8 @@ class Rollout(RunnerCore):
                                           daemon=True) for i in range(shadow_workers)]
         for w in self._workers:
             w.start()
+        self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
+                               pool_stats_interval)
 
     @classmethod
     def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
@@ -203,6 +206,7 @@ class Rollout(RunnerCore):
             self._queue.put(None)
         for w in self._workers:
             w.join(timeout=5)
+        self._stop_pool_stats()
         self.recorder.close()
         self.states.close()
         self.shadow_pool.close()

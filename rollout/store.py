@@ -176,6 +176,27 @@ class Store:
                 " ORDER BY id DESC LIMIT 1", [flag, stage])
             return cur.fetchone()
 
+    def write_pool_stats(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows of (at, runner, flags, pool, requests, requests_queued, wait_ms, errors,
+        returns_bad, connections_lost, pool_size)."""
+        with self.conn.transaction(), self.conn.cursor() as cur, cur.copy(
+            "COPY rollout.pool_stats (at, runner, flags, pool, requests, requests_queued,"
+            " wait_ms, errors, returns_bad, connections_lost, pool_size) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def pool_window(self, flag: str, start: datetime, end: datetime) -> dict[str, Any]:
+        """Pool statistics of the runners serving ``flag`` in ``[start, end)``, per pool."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT pool, sum(requests)::bigint AS requests, sum(wait_ms)::bigint AS wait_ms,"
+                " sum(errors)::bigint AS errors, sum(returns_bad)::bigint AS returns_bad,"
+                " sum(connections_lost)::bigint AS connections_lost"
+                " FROM rollout.pool_stats WHERE %s = ANY(flags) AND at >= %s AND at < %s"
+                " GROUP BY pool", [flag, start, end])
+            return {r["pool"]: r for r in cur.fetchall()}
+
     def has_batch(self, batch_id: uuid.UUID) -> bool:
         row = self.conn.execute("SELECT 1 FROM rollout.observations WHERE batch_id = %s LIMIT 1",
                                 [batch_id]).fetchone()

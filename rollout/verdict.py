@@ -58,7 +58,10 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
           noise: Sequence[Observation] = (), plans: Sequence[Mapping[str, Any]] = (),
           generic: Sequence[Mapping[str, Any]] = (),
           rollback: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """The verdict and every figure behind it, as the JSON-ready core of a report."""
+    """The verdict and every figure behind it, as the JSON-ready core of a report.
+
+    Requests that only served the new path (no comparison) do not count as samples."""
+    observations = [o for o in observations if not o.served_only]
     g = flag.gates
     compared = [o for o in observations if o.matched is not None]
     mismatched = [o for o in compared if o.matched is False]

@@ -350,3 +350,38 @@ def test_server_restart_mid_run(online: tuple[str, Path], server_dsn: str) -> No
     assert len(failed) == sum(stats["background_failures"].values())
     assert {o[3] for o in failed} <= {"57P01", "08000"}
     assert observed[-1][2] is True  # the shadow pool recovered too
+
+
+def test_stage_impact_before_and_after_a_stage_change(online: tuple[str, Path]) -> None:
+    from rollout.commands import report
+
+    dsn, root = online
+    session = Session(root, dsn=dsn, say=lambda m: None)
+    acme = Context(tenant="acme")
+    with Rollout.connect(dsn, workspace=root, pool_stats_interval=0.05) as ro:
+        for grp in range(10):
+            ro.query("eq", acme, {"grp": grp})
+        assert ro.drain()
+        time.sleep(0.2)  # a pool-statistics snapshot lands before the change
+        flag_set(session, "eq", "everyone", actor="rm", reason="serve everyone")
+        deadline = time.monotonic() + 10
+        while ro.decide("eq", acme).path != "new":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for grp in range(7):
+            ro.query("eq", acme, {"grp": grp})
+        assert ro.drain()
+    body = report(session, "eq", stage="everyone", formats=["json"]).body
+    impact = body["stage_impact"]
+    assert impact["from_stage"] == "pilot" and impact["by"] == "rm"
+    before, after = impact["before"], impact["after"]
+    assert (before["requests"], before["served_new"]) == (10, 0)
+    assert (after["requests"], after["served_new"]) == (7, 7)
+    assert before["p50_ms"] > 0 and after["p50_ms"] > 0
+    assert before["pools"]["requests"]["requests"] >= 10
+    assert after["pools"]["requests"]["requests"] >= 7
+    assert body["samples"] == 0  # serving-only requests are traffic, not comparisons
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT count(*), sum(requests) FROM rollout.pool_stats"
+                            " WHERE pool = 'requests'").fetchone()
+    assert rows is not None and rows[0] >= 2 and rows[1] == 17

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -42,6 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("rollout: interrupted")
         return 130
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("ROLLOUT_DEBUG"):
+            raise
+        _err(f"rollout: internal error: {type(exc).__name__}: "
+             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
+             "(set ROLLOUT_DEBUG=1 for the traceback)")
+        return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,8 @@ def load_flag(path: Path, workspace: Path) -> Flag:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FlagFileError(rel, None, "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise FlagFileError(rel, None, "", f"not UTF-8 text (byte {exc.start})") from None
     doc = load_located(rel, text)
     return _Validator(doc, workspace, path.stem).flag()
 
@@ -140,7 +142,12 @@ class _Validator:
         target = (self.workspace / rel).resolve()
         if not target.is_file():
             raise self.fail(path, f"file not found: {rel}")
-        content = target.read_text(encoding="utf-8")
+        try:
+            content = target.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise self.fail(path, f"cannot read {rel}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise self.fail(path, f"{rel} is not UTF-8 text (byte {exc.start})") from None
         if not content.strip():
             raise self.fail(path, f"file is empty: {rel}")
         return content

@@ -72,6 +72,21 @@ def test_bad_flag_is_one_clear_line_and_exit_2(
     assert "Traceback" not in result.err
 
 
+def test_binary_files_are_one_clear_line(make_workspace: WorkspaceMaker,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_workspace({"good": GOOD.replace("  new: |\n    SELECT 1 AS x\n",
+                                                "  new: queries/bin.sql\n")},
+                          {"queries/bin.sql": "SELECT 1"})
+    (root / "queries" / "bin.sql").write_bytes(b"SELECT \xff\xfe 1")
+    result = run_cli(capsys, "check", "--offline", "--workspace", root)
+    assert result.code == 2
+    assert result.err.strip() == ("flags/good.yaml:8: queries.new: queries/bin.sql is not "
+                                  "UTF-8 text (byte 7)")
+    (root / "flags" / "good.yaml").write_bytes(b"name: good\n\xff")
+    result = run_cli(capsys, "check", "--offline", "--workspace", root)
+    assert result.err.strip() == "flags/good.yaml: not UTF-8 text (byte 11)"
+
+
 def test_line_number_points_at_the_key(make_workspace: WorkspaceMaker,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     text = GOOD.replace("owner: tests\n", "owner: tests\nsurprise: 1\n")

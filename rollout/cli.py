@@ -358,6 +358,10 @@ def _report(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _demo(session: commands.Session, args: argparse.Namespace) -> int:
+    if not args.scale > 0:
+        raise InputError(f"--scale must be positive, got {args.scale:g}")
+    if args.samples is not None and args.samples < 1:
+        raise InputError("--samples must be at least 1")
     from .demo import run_demo
 
     with ExitStack() as stack:

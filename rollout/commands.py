@@ -99,7 +99,8 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
             raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
         chosen: list[str | None] = list(tenants) if tenants else target_tenants(flag, stage, conn)
         return run_shadow(flag, conn, store, stage=stage, tenants=chosen,
-                          samples=samples or flag.gates.min_samples, dsn=session.target_dsn,
+                          samples=flag.gates.min_samples if samples is None else samples,
+                          dsn=session.target_dsn,
                           options=opts, progress=progress)
 
 

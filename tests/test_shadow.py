@@ -148,6 +148,10 @@ def test_bad_input_to_shadow(shop: str, make_workspace: WorkspaceMaker,
     assert r.code == 2
     assert r.err.strip() == ("rollout: error: flag 'eq' has no stage 'nope' "
                              "(stages: pilot, everyone)")
+    r = run_cli(capsys, "shadow", "eq", "--samples", "0", "--workspace", root, "--dsn", shop)
+    assert r.code == 2 and r.err.strip() == "rollout: error: --samples must be at least 1"
+    r = run_cli(capsys, "demo", "--scale", "-1", "--workspace", root, "--dsn", shop)
+    assert r.code == 2 and r.err.strip() == "rollout: error: --scale must be positive, got -1"
     r = run_cli(capsys, "shadow", "zzz", "--workspace", root, "--dsn", shop)
     assert r.code == 2 and "unknown flag 'zzz'" in r.err
     broken = EQUIVALENT.replace("FROM items i", "FROM itemz i")

@@ -167,7 +167,7 @@ class _Validator:
         c = self.mapping(value, "compare", (
             "order", "key", "ignore_columns", "float_tolerance", "float_abs_tolerance",
             "numeric_scale", "round_timestamps", "sensitive", "max_diffs", "stream",
-            "batch_size", "checksum"))
+            "batch_size", "binary", "checksum"))
         order = c.get("order", "strict")
         if order not in ("strict", "ignore", "key"):
             raise self.fail("compare.order", f"must be strict, ignore or key, got {order!r}")
@@ -200,6 +200,7 @@ class _Validator:
             self.flag_value(c, "compare.stream", "stream"),
             int(self.number(c.get("batch_size", 10_000), "compare.batch_size", 1, 10_000_000,
                             integer=True)),
+            self.flag_value(c, "compare.binary", "binary"),
             checksum,
         )
 

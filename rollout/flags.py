@@ -53,6 +53,8 @@ class CompareRules:
     stream: bool = False
     """Compare large results as they stream from server-side cursors."""
     batch_size: int = 10_000
+    binary: bool = False
+    """Stream in binary format (cheaper for numeric, timestamp and array columns)."""
     checksum: bool = False
     """Compare count and an order-independent hash on the server; drill down by key."""
 

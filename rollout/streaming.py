@@ -65,7 +65,8 @@ def stream_pair(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connecti
             stack.enter_context(conn.transaction(force_rollback=True))
             # plan for reading everything, not for the first rows (the cursor default)
             conn.execute("SET LOCAL cursor_tuple_fraction = 1")
-            cur = stack.enter_context(conn.cursor(name=f"rollout_stream_{side}"))
+            cur = stack.enter_context(conn.cursor(name=f"rollout_stream_{side}",
+                                                  binary=rules.binary))
             start = time.perf_counter_ns()
             try:
                 cur.execute(ordered(conn, query, rules).encode(), params)

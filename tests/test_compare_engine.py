@@ -158,10 +158,11 @@ def big(db: str) -> str:
     return db
 
 
-@pytest.mark.parametrize("order", ["strict", "key", "ignore"])
-def test_streaming_finds_exactly_the_differences(big: str, order: str) -> None:
+@pytest.mark.parametrize(("order", "binary"), [("strict", False), ("key", False),
+                                               ("ignore", False), ("key", True)])
+def test_streaming_finds_exactly_the_differences(big: str, order: str, binary: bool) -> None:
     rules = CompareRules(order=order, key=("id",) if order == "key" else (), batch_size=1000,
-                         max_diffs=10)  # type: ignore[arg-type]
+                         max_diffs=10, binary=binary)  # type: ignore[arg-type]
     legacy = "SELECT id, grp, label, amount FROM big" + (" ORDER BY id" if order == "strict"
                                                          else "")
     with psycopg.connect(big, autocommit=True) as a, psycopg.connect(big, autocommit=True) as b:

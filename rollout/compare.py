@@ -386,7 +386,10 @@ def _truncate(v: Any, unit: timedelta) -> Any:
 
 
 def _scale(v: Any) -> int | None:
-    return v.as_tuple().exponent if isinstance(v, Decimal) else None  # type: ignore[return-value]
+    if not isinstance(v, Decimal):
+        return None
+    exponent = v.as_tuple().exponent
+    return exponent if isinstance(exponent, int) else None  # NaN and infinities have none
 
 
 def _none_or(a: Any, b: Any) -> bool:

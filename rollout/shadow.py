@@ -146,7 +146,7 @@ def run_shadow(
         raise InputError(f"params.sample of flag '{flag.name}' returned no rows for "
                          f"tenant(s) {', '.join(str(t) for t in tenants)}")
     rng.shuffle(plan)
-    server_version = str(target.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
+    server_version = target.info.parameter_status("server_version") or "unknown"
     run_id = store.start_run(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
                              tenants=list(tenants), requested=samples, target=redact(dsn),
                              server_version=f"PostgreSQL {server_version}",

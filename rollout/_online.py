@@ -275,6 +275,42 @@ class RunnerCore:
         return (attempt == 1 and f.kind == "read" and isinstance(exc, psycopg.OperationalError)
                 and conn is not None and conn.closed)
 
+    def _start(self, flag: str, ctx: Context, params: Mapping[str, Any] | None
+               ) -> tuple[Flag, Decision, dict[str, Any], bytes]:
+        """The flag, its decision, the query arguments and the SQL of the served path."""
+        f = self._flag(flag)
+        d = self.decide(flag, ctx)
+        args = {"tenant": ctx.tenant, **(params or {})}
+        return f, d, args, (f.new if d.path == "new" else f.legacy).sql.encode()
+
+    def _served_rows(self, f: Flag, d: Decision, ctx: Context, args: dict[str, Any],
+                     res: Any, rows: list[tuple[Any, ...]] | None, rowcount: int,
+                     elapsed: int) -> list[tuple[Any, ...]]:
+        """After the served query: hand its rows to the shadow (no copy — callers must not
+        mutate the returned list while it is being shadowed) and return them."""
+        out = rows if rows is not None else []
+        if d.path != "legacy":
+            shape = self._shape(f.name, d.path, res)
+            self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
+                                     (shape, out, rowcount)))
+        return out
+
+    def _served_value(self, f: Flag, d: Decision, ctx: Context, other: Callable[[Any], Any],
+                      value: Any, elapsed: int) -> None:
+        if d.path != "legacy":
+            self._hand_off(self._job(f, d, ctx, None, other, PathResult(elapsed, count(value)),
+                                     value))
+
+    def _hand_off(self, job: ShadowJob | None) -> None:
+        raise NotImplementedError  # the sync or async queue
+
+    @staticmethod
+    def _background_sql(job: ShadowJob) -> str:
+        """Turn the served rows into a ResultSet for comparison; the SQL to run beside."""
+        (names, oids), rows, rowcount = job.served_result
+        job.served_result = ResultSet(names, oids, rows if names else None, rowcount)
+        return (job.flag.new if job.background == "new" else job.flag.legacy).sql
+
     def _dropped(self) -> None:
         with self.counters.lock:
             self.counters.dropped_queue_full += 1

@@ -18,7 +18,6 @@ from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
-from .compare import ResultSet
 from .execute import ISOLATION_LEVELS, Limits, failure, result_set, set_local
 from .observations import PathResult
 from .recorder import Recorder
@@ -74,10 +73,7 @@ class AsyncRollout(RunnerCore):
     async def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None
                     ) -> list[tuple[Any, ...]]:
         """Run the flag file's SQL for the path the decision picks; return its rows."""
-        f = self._flag(flag)
-        d = self.decide(flag, ctx)
-        args = {"tenant": ctx.tenant, **(params or {})}
-        sql = (f.new if d.path == "new" else f.legacy).sql.encode()
+        f, d, args, sql = self._start(flag, ctx, params)
         for attempt in (1, 2):
             conn = None
             try:
@@ -97,14 +93,7 @@ class AsyncRollout(RunnerCore):
                     continue
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
-        out = rows if rows is not None else []
-        if d.path != "legacy":
-            # the rows go to the comparison as they are (no copy): callers must not mutate
-            # the returned list while it is being shadowed
-            shape = self._shape(f.name, d.path, res)
-            self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
-                                     (shape, out, cur.rowcount)))
-        return out
+        return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed)
 
     async def run(self, flag: str, ctx: Context, *, legacy: Callable[[AConn], Awaitable[R]],
                   new: Callable[[AConn], Awaitable[R]]) -> R:
@@ -123,10 +112,7 @@ class AsyncRollout(RunnerCore):
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 await conn.rollback()
                 raise self._left_open(f, d, ctx, fn is new)
-        if d.path != "legacy":
-            other = legacy if d.path == "new" else new
-            self._hand_off(self._job(f, d, ctx, None, other, PathResult(elapsed, count(value)),
-                                     value))
+        self._served_value(f, d, ctx, legacy if d.path == "new" else new, value, elapsed)
         return value
 
     def _hand_off(self, job: ShadowJob | None) -> None:
@@ -153,9 +139,7 @@ class AsyncRollout(RunnerCore):
     async def _shadow(self, job: ShadowJob) -> None:
         f = job.flag
         if job.call is None:
-            (names, oids), rows, rowcount = job.served_result
-            job.served_result = ResultSet(names, oids, rows if names else None, rowcount)
-            sql = (f.new if job.background == "new" else f.legacy).sql
+            sql = self._background_sql(job)
             result, value = await self._execute(f.kind == "write", sql, job.params or {},
                                                 background_limits(f, self.limits),
                                                 ISOLATION_LEVELS[f.isolation])

@@ -21,7 +21,6 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
-from .compare import ResultSet
 from .execute import Limits, execute, failure
 from .observations import PathResult
 from .recorder import Recorder
@@ -73,10 +72,7 @@ class Rollout(RunnerCore):
     def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None
               ) -> list[tuple[Any, ...]]:
         """Run the flag file's SQL for the path the decision picks; return its rows."""
-        f = self._flag(flag)
-        d = self.decide(flag, ctx)
-        args = {"tenant": ctx.tenant, **(params or {})}
-        sql = (f.new if d.path == "new" else f.legacy).sql.encode()
+        f, d, args, sql = self._start(flag, ctx, params)
         for attempt in (1, 2):
             conn = None
             try:
@@ -96,14 +92,7 @@ class Rollout(RunnerCore):
                     continue
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
-        out = rows if rows is not None else []
-        if d.path != "legacy":
-            # the rows go to the comparison as they are (no copy): callers must not mutate
-            # the returned list while it is being shadowed
-            shape = self._shape(f.name, d.path, res)
-            self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
-                                     (shape, out, cur.rowcount)))
-        return out
+        return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed)
 
     def run(self, flag: str, ctx: Context, *, legacy: Callable[[Conn], R],
             new: Callable[[Conn], R]) -> R:
@@ -126,10 +115,7 @@ class Rollout(RunnerCore):
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 conn.rollback()
                 raise self._left_open(f, d, ctx, fn is new)
-        if d.path != "legacy":
-            other = legacy if d.path == "new" else new
-            self._hand_off(self._job(f, d, ctx, None, other, PathResult(elapsed, count(value)),
-                                     value))
+        self._served_value(f, d, ctx, legacy if d.path == "new" else new, value, elapsed)
         return value
 
     def _hand_off(self, job: ShadowJob | None) -> None:
@@ -156,9 +142,7 @@ class Rollout(RunnerCore):
     def _shadow(self, job: ShadowJob) -> None:
         f = job.flag
         if job.call is None:
-            (names, oids), rows, rowcount = job.served_result
-            job.served_result = ResultSet(names, oids, rows if names else None, rowcount)
-            sql = (f.new if job.background == "new" else f.legacy).sql
+            sql = self._background_sql(job)
             try:
                 with self.shadow_pool.connection() as conn:
                     result, value = execute(conn, sql, job.params or {},

@@ -161,3 +161,33 @@ def test_bad_input_to_shadow(shop: str, make_workspace: WorkspaceMaker,
     with psycopg.connect(shop) as conn:
         row = conn.execute("SELECT count(*) FROM rollout.observations").fetchone()
     assert row == (0,)
+
+
+def test_store_dsn_keeps_the_toolkit_state_elsewhere(
+    shop: str, server_dsn: str, make_workspace: WorkspaceMaker,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"rollout_store_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = {k: str(v) for k, v in conninfo_to_dict(shop).items() if v is not None}
+    store = make_conninfo(**{**params, "dbname": name})
+    root = make_workspace({"eq": EQUIVALENT})
+    try:
+        for args in (("shadow", "eq", "--samples", "60"), ("report", "eq")):
+            r = run_cli(capsys, *args, "--workspace", root, "--dsn", shop, "--store-dsn", store)
+            assert r.code == 0, r.err
+        with psycopg.connect(store) as conn:
+            assert conn.execute("SELECT count(*) FROM rollout.observations").fetchone() == (60,)
+            assert conn.execute("SELECT verdict FROM rollout.reports").fetchone() == ("GO",)
+        with psycopg.connect(shop) as conn:
+            assert conn.execute("SELECT to_regnamespace('rollout')").fetchone() == (None,)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))

@@ -16,7 +16,7 @@ from rollout.commands import Session, flag_resume, flag_set
 from rollout.connection import connect
 from rollout.flags import Flag
 from rollout.recorder import Recorder, RecorderStats
-from rollout.shadow import _split, draw_params
+from rollout.shadow import draw_plan
 from rollout.state import read_state
 
 from .database import BenchDB, say
@@ -220,7 +220,7 @@ def _laboratory() -> _Laboratory:
     try:
         from importlib.metadata import version
 
-        from laboratory import Experiment
+        from laboratory import Experiment  # type: ignore[import-untyped]
     except ImportError as exc:
         return _Laboratory(reason=f"laboratory is not installed ({exc}); "
                                   "pip install -e '.[bench]'")
@@ -424,13 +424,8 @@ def _online_rows(dsn: str) -> tuple[int, int]:
 
 def _draw_plan(flag: Flag, dsn: str) -> Plan:
     """``SAMPLES`` parameter sets over ``TENANTS``, shuffled, as ``run_shadow`` draws them."""
-    rng = random.Random(SEED)
-    plan: Plan = []
     with connect(dsn, autocommit=True) as conn:
-        for tenant, n in zip(TENANTS, _split(SAMPLES, len(TENANTS)), strict=True):
-            drawn = draw_params(flag, conn, tenant, n, rng)
-            if not drawn:
-                raise RuntimeError(f"{flag.name}: params.sample returned no rows for {tenant}")
-            plan.extend((tenant, p) for p in drawn)
-    rng.shuffle(plan)
-    return plan
+        plan = draw_plan(flag, conn, TENANTS, SAMPLES, random.Random(SEED))
+    if len(plan) != SAMPLES:
+        raise RuntimeError(f"{flag.name}: params.sample returned no rows for a tenant")
+    return [(str(tenant), params) for tenant, params in plan]  # every tenant here is named

@@ -18,7 +18,7 @@ from rollout.execute import Limits, apply_limits
 from rollout.flags import Flag
 from rollout.locks import LockWaitSampler
 from rollout.observations import Observation
-from rollout.shadow import BATCH, RunOptions, RunSummary, _split, draw_params, run_pair
+from rollout.shadow import BATCH, RunOptions, RunSummary, draw_plan, run_pair
 from rollout.store import Store
 
 from .database import BenchDB, say
@@ -140,7 +140,7 @@ class _Runner:
         apply_limits(conn, Limits())  # once per session, as run_shadow does
         self.index = 0
         dsn = make_conninfo(conn.info.dsn, password=conn.info.password)
-        self.sampler = LockWaitSampler(dsn, RunOptions().lock_interval).start()
+        self.sampler = LockWaitSampler(dsn, RunOptions().lock_interval or 0.01).start()
         self.summary = RunSummary(run_id, flag.name, self.stage, list(TENANTS))
         self.batch: list[Observation] = []
         self.copy_ns = 0
@@ -234,12 +234,7 @@ def _summary(clocks: list[_Clock], n: int) -> dict[str, Any]:
 
 def _draw_plan(flag: Flag, conn: psycopg.Connection[Any]) -> Plan:
     """``SAMPLES`` parameter sets over ``TENANTS``, shuffled, as ``run_shadow`` draws them."""
-    rng = random.Random(SEED)
-    plan: Plan = []
-    for tenant, n in zip(TENANTS, _split(SAMPLES, len(TENANTS)), strict=True):
-        drawn = draw_params(flag, conn, tenant, n, rng)
-        if not drawn:
-            raise RuntimeError(f"{flag.name}: params.sample returned no rows for {tenant}")
-        plan.extend((tenant, p) for p in drawn)
-    rng.shuffle(plan)
+    plan = draw_plan(flag, conn, TENANTS, SAMPLES, random.Random(SEED))
+    if len(plan) != SAMPLES:
+        raise RuntimeError(f"{flag.name}: params.sample returned no rows for a tenant")
     return plan

@@ -148,7 +148,7 @@ def observe(job: ShadowJob, background: PathResult, background_result: Any,
     )
 
 
-def served_failure_observation(flag: Flag, decision: Decision, tenant: str | None,
+def served_observation(flag: Flag, decision: Decision, tenant: str | None,
                                params: Mapping[str, Any] | None,
                                failed: PathResult) -> Observation:
     """An observation of the served path alone: its failure, or (serving new without
@@ -260,7 +260,7 @@ class RunnerCore:
         background = "new" if d.path == "shadow" else "legacy"
         if background == "legacy" and not f.online.verify_new:
             # served new, nothing to compare: record the request for the stage-impact view
-            self.recorder.record(served_failure_observation(f, d, ctx.tenant, params, served))
+            self.recorder.record(served_observation(f, d, ctx.tenant, params, served))
             return None
         if not self.admission.admit(f, ctx.tenant):
             with self.counters.lock:
@@ -320,7 +320,7 @@ class RunnerCore:
         with self.counters.lock:
             self.counters.serving_failures[failed.sqlstate or "other"] += 1
         if d.path != "legacy":
-            self.recorder.record(served_failure_observation(f, d, ctx.tenant, params, failed))
+            self.recorder.record(served_observation(f, d, ctx.tenant, params, failed))
 
     def _left_open(self, f: Flag, d: Decision, ctx: Context, served_new: bool) -> Exception:
         from .errors import InputError

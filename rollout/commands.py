@@ -15,7 +15,7 @@ from .dbcheck import check_flag, order_problems
 from .errors import InputError, Refused
 from .flags import Flag
 from .report import FORMATS, WrittenReport, write_report
-from .rollback import Applied, apply, static_problems, verification_for
+from .rollback import Applied, apply, require_script, static_problems, verification_for
 from .scaffold import init_workspace
 from .shadow import Progress, RunOptions, RunSummary, run_shadow, target_tenants
 from .state import Event, FlagState, change, events, read_all, read_state
@@ -95,8 +95,7 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
     with session.target() as conn, session.store() as store:
         stage = stage or current_stage(store, flag)
         if flag.stage(stage) is None:
-            names = ", ".join(s.name for s in flag.stages)
-            raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
+            raise flag.unknown_stage(stage)
         chosen: list[str | None] = list(tenants) if tenants else target_tenants(flag, stage, conn)
         return run_shadow(flag, conn, store, stage=stage, tenants=chosen,
                           samples=flag.gates.min_samples if samples is None else samples,
@@ -250,11 +249,7 @@ def rollback_apply(session: Session, name: str, *, actor: str, reason: str | Non
     """Kill the flag (audited), then run its rollback script on the target; the outcome is
     audited too. A failure stops at the failing statement."""
     flag = session.load().flag(name)
-    script = flag.rollback.script
-    if script is None:
-        raise InputError(f"flag '{flag.name}' has no rollback script"
-                         + (f" ({flag.rollback.none_reason})" if flag.rollback.none_reason
-                            else ""))
+    script = require_script(flag)
     why = (reason or "").strip() or "schema rollback"
     with session.store() as store:
         st = read_state(store.conn, flag.name)

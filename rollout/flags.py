@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from .errors import InputError
 from .targeting import Context, Decision, Stage, decide
 
 Kind = Literal["read", "write"]
@@ -136,6 +137,11 @@ class Flag:
 
     def stage(self, name: str) -> Stage | None:
         return self.stage_map.get(name)
+
+    def unknown_stage(self, name: str) -> InputError:
+        """The error for a stage this flag does not define, naming the ones it does."""
+        names = ", ".join(s.name for s in self.stages)
+        return InputError(f"flag '{self.name}' has no stage '{name}' (stages: {names})")
 
     @property
     def first_stage(self) -> str:

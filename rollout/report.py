@@ -45,8 +45,7 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                  target_dsn: str | None = None) -> dict[str, Any]:
     """Everything a release manager needs for one stage, JSON-ready."""
     if flag.stage(stage) is None:
-        names = ", ".join(s.name for s in flag.stages)
-        raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
+        raise flag.unknown_stage(stage)
     observations = store.observations(flag.name, stage, flag.sql_hash)
     runs = store.runs(flag.name, stage, flag.sql_hash)
     verification = (verification_for(flag, target_dsn, store.conn)

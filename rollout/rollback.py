@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import subprocess
 import uuid
 import warnings
@@ -113,8 +114,6 @@ def static_problems(flag: Flag) -> list[str]:
 
 
 def _names(script: str, pattern: str) -> set[str]:
-    import re
-
     out = set()
     for m in re.finditer(pattern, script, re.I):
         for g in m.groups():
@@ -345,10 +344,6 @@ def script_hash(flag: Flag) -> str:
 def _first(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def statements(script: str) -> list[Statement]:
-    return split(script)
 
 
 def require_script(flag: Flag) -> str:

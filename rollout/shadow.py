@@ -55,7 +55,7 @@ def target_tenants(flag: Flag, stage: str, conn: psycopg.Connection[Any]) -> lis
     """Tenants the stage shadows or serves; ``"*"`` and percents resolve via ``params.tenants``."""
     current = flag.stage(stage)
     if current is None:
-        raise _unknown_stage(flag, stage)
+        raise flag.unknown_stage(stage)
     targets = [t for t in (current.serve, current.shadow) if t is not None]
     listed: set[str] = set()
     open_ended = False
@@ -114,6 +114,20 @@ class RunOptions:
     """Largest tenants (plus the smallest) checked under custom and generic plans."""
 
 
+Plan = list[tuple[str | None, dict[str, Any]]]
+
+
+def draw_plan(flag: Flag, conn: psycopg.Connection[Any], tenants: Sequence[str | None],
+              samples: int, rng: random.Random) -> Plan:
+    """``samples`` (tenant, parameters) pairs spread evenly over ``tenants``, shuffled: the
+    order a run executes them in. A tenant whose sample query returns nothing adds none."""
+    plan: Plan = []
+    for tenant, n in zip(tenants, _split(samples, len(tenants)), strict=True):
+        plan.extend((tenant, p) for p in draw_params(flag, conn, tenant, n, rng))
+    rng.shuffle(plan)
+    return plan
+
+
 def run_shadow(
     flag: Flag,
     target: psycopg.Connection[Any],
@@ -133,19 +147,15 @@ def run_shadow(
     generic-plan check runs. Everything lands in the store under one run id.
     """
     if flag.stage(stage) is None:
-        raise _unknown_stage(flag, stage)
+        raise flag.unknown_stage(stage)
     if samples < 1:
         raise InputError("--samples must be at least 1")
     opts = options or RunOptions()
     rng = random.Random(opts.seed)
-    per_tenant = _split(samples, len(tenants))
-    plan: list[tuple[str | None, dict[str, Any]]] = []
-    for tenant, n in zip(tenants, per_tenant, strict=True):
-        plan.extend((tenant, p) for p in draw_params(flag, target, tenant, n, rng))
+    plan = draw_plan(flag, target, tenants, samples, rng)
     if not plan:
         raise InputError(f"params.sample of flag '{flag.name}' returned no rows for "
                          f"tenant(s) {', '.join(str(t) for t in tenants)}")
-    rng.shuffle(plan)
     server_version = target.info.parameter_status("server_version") or "unknown"
     run_id = store.start_run(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
                              tenants=list(tenants), requested=samples, target=redact(dsn),
@@ -275,7 +285,7 @@ def database_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, A
 
 
 def _plans(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid.UUID,
-           plan: list[tuple[str | None, dict[str, Any]]], opts: RunOptions) -> None:
+           plan: Plan, opts: RunOptions) -> None:
     write = flag.kind == "write"
     samples = []
     for tenant, params in plan[: opts.plan_samples]:
@@ -346,11 +356,6 @@ def _fetch(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], fl
 def _split(total: int, parts: int) -> list[int]:
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def _unknown_stage(flag: Flag, stage: str) -> InputError:
-    names = ", ".join(s.name for s in flag.stages)
-    return InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
 
 
 def _jsonable(v: Any) -> Any:

@@ -105,8 +105,7 @@ def change(
     if not reason or not reason.strip():
         raise InputError(f"a reason is required to {action} flag '{flag.name}' (--reason)")
     if stage is not None and flag.stage(stage) is None:
-        names = ", ".join(s.name for s in flag.stages)
-        raise InputError(f"flag '{flag.name}' has no stage '{stage}' (stages: {names})")
+        raise flag.unknown_stage(stage)
     with conn.transaction():
         # Serialise changes of one flag, including its very first one (no row to lock yet).
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('rollout.flag_state'), "

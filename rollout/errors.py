@@ -10,6 +10,8 @@
      ├── StoreError              the rollout schema is missing, too new, or a write failed
      └── Refused                 exit 1: `advance` without a fresh GO report for the stage
 
+    Terminated (a KeyboardInterrupt) SIGTERM, handled like SIGINT: exit 130, runs marked failed
+
 Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.verdict``.
 """
 
@@ -52,3 +54,18 @@ class Refused(RolloutError):
     """A guarded operation (``rollout advance``) refused: the evidence does not allow it."""
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds like Ctrl-C: every ``finally``
+    runs, a run in progress is marked failed with ``str(exc)`` as its reason."""
+
+
+def interruption(exc: BaseException) -> str:
+    """Why a run was cut short, in words, for ``rollout.runs.reason``."""
+    if isinstance(exc, Terminated):
+        return str(exc) or "terminated (SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")[:500]

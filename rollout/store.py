@@ -92,11 +92,13 @@ class Store:
         return run_id
 
     def finish_run(self, run_id: uuid.UUID, samples: int, status: str = "finished",
-                   db_stats: dict[str, Any] | None = None) -> None:
+                   db_stats: dict[str, Any] | None = None, reason: str | None = None) -> None:
+        """Close a run: ``finished``, or ``failed`` with the ``reason`` it was cut short."""
         self.conn.execute(
             "UPDATE rollout.runs SET samples = %s, status = %s, finished_at = now(),"
-            " db_stats = %s WHERE run_id = %s",
-            [samples, status, Jsonb(db_stats) if db_stats else None, run_id])
+            " db_stats = %s, reason = %s WHERE run_id = %s",
+            [samples, status, Jsonb(db_stats) if db_stats else None,
+             reason[:500] if reason else None, run_id])
 
     def write_plans(self, run_id: uuid.UUID, plans: Sequence[PlanSample]) -> None:
         with self.conn.transaction(), self.conn.cursor() as cur:
@@ -217,8 +219,8 @@ class Store:
     def runs(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "SELECT run_id, tenants, samples, status, target, server_version, started_at,"
-                " finished_at, mode, db_stats FROM rollout.runs"
+                "SELECT run_id, tenants, samples, status, reason, target, server_version,"
+                " started_at, finished_at, mode, db_stats FROM rollout.runs"
                 " WHERE flag = %s AND stage = %s AND sql_hash = %s ORDER BY started_at",
                 [flag, stage, sql_hash])
             return cur.fetchall()

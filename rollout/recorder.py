@@ -4,6 +4,11 @@
 thread drains the buffer in batches; each batch gets a batch id, so a batch whose commit
 acknowledgement was lost is recognised on retry and lands exactly once. While the store is
 down the buffer fills up to its bound, then new observations are dropped and counted.
+
+A batch the store rejects for its *data* (a NUL byte in a tenant, a value that does not
+serialise) is split in halves until the offending rows are alone; those are dropped and
+counted (``rejected``), every other row lands. Only trouble with the store itself (a lost
+connection) makes a batch wait and retry.
 """
 
 from __future__ import annotations
@@ -19,8 +24,20 @@ from typing import Any
 
 import psycopg
 
+from .errors import StoreError
 from .observations import Observation
 from .store import Store
+
+_TROUBLE_CLASSES = ("08", "53", "57", "58")  # connection, resources, shutdown, system
+
+
+def store_trouble(exc: BaseException) -> bool:
+    """Is this the store's own trouble (retry the batch later), not the batch's data?"""
+    if isinstance(exc, OSError | psycopg.InterfaceError | StoreError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        return exc.sqlstate is None or exc.sqlstate[:2] in _TROUBLE_CLASSES
+    return False
 
 
 @dataclass
@@ -31,6 +48,7 @@ class RecorderStats:
     retries: int = 0
     duplicates_skipped: int = 0
     dropped: int = 0
+    rejected: int = 0
     store_errors: int = 0
 
 
@@ -47,6 +65,7 @@ class Recorder:
         self._buffer: deque[Observation] = deque()
         self._pool_stats: deque[tuple[Any, ...]] = deque(maxlen=10_000)
         self._pending: tuple[uuid.UUID, list[Observation]] | None = None
+        self._split: list[tuple[uuid.UUID, list[Observation]]] = []  # halves of refused batches
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -75,11 +94,14 @@ class Recorder:
         """Write everything recorded so far; True when the buffer is empty in time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._buffer and self._pending is None and self._idle.is_set():
+            if self._done() and self._idle.is_set():
                 return True
             self._wake.set()
             time.sleep(0.005)
-        return not self._buffer and self._pending is None
+        return self._done()
+
+    def _done(self) -> bool:
+        return not self._buffer and self._pending is None and not self._split
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush, then stop the thread; later observations are dropped and counted."""
@@ -106,15 +128,23 @@ class Recorder:
 
     def _drain(self) -> None:
         self._drain_pool_stats()
-        while self._pending is not None or self._buffer:
+        while self._pending is not None or self._split or self._buffer:
             if self._pending is None:
-                n = min(len(self._buffer), self._batch_size)
-                batch = [self._buffer.popleft() for _ in range(n)]
-                self._pending = (uuid.uuid4(), batch)
+                if self._split:
+                    self._pending = self._split.pop()
+                else:
+                    n = min(len(self._buffer), self._batch_size)
+                    self._pending = (uuid.uuid4(), [self._buffer.popleft() for _ in range(n)])
             batch_id, rows = self._pending
             try:
                 self._write(batch_id, rows)
-            except (psycopg.Error, OSError):
+            except Exception as exc:
+                if not store_trouble(exc):
+                    # The store refused the rows: bisect to isolate the bad ones. Nothing of
+                    # the batch committed (one transaction), so the halves get new ids.
+                    self._refused(rows)
+                    self._pending = None
+                    continue
                 self.stats.store_errors += 1
                 self._reset()
                 if self._stop.wait(self._retry_delay):
@@ -122,6 +152,16 @@ class Recorder:
                 self.stats.retries += 1
                 continue
             self._pending = None
+
+    def _refused(self, rows: list[Observation]) -> None:
+        if len(rows) == 1:
+            self.stats.rejected += 1
+        else:
+            half = len(rows) // 2
+            self._split += [(uuid.uuid4(), rows[half:]), (uuid.uuid4(), rows[:half])]
+        if self._conn is not None and (self._conn.closed or self._conn.info.transaction_status
+                                       != psycopg.pq.TransactionStatus.IDLE):
+            self._reset()
 
     def _drain_pool_stats(self) -> None:
         """Pool statistics are best effort: kept (bounded) while the store is down."""

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import psycopg
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, StoreError
 from .flags import Flag
 from .observations import Observation
 from .render import render_html, render_index, render_markdown
@@ -31,6 +35,8 @@ from .workspace import Workspace
 SCHEMA_VERSION = 2
 IMPACT_WINDOW = timedelta(hours=1)
 FORMATS = ("html", "md", "json")
+MAX_NAME_BYTES = 200
+"""A flag or stage name is a file name: room for the format and temporary suffixes."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                  noise=store.observations(flag.name, stage, flag.sql_hash, mode="aa"),
                  plans=store.plans(flag.name, stage, flag.sql_hash),
                  generic=store.generic_checks(flag.name, stage, flag.sql_hash),
-                 rollback=verification)
+                 rollback=verification, runs=runs)
     versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -171,25 +177,33 @@ def _database_stats(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return dict(total)
 
 
+def command(*argv: str) -> str:
+    """A command line shown in a report, every argument shell-quoted: names are data, and a
+    pasted command must run exactly these arguments whatever a name contains."""
+    return shlex.join(argv)
+
+
 def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
     """The two steps back: return serving to the previous stage (or kill), then undo schema."""
     names = [s.name for s in flag.stages]
     i = names.index(stage)
-    reason = shlex.quote(f"roll back {flag.name} from {stage}")
+    reason = f"roll back {flag.name} from {stage}"
     if i == 0:
-        command = f"rollout flag kill {flag.name} --reason {reason}"
-        first = f"Return all serving to legacy: {command}"
+        flag_command = command("rollout", "flag", "kill", flag.name, "--reason", reason)
+        first = f"Return all serving to legacy: {flag_command}"
     else:
-        command = f"rollout flag set {flag.name} --stage {names[i - 1]} --reason {reason}"
-        first = f"Step serving back to stage {names[i - 1]}: {command}"
+        flag_command = command("rollout", "flag", "set", flag.name, "--stage", names[i - 1],
+                               "--reason", reason)
+        first = f"Step serving back to stage {names[i - 1]}: {flag_command}"
     rb = flag.rollback
     steps = [first]
     if rb.none_reason:
         steps.append(f"No schema rollback: {rb.none_reason}")
     elif rb.script_path:
-        steps.append(f"Undo the schema change: rollout rollback {flag.name} --apply "
-                     f"(runs {rb.script_path}; kills the flag first)")
+        apply = command("rollout", "rollback", flag.name, "--apply")
+        steps.append(f"Undo the schema change: {apply} (runs {rb.script_path}; kills the flag "
+                     "first)")
     else:
         steps.append("No rollback script: the schema change cannot be undone by the toolkit")
     return {
@@ -200,7 +214,7 @@ def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None
         "verification": (verification or {}).get("status", "not verified"),
         "verification_details": dict(verification) if verification else None,
         "hazards": list((verification or {}).get("hazards") or []),
-        "flag_command": command,
+        "flag_command": flag_command,
         "steps": steps,
     }
 
@@ -208,45 +222,220 @@ def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None
 def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, database: str,
                  formats: Sequence[str] = FORMATS, target_dsn: str | None = None
                  ) -> WrittenReport:
-    """Render the report to ``out_dir/<flag>/<stage>.<fmt>`` and record it in the store.
+    """Render the report to ``out_dir/<flag>/<stage>.<fmt>``, refresh ``out_dir/index.html``
+    and record the report in the store: all of it or none.
 
-    Files are written to a temporary name and renamed, so a failure leaves no half report.
-    """
+    Names are data: a flag or stage name that is not one plain file name, or a folder that
+    resolves outside ``out_dir``, is refused before anything is written. Every file is written
+    to a temporary name first; the store row is inserted in a transaction that commits only
+    after every file is renamed into place, and a failed rename or commit puts back the files
+    it replaced. A filesystem error is an ``InputError`` naming the path."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise InputError(f"unknown report format {', '.join(unknown) or '(none)'}; "
                          f"use {', '.join(FORMATS)}")
+    root = _output_folder(out_dir)
+    folder = report_folder(root, flag.name, stage)
     body = build_report(flag, stage, store, database=database, target_dsn=target_dsn)
-    target = out_dir / flag.name
-    target.mkdir(parents=True, exist_ok=True)
     rendered = {
         "html": lambda: render_html(body),
         "md": lambda: render_markdown(body),
         "json": lambda: json.dumps(body, indent=2, sort_keys=False, default=str) + "\n",
     }
-    texts = {fmt: rendered[fmt]() for fmt in formats}
-    files = []
-    for fmt, text in texts.items():
-        final = target / f"{stage}.{fmt}"
-        tmp = final.with_suffix(final.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(final)
-        files.append(final)
-    report_id = store.save_report(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
-                                  verdict=body["verdict"], samples=body["samples"], body=body,
-                                  files=[str(f) for f in files])
-    write_index([flag], store, out_dir)
+    texts = {folder / f"{stage}.{fmt}": rendered[fmt]() for fmt in formats}
+    files = [out_dir / flag.name / f"{stage}.{fmt}" for fmt in formats]  # as the user named it
+    with _Replacement() as replacement:
+        try:
+            with store.conn.transaction():
+                report_id = store.save_report(
+                    flag=flag.name, stage=stage, sql_hash=flag.sql_hash, verdict=body["verdict"],
+                    samples=body["samples"], body=body, files=[str(f) for f in files])
+                for path, text in texts.items():
+                    replacement.stage(path, text)
+                # read inside the transaction: the index lists the report being written
+                replacement.stage(root / "index.html",
+                                  _index_page([flag], store, root, pending=list(texts)))
+                replacement.install()
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot save the report in rollout.reports: "
+                             f"{_first_line(exc)}") from None
     return WrittenReport(report_id, body["verdict"], body, files)
 
 
+def report_folder(root: Path, flag: str, stage: str) -> Path:
+    """``root/<flag>``, after checking that both names are plain file names and that the
+    folder resolves inside ``root`` (a symlink out of it is refused)."""
+    for what, name in (("flag", flag), ("stage", stage)):
+        problem = _unsafe_name(name)
+        if problem:
+            raise InputError(f"{what} name {name!r} cannot name a report file: {problem}")
+    folder = root / flag
+    resolved = folder.resolve()
+    if resolved.parent != root:
+        raise InputError(f"report folder {folder} resolves to {resolved}, outside the output "
+                         f"folder {root}; remove the link or choose another --out")
+    return folder
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why ``name`` cannot be one file name in the output folder, or None."""
+    if not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return "it names a folder"
+    if "/" in name or "\\" in name or os.sep in name:
+        return "it contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it contains a control character"
+    if name.startswith("."):
+        return "it starts with '.' (hidden, and the writer's temporary names do)"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"it is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def _output_folder(out_dir: Path) -> Path:
+    """``out_dir`` resolved, refused in one line when something that is not a folder is in
+    the way."""
+    root = out_dir.expanduser().resolve()
+    for parent in (root, *root.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot write reports to {out_dir}: {parent} is a file, "
+                                 "not a folder")
+            break
+    return root
+
+
+class _Replacement:
+    """Files replaced together or not at all: each is written to a temporary name in its
+    own folder, then all are renamed into place; the files they replace are kept as hard
+    links (or copies) until the caller's work succeeded, and put back if it did not.
+
+    Used as a context manager: an exception anywhere inside undoes every rename and removes
+    the temporaries and the folders this replacement created."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+        self._installed: list[tuple[Path, Path | None]] = []
+        self._created: list[Path] = []
+
+    def __enter__(self) -> _Replacement:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None:
+            for _, backup in self._installed:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+        else:
+            self._undo()
+        for _, tmp in self._staged:
+            tmp.unlink(missing_ok=True)
+
+    def stage(self, final: Path, text: str) -> None:
+        """Write ``text`` to a temporary file beside ``final``."""
+        self._mkdir(final.parent)
+        tmp = _sibling(final, "tmp")
+        try:
+            with tmp.open("x", encoding="utf-8") as f:
+                self._staged.append((final, tmp))
+                f.write(text)
+        except OSError as exc:
+            raise _write_error(final, exc) from None
+
+    def install(self) -> None:
+        """Rename every staged file into place, keeping what each replaces."""
+        for final, tmp in self._staged:
+            if final.is_dir() and not final.is_symlink():
+                raise InputError(f"cannot write report {final}: a folder is in the way")
+            try:
+                backup = _keep(final)
+                try:
+                    os.replace(tmp, final)
+                except BaseException:
+                    if backup is not None:
+                        backup.unlink(missing_ok=True)
+                    raise
+            except OSError as exc:
+                raise _write_error(final, exc) from None
+            self._installed.append((final, backup))
+
+    def _mkdir(self, folder: Path) -> None:
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        for p in reversed(missing):
+            try:
+                p.mkdir()
+            except FileExistsError:
+                if not p.is_dir():
+                    raise InputError(f"cannot write reports to {folder}: {p} is a file, "
+                                     "not a folder") from None
+                continue
+            except OSError as exc:
+                raise _write_error(p, exc) from None
+            self._created.append(p)
+
+    def _undo(self) -> None:
+        for final, backup in reversed(self._installed):
+            # best effort: the error that brought us here is the one to report
+            with contextlib.suppress(OSError):
+                if backup is None:
+                    final.unlink(missing_ok=True)
+                else:
+                    os.replace(backup, final)
+        self._installed.clear()
+        for _, tmp in self._staged:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(self._created):
+            with contextlib.suppress(OSError):  # not empty: something else wrote there
+                folder.rmdir()
+
+
+def _sibling(final: Path, suffix: str) -> Path:
+    # hidden and unique: two reports finishing at once never share a temporary file
+    return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{suffix}")
+
+
+def _keep(final: Path) -> Path | None:
+    """A second name for the file ``final`` replaces (a hard link, else a copy), or None."""
+    if not final.exists() and not final.is_symlink():
+        return None
+    backup = _sibling(final, "bak")
+    try:
+        os.link(final, backup, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(final, backup, follow_symlinks=False)
+    return backup
+
+
+def _write_error(path: Path, exc: OSError) -> InputError:
+    return InputError(f"cannot write the report to {path}: {exc.strerror or exc}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def write_index(workspace_flags: Sequence[Flag], store: Store, out_dir: Path) -> Path:
-    """Write ``out_dir/index.html``: every flag, its live stage (the store's flag state), the
-    latest verdict per stage (``rollout.reports``) and relative links to the HTML reports.
+    """Write ``out_dir/index.html`` (see ``_index_page``), through a temporary file."""
+    root = _output_folder(out_dir)
+    with _Replacement() as replacement:
+        replacement.stage(root / "index.html", _index_page(workspace_flags, store, root))
+        replacement.install()
+    return root / "index.html"
+
+
+def _index_page(workspace_flags: Sequence[Flag], store: Store, out_dir: Path,
+                pending: Sequence[Path] = ()) -> str:
+    """The index page: every flag, its live stage (the store's flag state), the latest
+    verdict per stage (``rollout.reports``) and relative links to the HTML reports.
 
     ``workspace_flags`` are listed in any case. When ``out_dir`` is a workspace's ``reports/``
     folder (its parent holds ``flags/``), every flag file of that workspace is listed too, an
-    invalid one with its error, so one `rollout report` refreshes the whole index. Written to
-    a temporary file and renamed, like the reports."""
+    invalid one with its error, so one `rollout report` refreshes the whole index. A page
+    links to a report in ``pending`` (about to be renamed into place) as if it were there."""
     flags: dict[str, Flag] = {}
     invalid: dict[str, str] = {}
     root = out_dir.parent
@@ -272,8 +461,10 @@ def write_index(workspace_flags: Sequence[Flag], store: Store, out_dir: Path) ->
         stages = []
         for stage in [*stage_names, *sorted(set(reported) - set(stage_names))]:
             rep = reported.get(stage)
+            # names come from the store too: one that is not a file name has no page
             page = out_dir / name / f"{stage}.html"
-            exists = rep is not None and page.is_file()
+            exists = (rep is not None and not _unsafe_name(name) and not _unsafe_name(stage)
+                      and (page in pending or page.is_file()))
             stages.append({
                 "name": stage, "in_flag": stage in stage_names,
                 "verdict": rep["verdict"] if rep else None,
@@ -297,15 +488,5 @@ def write_index(workspace_flags: Sequence[Flag], store: Store, out_dir: Path) ->
                       "updated_by": st.updated_by} if st else None,
             "stages": stages,
         })
-    text = render_index({"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    return render_index({"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
                          "toolkit_version": __version__, "flags": entries})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "index.html"
-    # a name of its own: two reports finishing at once must not write into one temp file
-    tmp = out_dir / f".index.html.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final

@@ -217,10 +217,13 @@ class Store:
             return [Observation(*row) for row in cur]
 
     def runs(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
+        """The stage's runs of the current SQL, in start order, with ``status`` and the
+        ``reason`` a run ended badly."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "SELECT run_id, tenants, samples, status, reason, target, server_version,"
-                " started_at, finished_at, mode, db_stats FROM rollout.runs"
+                "SELECT run_id, tenants, samples, requested_samples AS requested, status,"
+                " reason, target, server_version, started_at, finished_at, mode, db_stats"
+                " FROM rollout.runs"
                 " WHERE flag = %s AND stage = %s AND sql_hash = %s ORDER BY started_at",
                 [flag, stage, sql_hash])
             return cur.fetchall()
@@ -234,7 +237,6 @@ class Store:
             " body, files) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             [report_id, flag, stage, sql_hash, verdict, samples, Jsonb(body), list(files)])
         return report_id
-
 
     def latest_reports(self, flags: Sequence[str]) -> list[tuple[Any, ...]]:
         """The newest report of every (flag, stage): flag, stage, verdict, samples, files,

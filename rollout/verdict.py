@@ -10,6 +10,7 @@ shift widens the tolerance.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,10 +58,19 @@ class Gate:
 def judge(flag: Flag, observations: Sequence[Observation], *,
           noise: Sequence[Observation] = (), plans: Sequence[Mapping[str, Any]] = (),
           generic: Sequence[Mapping[str, Any]] = (),
-          rollback: Mapping[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+          rollback: Mapping[str, Any] | None = None,
+          runs: Sequence[Mapping[str, Any]] = (), seed: int = 0) -> dict[str, Any]:
     """The verdict and every figure behind it, as the JSON-ready core of a report.
 
-    Requests that only served the new path (no comparison) do not count as samples."""
+    Requests that only served the new path (no comparison) do not count as samples. Every
+    figure may be missing (no successful execution on a path, nothing compared): the gates
+    then say so in words, and a new path that always fails is a NO-GO like any other.
+
+    ``runs`` are the stage's shadow runs (``Store.runs``). Runs that did not finish are
+    listed under ``incomplete_runs``; their observations are judged like any other (each one
+    is a complete pair), but while the latest A/B run is cut short the verdict is at best
+    INCONCLUSIVE: the run did not measure what it was asked to."""
+    incomplete = incomplete_runs(runs, [*observations, *noise])
     observations = [o for o in observations if not o.served_only]
     g = flag.gates
     compared = [o for o in observations if o.matched is not None]
@@ -77,7 +87,8 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
         _mismatch(len(mismatched), len(compared), g.max_mismatch_rate, noise_fig,
                   g.latency.confidence),
         _latency(latency, g.latency.max_regression),
-        _new_failures(new_only, g.max_new_failures, g.max_new_failures_by_class),
+        _new_failures(new_only, g.max_new_failures, g.max_new_failures_by_class,
+                      len(observations)),
         _lock_wait(locks, g.max_lock_wait_regression_ms),
         _buffers(plans_fig, g.max_buffers_ratio),
         _generic_gate(generic_fig, g.generic_plan_max_ratio),
@@ -92,6 +103,14 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
         verdict, reasons = INCONCLUSIVE, [x.reason for x in open_]
     else:
         verdict, reasons = GO, [f"all {len(judged)} gates passed"]
+    cut_short = latest_run_cut_short(incomplete, runs)
+    if cut_short is not None:
+        if verdict == GO:
+            verdict, reasons = INCONCLUSIVE, []
+        reasons.append(cut_short)
+    attention = rollback_attention(rollback)
+    if attention:
+        reasons.append(attention)
 
     kinds: Counter[str] = Counter()
     for o in mismatched:
@@ -100,6 +119,7 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
         "verdict": verdict,
         "reasons": reasons,
         "samples": len(observations),
+        "incomplete_runs": incomplete,
         "gates": [x.as_dict() for x in gates],
         "mismatches": {
             "count": len(mismatched),
@@ -131,6 +151,74 @@ def verdict_exit_code(verdict: str) -> int:
     return EXIT_CODES[verdict]
 
 
+# -- runs that ended badly ------------------------------------------------------------------
+
+
+def incomplete_runs(runs: Sequence[Mapping[str, Any]], observations: Sequence[Observation]
+                    ) -> list[dict[str, Any]]:
+    """Every run that did not finish: ``failed`` (cut short, with its reason) or still
+    ``running`` (in progress, or its process died without a word). ``samples`` counts the
+    observations of the run that reached the store."""
+    landed = Counter(o.run_id for o in observations if o.run_id is not None)
+    out = []
+    for r in runs:
+        if r.get("status") == "finished":
+            continue
+        started: Any = r.get("started_at")
+        out.append({
+            "run_id": str(r["run_id"]),
+            "status": str(r.get("status") or "running"),
+            "reason": r.get("reason"),
+            "mode": str(r.get("mode") or "ab"),
+            "samples": landed.get(r["run_id"], 0),
+            "requested": r.get("requested"),
+            "started_at": started.isoformat(timespec="seconds")
+            if hasattr(started, "isoformat") else started,
+        })
+    return out
+
+
+def latest_run_cut_short(incomplete: Sequence[Mapping[str, Any]],
+                         runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the verdict cannot be GO, in words, when the stage's latest A/B run (``runs`` are
+    in start order) did not finish; None when it did."""
+    ab = [r for r in runs if (r.get("mode") or "ab") == "ab"]
+    if not ab:
+        return None
+    latest = str(ab[-1]["run_id"])
+    run = next((r for r in incomplete if r["run_id"] == latest), None)
+    if run is None:
+        return None
+    of = f" of {run['requested']}" if run.get("requested") else ""
+    what = f"the latest shadow run ({run['run_id'][:8]}, {run['samples']}{of} samples)"
+    if run["status"] == "failed":
+        why = run.get("reason") or "no reason was recorded"
+        told = f"{what} was cut short: {why}"
+    else:
+        told = (f"{what} never finished: it is still running, or its process died "
+                "without marking it")
+    return (f"{told}; its observations are judged, but a stage is GO only on a run that "
+            "finished (run `rollout shadow` again)")
+
+
+def rollback_attention(verification: Mapping[str, Any] | None) -> str | None:
+    """A verified rollback whose statements reach beyond the one database (roles, database
+    settings, the server's files or programs): not a gate, but the release manager must
+    know before applying it."""
+    if not verification:
+        return None
+    beyond = [h for h in verification.get("hazards") or []
+              if isinstance(h, Mapping) and h.get("beyond_database")]
+    if not beyond:
+        return None
+    first = beyond[0]
+    where = (f"{first.get('script', 'rollback')} statement {first['statement_number']}"
+             if first.get("statement_number") is not None else str(first.get("script", "")))
+    more = f" (and {len(beyond) - 1} more)" if len(beyond) > 1 else ""
+    return (f"attention: {where} reaches beyond the database: {first['beyond_database']}"
+            f"{more}; verification cannot undo that on the target")
+
+
 # -- latency --------------------------------------------------------------------------------
 
 
@@ -139,7 +227,14 @@ def _latency(lat: Mapping[str, Any], tolerance: float) -> Gate:
     limit = 1 + lat["effective_tolerance"]
     conf = lat["confidence"]
     if lat["hl_ratio"] is None:
-        n = min(lat["legacy"]["n"], lat["new"]["n"])
+        legacy_n, new_n = lat["legacy"]["n"], lat["new"]["n"]
+        n = min(legacy_n, new_n)
+        never = [p for p, k in (("legacy", legacy_n), ("new", new_n)) if k == 0]
+        if never:
+            paths = " and ".join(never)
+            return Gate(name, "inconclusive", None, limit, f"no successful {paths} execution",
+                        f"latency not judged: the {paths} path{'s' if len(never) > 1 else ''} "
+                        "never succeeded, so there is nothing to time", conf)
         return Gate(name, "inconclusive", lat["ratio"], limit, f"{n} timed executions",
                     f"too few timed executions ({n}) to judge latency "
                     f"(need {MIN_LATENCY_PAIRS} per path)", conf)
@@ -201,7 +296,7 @@ def _mismatch(bad: int, compared: int, limit: float, noise: Mapping[str, Any],
 
 
 def _new_failures(new_only: Sequence[Observation], limit: int,
-                  by_class_limits: Mapping[str, int]) -> Gate:
+                  by_class_limits: Mapping[str, int], executions: int = 0) -> Gate:
     count = len(new_only)
     classes = Counter(failure_class(o.new_sqlstate, o.new_error) or "other" for o in new_only)
     over = {c: n for c, n in classes.items()
@@ -209,12 +304,24 @@ def _new_failures(new_only: Sequence[Observation], limit: int,
     detail = ", ".join(f"{c} {n}" for c, n in sorted(classes.items()))
     if count > limit or over:
         what = detail or str(count)
+        errors = Counter((o.new_sqlstate, _first_line(o.new_error)) for o in new_only)
+        (state, message), _ = errors.most_common(1)[0]
+        said = f"{message} (SQLSTATE {state})" if state else message
+        head = (f"the new path never succeeded: it failed in all {count} executions"
+                if count == executions else
+                f"new path failed in {count} executions where legacy succeeded")
         return Gate("max_new_failures", "fail", count, limit, f"{count} > {limit} ({what})",
-                    f"new path failed in {count} executions where legacy succeeded ({what})",
-                    details={"by_class": dict(classes)})
+                    f"{head} ({what}); most often: {said}",
+                    details={"by_class": dict(classes),
+                             "most_common_error": {"sqlstate": state, "message": message}})
     return Gate("max_new_failures", "pass", count, limit, f"{count} ≤ {limit}",
                 "no new failures" if count == 0 else f"{count} new failures ({detail}), "
                 "within limit", details={"by_class": dict(classes)})
+
+
+def _first_line(error: str | None) -> str:
+    text = (error or "").strip()
+    return text.splitlines()[0][:200] if text else "no error message"
 
 
 def _lock_wait(locks: Mapping[str, Any], limit_ms: float) -> Gate:
@@ -255,6 +362,10 @@ def _generic_gate(generic: Mapping[str, Any], limit: float) -> Gate:
                     "no generic-plan check for this stage")
     bad = generic["regressions"]
     worst = generic["worst_new_ratio"]
+    if worst is None:
+        return Gate("generic_plan", "info", None, limit, "new path not checked",
+                    "no generic-plan check of the new path succeeded (only legacy was "
+                    "checked)")
     shown = f"worst new generic/custom {worst:.1f}× (limit {limit:g}×)"
     if bad:
         tenants = ", ".join(str(b["tenant"]) for b in bad)
@@ -277,7 +388,7 @@ def _rollback(flag: Flag, verification: Mapping[str, Any] | None) -> Gate:
     if verification is None:
         return Gate("rollback", "inconclusive", rb.script_path, "verified script",
                     "not verified", f"rollback script {rb.script_path} has not been verified "
-                    f"(`rollout rollback {flag.name} --verify`)")
+                    f"(`{shlex.join(['rollout', 'rollback', flag.name, '--verify'])}`)")
     if not verification.get("verified"):
         return Gate("rollback", "inconclusive", rb.script_path, "verified script",
                     "verification failed",

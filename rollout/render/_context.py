@@ -14,6 +14,7 @@ from ._latency import latency_view
 from ._locks import locks_view
 from ._plans import generic_plans_view, plans_view
 from ._rollback import rollback_view
+from ._runs import incomplete_runs_view
 from ._timeline import stage_impact_view, timeline_view
 
 VERDICT_CLASS = {"GO": "go", "NO-GO": "nogo", "INCONCLUSIVE": "inconclusive"}
@@ -39,6 +40,7 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "generated_at": as_str(report.get("generated_at")),
         "toolkit_version": as_str(report.get("toolkit_version")),
         "samples": report.get("samples"),
+        "incomplete_runs": incomplete_runs_view(report.get("incomplete_runs")),
         **stage,
         "gates": gates,
         "gates_passed": sum(g["result"] == "pass" for g in gates),

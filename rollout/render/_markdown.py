@@ -114,10 +114,13 @@ def _md_hazard_lines(summary: list[dict[str, Any]]) -> list[str]:
         for key, what in (
             ("not_transactional", "not transactional"),
             ("destroys", "destroying data"),
+            ("beyond", "reaching beyond the database"),
             ("sequences", "leaving sequences advanced"),
         ):
             if item[key]:
                 extra.append(f"{item[key]} statement{'' if item[key] == 1 else 's'} {what}")
+                if key == "beyond":
+                    extra[-1] += f" ({md_text(clip(item['beyond_first'], MD_MAX_VALUE * 2))})"
         lines.append(f"{head}: {text}" + (f" · {', '.join(extra)}" if extra else ""))
     return lines
 

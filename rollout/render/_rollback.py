@@ -50,6 +50,7 @@ def rollback_view(raw: Any) -> dict[str, Any] | None:
     hazards_raw = raw.get("hazards") if "hazards" in raw else details.get("hazards")
     hazards = [_hazard(as_map(h)) for h in as_list(hazards_raw)]
     summary = _hazard_summary(hazards)
+    beyond = [h for h in hazards if h["beyond"]]
     if none_reason:
         kpi_label = "rollback: no schema change"
     elif script is None:
@@ -92,6 +93,7 @@ def rollback_view(raw: Any) -> dict[str, Any] | None:
         "verified_at": as_str(details.get("verified_at")),
         "reused": details.get("reused") is True,
         "hazards": hazards,
+        "hazards_beyond": beyond,
         "hazards_reported": hazards_raw is not None,
         "hazard_summary": summary,
         "kpi_label": kpi_label,
@@ -113,6 +115,8 @@ def _hazard(raw: Mapping[str, Any]) -> dict[str, Any]:
     if transactional is False and not why_not:
         why_not = "cannot run in a transaction"
     destroys = as_str(raw.get("destroys_data"))
+    # roles, database settings, server files or programs: what a scratch copy cannot contain
+    beyond = as_str(raw.get("beyond_database"))
     sequences = raw.get("sequences_not_rewound") is True
     strength = lock_strength(strongest[1]) if strongest else 0
     others = [lock for lock in locks if lock != strongest]
@@ -134,15 +138,19 @@ def _hazard(raw: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "why_not": why_not,
         "destroys": destroys,
+        "beyond": beyond,
         "sequences": sequences,
-        # blocks every read and write of a table, destroys data or cannot be rolled back
-        "severe": strength >= LOCK_STRENGTH["ExclusiveLock"] or bool(destroys) or bool(why_not),
+        # blocks every read and write of a table, destroys data, cannot be rolled back or
+        # acts outside the database
+        "severe": strength >= LOCK_STRENGTH["ExclusiveLock"] or bool(destroys) or bool(why_not)
+        or bool(beyond),
     }
 
 
 def _hazard_summary(hazards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per script (rollback first): its strongest lock and where, and how many statements
-    are not transactional, destroy data or leave sequences advanced."""
+    are not transactional, destroy data, reach beyond the database (the first such reason)
+    or leave sequences advanced."""
     out = []
     scripts = sorted({h["script"] for h in hazards}, key=lambda s: (s != "rollback", s))
     for script in scripts:
@@ -156,6 +164,8 @@ def _hazard_summary(hazards: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "worst": worst,
                 "not_transactional": sum(bool(h["why_not"]) for h in mine),
                 "destroys": sum(bool(h["destroys"]) for h in mine),
+                "beyond": sum(bool(h["beyond"]) for h in mine),
+                "beyond_first": next((h["beyond"] for h in mine if h["beyond"]), ""),
                 "sequences": sum(h["sequences"] for h in mine),
             }
         )

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from rollout.connection import connect
-from rollout.execute import Limits, apply_limits
+from rollout.execute import guard
 from rollout.flags import Flag
 from rollout.locks import LockWaitSampler
 from rollout.observations import Observation
@@ -137,7 +137,7 @@ class _Runner:
                  run_id: uuid.UUID) -> None:
         self.flag, self.conn, self.store, self.run_id = flag, conn, store, run_id
         self.stage = flag.first_stage
-        apply_limits(conn, Limits())  # once per session, as run_shadow does
+        guard(conn)  # as run_shadow does: flag SQL on the extended protocol
         self.index = 0
         dsn = make_conninfo(conn.info.dsn, password=conn.info.password)
         self.sampler = LockWaitSampler(dsn, RunOptions().lock_interval or 0.01).start()

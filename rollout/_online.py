@@ -109,13 +109,14 @@ class Counters:
             }
 
 
-def background_limits(flag: Flag, default: Limits) -> Limits | None:
-    """Per-flag timeouts for background executions, or None to keep the session's."""
+def background_limits(flag: Flag, default: Limits) -> Limits:
+    """The timeouts of a background execution: the flag's ``online.*_timeout_ms`` over the
+    runner's, set with SET LOCAL in its transaction."""
     o = flag.online
     if o.statement_timeout_ms is None and o.lock_timeout_ms is None:
-        return None
+        return default
     return Limits(o.statement_timeout_ms or default.statement_timeout_ms,
-                  o.lock_timeout_ms or default.lock_timeout_ms)
+                  o.lock_timeout_ms or default.lock_timeout_ms, default.margin_ms)
 
 
 def observe(job: ShadowJob, background: PathResult, background_result: Any,

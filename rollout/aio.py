@@ -17,8 +17,21 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
+from . import deadline
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
-from .execute import ISOLATION_LEVELS, Limits, failure, result_set, set_local
+from .execute import (
+    END,
+    AsyncExtendedCursor,
+    Limits,
+    acommand,
+    areset_session,
+    begin_sql,
+    escaped,
+    failure,
+    ours,
+    result_set,
+    set_local,
+)
 from .observations import PathResult
 from .recorder import Recorder
 from .runner import SHADOW_LIMITS
@@ -47,13 +60,17 @@ class AsyncRollout(RunnerCore):
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store))
         self.limits = shadow_limits or SHADOW_LIMITS
+        # Both pools hand a connection back only after areset_session (docs/online.md).
         self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, name="rollout-requests",
-            kwargs={"application_name": "pg-rollout-requests"})
+            kwargs={"application_name": "pg-rollout-requests",
+                    "cursor_factory": AsyncExtendedCursor},
+            reset=areset_session)
         self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             dsn, min_size=1, max_size=shadow_pool_size, open=False, name="rollout-shadow",
-            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True},
-            configure=self._configure_shadow)
+            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
+                    "cursor_factory": AsyncExtendedCursor},
+            reset=areset_session)
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
@@ -80,7 +97,7 @@ class AsyncRollout(RunnerCore):
                 async with self.pool.connection() as conn:
                     start = time.perf_counter_ns()
                     async with conn.transaction():
-                        cur = await conn.execute(sql, args)
+                        cur = await AsyncExtendedCursor(conn).execute(sql, args)
                         res = cur.pgresult
                         rows = await cur.fetchall() if res is not None and res.nfields else None
                     elapsed = time.perf_counter_ns() - start
@@ -142,51 +159,58 @@ class AsyncRollout(RunnerCore):
             sql = self._background_sql(job)
             result, value = await self._execute(f.kind == "write", sql, job.params or {},
                                                 background_limits(f, self.limits),
-                                                ISOLATION_LEVELS[f.isolation])
+                                                f.isolation)
         else:
-            result, value = await self._call(f.kind == "read", job.call)
+            result, value = await self._call(f.kind == "read", job.call,
+                                             background_limits(f, self.limits))
         self._finish(job, result, value)
 
     async def _execute(self, write: bool, sql: str, params: Mapping[str, Any],
-                       local: Limits | None, isolation: psycopg.IsolationLevel
-                       ) -> tuple[PathResult, Any]:
-        """The async twin of ``rollout.execute.execute``."""
+                       limits: Limits, isolation: str) -> tuple[PathResult, Any]:
+        """The async twin of ``rollout.execute.execute``: one statement, always rolled
+        back, SET LOCAL timeouts, under the client deadline."""
+        watch = None
         try:
             async with self.shadow_pool.connection() as conn:
-                await conn.set_read_only(not write)
-                await conn.set_isolation_level(isolation)
-                async with conn.transaction(force_rollback=write):
-                    if local is not None:
-                        await conn.execute(set_local(local))
-                    start = time.perf_counter_ns()
-                    cur = await conn.execute(sql.encode(), params)
-                    res = cur.pgresult
-                    rows = await cur.fetchall() if res is not None and res.nfields else None
-                    elapsed = time.perf_counter_ns() - start
+                with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
+                                    limits.grace_s) as watch:
+                    await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
+                    try:
+                        start = time.perf_counter_ns()
+                        cur = await AsyncExtendedCursor(conn).execute(sql.encode(), params)
+                        res = cur.pgresult
+                        rows = await cur.fetchall() if res is not None and res.nfields else None
+                        elapsed = time.perf_counter_ns() - start
+                        left = not ours(conn)
+                    finally:
+                        if not conn.closed:
+                            await acommand(conn, END)
         except psycopg.Error as exc:
-            return failure(exc), None
+            return failure(exc, watch), None
+        if left:
+            return escaped(), None
         rs = result_set(res, rows, cur.rowcount)
         return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
 
-    async def _call(self, read: bool, fn: Callable[[AConn], Awaitable[Any]]
+    async def _call(self, read: bool, fn: Callable[[AConn], Awaitable[Any]], limits: Limits
                     ) -> tuple[PathResult, Any]:
+        watch = None
         try:
             async with self.shadow_pool.connection() as conn:
-                await conn.set_read_only(read)
-                start = time.perf_counter_ns()
-                async with conn.transaction(force_rollback=True):
-                    value = await fn(conn)
-                elapsed = time.perf_counter_ns() - start
+                with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
+                                    limits.grace_s) as watch:
+                    await conn.set_read_only(read)
+                    start = time.perf_counter_ns()
+                    async with conn.transaction(force_rollback=True):
+                        await acommand(conn, b"; ".join(q.as_bytes(conn)
+                                                        for q in set_local(limits)))
+                        value = await fn(conn)
+                    elapsed = time.perf_counter_ns() - start
         except psycopg.Error as exc:
-            return failure(exc), None
+            return failure(exc, watch), None
         except Exception as exc:
             return callable_failure(exc), None
         return PathResult(elapsed, count(value)), value
-
-    async def _configure_shadow(self, conn: AConn) -> None:
-        await conn.execute(psycopg.sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}")
-                           .format(self.limits.statement_timeout_ms,
-                                   self.limits.lock_timeout_ms))
 
     # -- housekeeping ---------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:

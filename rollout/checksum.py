@@ -27,6 +27,7 @@ from psycopg import sql as pgsql
 from .compare import Comparison, ResultSet, compare
 from .dbcheck import describe
 from .errors import InputError
+from .execute import ExtendedCursor, Limits, bounded, transaction
 from .flags import CompareRules
 
 INTEGER_OIDS = {20, 21, 23, 1700}
@@ -57,8 +58,9 @@ class _Side:
     """One path: its query wrapped for bucketed checksums and key ranges."""
 
     def __init__(self, conn: psycopg.Connection[Any], query: str, rules: CompareRules,
-                 params: Mapping[str, Any], by_type: bool) -> None:
+                 params: Mapping[str, Any], by_type: bool, limits: Limits) -> None:
         self.conn = conn
+        self.limits = limits
         self.params = dict(params)
         columns, _ = describe(conn, query)
         names = [c for c, _ in columns if c not in rules.ignore_columns]
@@ -76,47 +78,54 @@ class _Side:
         self.rows_sql = (f"SELECT s.* FROM ({body}) AS s"
                          f" WHERE s.{key} >= %(_lo)s AND s.{key} < %(_hi)s")
 
+    def _query(self, query: str, args: Mapping[str, Any]
+               ) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        """One query of this side: extended protocol (one statement), under the deadline."""
+        with bounded(self.conn, self.limits), ExtendedCursor(self.conn) as cur:
+            cur.execute(query.encode(), args)
+            return cur.fetchall(), list(cur.description or [])
+
     def bounds(self) -> tuple[Any, Any]:
-        row = self.conn.execute(self.bounds_sql.encode(), self.params).fetchone()
-        assert row is not None
-        return row[0], row[1]
+        rows, _ = self._query(self.bounds_sql, self.params)
+        return rows[0][0], rows[0][1]
 
     def buckets(self, lo: Any, hi: Any) -> dict[int, Checksum]:
-        args = {**self.params, "_lo": lo, "_hi": hi}
-        return {int(b): Checksum(int(n), Decimal(total))
-                for b, n, total in self.conn.execute(self.bucket_sql.encode(), args)}
+        rows, _ = self._query(self.bucket_sql, {**self.params, "_lo": lo, "_hi": hi})
+        return {int(b): Checksum(int(n), Decimal(total)) for b, n, total in rows}
 
     def rows(self, lo: Any, hi: Any) -> ResultSet:
-        cur = self.conn.execute(self.rows_sql.encode(), {**self.params, "_lo": lo, "_hi": hi})
-        desc = cur.description or []
-        rows = cur.fetchall()
+        rows, desc = self._query(self.rows_sql, {**self.params, "_lo": lo, "_hi": hi})
         return ResultSet(tuple(d.name for d in desc), tuple(d.type_code for d in desc), rows,
                          len(rows))
 
 
 def checksum_compare(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connection[Any],
                      legacy_sql: str, new_sql: str, params: Mapping[str, Any], *,
-                     rules: CompareRules) -> ChecksumResult:
+                     rules: CompareRules, limits: Limits | None = None) -> ChecksumResult:
     """Compare by bucketed checksums, drilling into differing buckets; each side runs in its
-    own REPEATABLE READ READ ONLY transaction (one snapshot for every step), concurrently."""
-    with legacy_conn.transaction(), new_conn.transaction():
-        for conn in (legacy_conn, new_conn):
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    own REPEATABLE READ READ ONLY transaction (one snapshot for every step), always rolled
+    back, with SET LOCAL timeouts and each query under the client deadline, concurrently."""
+    limits = limits or Limits()
+    with transaction(legacy_conn, limits, write=False, isolation="repeatable read",
+                     whole=False), \
+            transaction(new_conn, limits, write=False, isolation="repeatable read",
+                        whole=False):
         by_type = legacy_conn.info.server_version >= 140000
         try:
             with legacy_conn.transaction(), new_conn.transaction():
                 return _compare(legacy_conn, new_conn, legacy_sql, new_sql, params, rules,
-                                by_type)
+                                by_type, limits)
         except psycopg.errors.UndefinedFunction:
             # a column type without a hash function: hash the row's text instead
-            return _compare(legacy_conn, new_conn, legacy_sql, new_sql, params, rules, False)
+            return _compare(legacy_conn, new_conn, legacy_sql, new_sql, params, rules, False,
+                            limits)
 
 
 def _compare(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connection[Any],
              legacy_sql: str, new_sql: str, params: Mapping[str, Any], rules: CompareRules,
-             by_type: bool) -> ChecksumResult:
-    legacy = _Side(legacy_conn, legacy_sql, rules, params, by_type)
-    new = _Side(new_conn, new_sql, rules, params, by_type)
+             by_type: bool, limits: Limits) -> ChecksumResult:
+    legacy = _Side(legacy_conn, legacy_sql, rules, params, by_type, limits)
+    new = _Side(new_conn, new_sql, rules, params, by_type, limits)
     if legacy.key_oid not in INTEGER_OIDS:
         raise InputError(f"compare.key: checksum drill-down needs an integer or numeric key; "
                          f"'{rules.key[0]}' is not")

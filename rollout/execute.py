@@ -1,15 +1,42 @@
-"""Run one path of a flag once, safely: timeouts, read-only or always-rolled-back transactions."""
+"""Run one path of a flag once, safely: one statement, a transaction that always rolls back.
+
+Every execution of flag SQL (both paths, ``params.sample``, ``params.tenants``, EXPLAIN and
+plan checks, streams, checksums; offline and online) obeys the same rules, by mechanism:
+
+- **One statement.** Flag SQL goes through ``ExtendedCursor``, which always uses the
+  extended query protocol: the server itself refuses a second statement ("cannot insert
+  multiple commands into a prepared statement"), so ``SELECT 1; COMMIT; INSERT ...`` never
+  runs. psycopg would otherwise send a query without placeholders with the simple-query
+  protocol, which runs every statement in the string.
+- **Nothing persists.** Each execution is ``BEGIN [READ ONLY]; SET LOCAL statement_timeout;
+  SET LOCAL lock_timeout`` (one round trip the toolkit writes), the statement, then
+  ``ROLLBACK`` and ``pg_advisory_unlock_all()``: writes, session settings changed with
+  ``set_config`` and transaction-level locks are rolled back, session advisory locks released.
+  A statement that ends the toolkit's transaction itself (``COMMIT``) is a failure.
+- **Bounded.** Beyond the server-side timeouts a client-side deadline (``rollout.deadline``)
+  cancels, then cuts off, an execution whose server stops answering.
+
+The toolkit's own BEGIN and ROLLBACK bypass psycopg's transaction objects, whose rollback
+empties psycopg's prepared-statement cache: repeated executions keep their prepared plans.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
+from psycopg import generators, pq
 from psycopg import sql as pgsql
+from psycopg._cursor_base import BaseCursor
+from psycopg._queries import PostgresQuery
+from psycopg.rows import Row
 
+from . import deadline
 from .compare import ResultSet
 from .locks import LockWaitSampler, held_locks
 from .observations import PathResult
@@ -20,29 +47,183 @@ ISOLATION_LEVELS = {
     "serializable": psycopg.IsolationLevel.SERIALIZABLE,
 }
 
+END = b"ROLLBACK; SELECT pg_advisory_unlock_all()"
+"""How every execution ends: nothing it did persists, no session advisory lock stays held."""
+
+RESET_SESSION = (b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;"
+                 b" SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES")
+"""``DISCARD ALL`` but for ``DEALLOCATE ALL``: session state goes, psycopg's prepared
+statements (and their plans) stay. Pools created by the runners reset with it."""
+
+ESCAPED = "25000"
+"""SQLSTATE of a statement that ended the toolkit's transaction (invalid_transaction_state)."""
+DEADLINE = "08006"
+"""SQLSTATE of an execution the client-side deadline cut off (connection_failure)."""
+ESCAPED_MESSAGE = ("the statement ended the toolkit's transaction (transaction control is not "
+                   "allowed in flag SQL)")
+
+
+def _check_psycopg() -> None:
+    """The extended-protocol guarantee rests on a private psycopg method; refuse to import
+    with a psycopg whose method changed rather than silently lose the guarantee."""
+    params = inspect.signature(BaseCursor._execute_send).parameters
+    if "force_extended" not in params or "binary" not in params:
+        raise ImportError(f"psycopg {psycopg.__version__}: BaseCursor._execute_send changed; "
+                          "pg-rollout needs psycopg >=3.2,<3.4")
+
+
+_check_psycopg()
+
+
+class ExtendedCursor(psycopg.Cursor[Row]):
+    """A cursor that always uses the extended query protocol: one statement per execute."""
+
+    def _execute_send(self, query: PostgresQuery, *, force_extended: bool = False,
+                      binary: bool | None = None) -> None:
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
+class ExtendedServerCursor(psycopg.ServerCursor[Row]):
+    """A named (server-side) cursor whose DECLARE always uses the extended protocol."""
+
+    def _execute_send(self, query: PostgresQuery, *, force_extended: bool = False,
+                      binary: bool | None = None) -> None:
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
+class AsyncExtendedCursor(psycopg.AsyncCursor[Row]):
+    """The asyncio twin of ``ExtendedCursor``."""
+
+    def _execute_send(self, query: PostgresQuery, *, force_extended: bool = False,
+                      binary: bool | None = None) -> None:
+        super()._execute_send(query, force_extended=True, binary=binary)
+
+
+def guard(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """Make ``conn.execute`` and ``conn.cursor`` use the extended protocol; return ``conn``."""
+    conn.cursor_factory = ExtendedCursor
+    conn.server_cursor_factory = ExtendedServerCursor
+    return conn
+
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on every execution, set once per session by ``apply_limits``."""
+    """Bounds on every execution: server-side timeouts set with ``SET LOCAL`` in its
+    transaction, and the client-side deadline (statement timeout + ``margin_ms`` to cancel,
+    + ``margin_ms`` again to cut the connection)."""
 
     statement_timeout_ms: int = 10_000
     lock_timeout_ms: int = 2_000
+    margin_ms: int = 2_000
+
+    @property
+    def deadline_s(self) -> float:
+        return (self.statement_timeout_ms + self.margin_ms) / 1000
+
+    @property
+    def grace_s(self) -> float:
+        return self.margin_ms / 1000
 
 
-def apply_limits(conn: psycopg.Connection[Any], limits: Limits) -> None:
-    """Set the timeouts for the session: every later execution on ``conn`` is bounded.
+def begin_sql(limits: Limits, *, write: bool, isolation: str = "read committed") -> bytes:
+    """The toolkit's opening round trip: BEGIN and the transaction's own timeouts."""
+    if isolation not in ISOLATION_LEVELS:
+        raise ValueError(f"unknown isolation level {isolation!r}")
+    mode = "" if write else " READ ONLY"
+    return (f"BEGIN ISOLATION LEVEL {isolation.upper()}{mode};"
+            f" SET LOCAL statement_timeout = {int(limits.statement_timeout_ms)};"
+            f" SET LOCAL lock_timeout = {int(limits.lock_timeout_ms)}").encode()
 
-    Session-level (not SET LOCAL per execution) so no execution pays an extra round trip.
-    """
-    with conn.transaction():
-        conn.execute(pgsql.SQL("SET statement_timeout = {}; SET lock_timeout = {}").format(
-            limits.statement_timeout_ms, limits.lock_timeout_ms))
+
+def set_local(limits: Limits) -> list[pgsql.Composed]:
+    """SET LOCAL statements for one transaction's timeouts, one statement each."""
+    return [pgsql.SQL("SET LOCAL statement_timeout = {}").format(limits.statement_timeout_ms),
+            pgsql.SQL("SET LOCAL lock_timeout = {}").format(limits.lock_timeout_ms)]
 
 
-def set_local(limits: Limits) -> pgsql.Composed:
-    """SET LOCAL statements for one transaction's timeouts."""
-    return pgsql.SQL("SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}").format(
-        limits.statement_timeout_ms, limits.lock_timeout_ms)
+def command(conn: psycopg.Connection[Any], text: bytes) -> None:
+    """Run the toolkit's own SQL (one or more statements, never flag SQL) with the simple
+    protocol, outside psycopg's statement cache."""
+    with conn.lock:
+        conn.pgconn.send_query(text)
+        results = conn.wait(generators.execute(conn.pgconn))
+    _check(conn.info.encoding, results)
+
+
+async def acommand(conn: psycopg.AsyncConnection[Any], text: bytes) -> None:
+    """The asyncio twin of ``command``."""
+    async with conn.lock:
+        conn.pgconn.send_query(text)
+        results = await conn.wait(generators.execute(conn.pgconn))
+    _check(conn.info.encoding, results)
+
+
+def _check(encoding: str, results: list[pq.abc.PGresult]) -> None:
+    for res in results:
+        if res.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+            raise psycopg.errors.error_from_result(res, encoding=encoding)
+
+
+def reset_session(conn: psycopg.Connection[Any]) -> None:
+    """A pool's ``reset=``: drop session state a query may have left (see RESET_SESSION)."""
+    command(conn, RESET_SESSION)
+
+
+async def areset_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    await acommand(conn, RESET_SESSION)
+
+
+def end(conn: psycopg.Connection[Any]) -> None:
+    """Roll back and release advisory locks; close a connection left unusable."""
+    if conn.closed:
+        return
+    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        conn.close()  # a command still running (its results never read): no way back
+        return
+    try:
+        command(conn, END)
+    except psycopg.Error:
+        conn.close()
+
+
+def cancel_of(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+              grace: float) -> Any:
+    """What the watchdog calls to cancel ``conn``'s statement (thread-safe, bounded)."""
+    if isinstance(conn, psycopg.Connection):
+        return lambda: conn.cancel_safe(timeout=grace)
+    return conn.cancel  # the blocking variant: the watchdog is a thread, not a task
+
+
+def bounded(conn: psycopg.Connection[Any], limits: Limits
+            ) -> contextlib.AbstractContextManager[deadline.Watch]:
+    """The client-side deadline of one round trip (or one execution) on ``conn``."""
+    return deadline.watch(cancel_of(conn, limits.grace_s), conn.pgconn.socket,
+                          limits.deadline_s, limits.grace_s)
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg.Connection[Any], limits: Limits, *, write: bool,
+                isolation: str = "read committed", whole: bool = True
+                ) -> Iterator[deadline.Watch | None]:
+    """One execution's transaction: BEGIN with SET LOCAL timeouts, always ROLLBACK; with
+    ``whole`` all of it under one client-side deadline (else the caller bounds each round
+    trip with ``bounded``). Use ``ExtendedCursor(conn)`` inside for flag SQL."""
+    with bounded(conn, limits) if whole else contextlib.nullcontext() as w:
+        try:
+            command(conn, begin_sql(limits, write=write, isolation=isolation))
+            yield w
+        finally:
+            end(conn)
+
+
+def ours(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """The toolkit's transaction is still open: the statement did not end it."""
+    return conn.pgconn.transaction_status in (pq.TransactionStatus.INTRANS,
+                                              pq.TransactionStatus.INERROR)
+
+
+def escaped() -> PathResult:
+    return PathResult(None, None, ESCAPED, ESCAPED_MESSAGE)
 
 
 def result_set(pgresult: psycopg.pq.abc.PGresult | None, rows: list[tuple[Any, ...]] | None,
@@ -55,12 +236,22 @@ def result_set(pgresult: psycopg.pq.abc.PGresult | None, rows: list[tuple[Any, .
     return ResultSet(names, tuple(pgresult.ftype(i) for i in range(n)), rows, rowcount)
 
 
-def failure(exc: psycopg.Error) -> PathResult:
-    """A failed execution: its SQLSTATE (08000 for a lost connection; none for a client-side
-    error such as a missing parameter) and its first line."""
+def failure(exc: psycopg.Error, watch: deadline.Watch | None = None) -> PathResult:
+    """A failed execution: its SQLSTATE (08000 for a lost connection, 08006 when the deadline
+    cut it; none for a client-side error such as a missing parameter) and its first line."""
+    if watch is not None and watch.state == deadline.BROKEN:
+        return PathResult(None, None, DEADLINE, f"no answer from the server within the "
+                          f"deadline ({watch.seconds:g} s): connection closed")
     text = str(exc).strip()
     state = exc.sqlstate or ("08000" if isinstance(exc, psycopg.OperationalError) else None)
+    if watch is not None and watch.expired and state == "57014":
+        text = f"cancelled at the deadline ({watch.seconds:g} s)"
     return PathResult(None, None, state, text.splitlines()[0] if text else type(exc).__name__)
+
+
+def closed() -> PathResult:
+    return PathResult(None, None, "08003", "the connection is closed (an earlier execution "
+                      "lost it)")
 
 
 def execute(
@@ -69,49 +260,74 @@ def execute(
     params: Mapping[str, Any],
     *,
     write: bool,
-    local_limits: Limits | None = None,
+    limits: Limits | None = None,
     sampler: LockWaitSampler | None = None,
     execution: int = 0,
     capture_locks: bool = False,
     isolation: str = "read committed",
 ) -> tuple[PathResult, ResultSet | None]:
-    """Execute ``query`` in its own transaction; never raises a database error.
+    """Execute ``query`` once in its own transaction; never raises a database error.
 
-    ``kind: read`` runs in a READ ONLY transaction; ``kind: write`` in a transaction that is
-    always rolled back, so nothing persists. Latency covers execute plus fetching every row.
-    Timeouts come from the session (``apply_limits``) unless ``local_limits`` overrides them
-    for this one transaction. With a ``sampler`` the execution's lock waits are attributed to
-    it; with ``capture_locks`` the locks it holds at the end are listed (outside the timing).
+    One statement (extended protocol); ``kind: read`` runs READ ONLY; reads and writes alike
+    are rolled back; ``limits`` (default ``Limits()``) are set with SET LOCAL and enforce the
+    client-side deadline. Latency covers execute plus fetching every row. With a
+    ``sampler`` the execution's lock waits are attributed to it; with ``capture_locks`` the
+    locks it holds at the end are listed (outside the timing).
     """
-    # Setting these costs a little even when unchanged: pooled connections keep them.
-    if conn.read_only != (not write):
-        conn.read_only = not write
-    if conn.isolation_level != ISOLATION_LEVELS[isolation]:
-        conn.isolation_level = ISOLATION_LEVELS[isolation]
+    if conn.closed:
+        return closed(), None
     pid = conn.info.backend_pid
     held = None
+    watch = None
     try:
-        with conn.transaction(force_rollback=write), conn.cursor() as cur:
-            if local_limits is not None:
-                cur.execute(set_local(local_limits))
+        with transaction(conn, limits or Limits(), write=write, isolation=isolation) as watch, \
+                ExtendedCursor(conn) as cur:
             if sampler is not None:
                 sampler.begin(pid, execution)
             start = time.perf_counter_ns()
             cur.execute(query.encode(), params)
             rows = cur.fetchall() if cur.pgresult is not None and cur.pgresult.nfields else None
             elapsed = time.perf_counter_ns() - start
+            if not ours(conn):
+                if sampler is not None:
+                    sampler.end(pid)
+                return escaped(), None
             rowcount = cur.rowcount
             result = result_set(cur.pgresult, rows, rowcount)
             if capture_locks:
                 held = held_locks(conn)
     except psycopg.Error as exc:
-        if exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError):
+        if (exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError)
+                and not conn.closed):
             if sampler is not None:
                 sampler.end(pid)
             raise  # a client-side problem (missing parameter...) is the caller's input error
         waited, waits = sampler.end(pid) if sampler is not None else (None, [])
-        return replace(failure(exc), lock_wait_ns=waited, waits=tuple(waits) or None), None
+        return replace(failure(exc, watch), lock_wait_ns=waited, waits=tuple(waits) or None), None
     waited, waits = sampler.end(pid) if sampler is not None else (None, [])
     count = len(rows) if rows is not None else rowcount
     return PathResult(elapsed, count, lock_wait_ns=waited, locks=held,
                       waits=tuple(waits) or None), result
+
+
+def fetch(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any],
+          limits: Limits | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Rows of a read-only query (``params.sample``, ``params.tenants``) run like any
+    execution: one statement, READ ONLY, rolled back, under timeouts and the deadline.
+    Raises the database error (a deadline cut as OperationalError)."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    watch = None
+    try:
+        with transaction(conn, limits or Limits(), write=False) as watch, \
+                ExtendedCursor(conn) as cur:
+            cur.execute(query.encode(), params)
+            rows = cur.fetchall() if cur.description is not None else []
+            names = [d.name for d in cur.description or []]
+            if not ours(conn):
+                raise psycopg.errors.InvalidTransactionState(ESCAPED_MESSAGE)
+    except psycopg.OperationalError as exc:
+        if watch is not None and watch.state == deadline.BROKEN:
+            raise psycopg.OperationalError(failure(exc, watch).error or "") from None
+        raise
+    return names, rows

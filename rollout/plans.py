@@ -1,11 +1,13 @@
 """Plans of both paths: EXPLAIN (ANALYZE, BUFFERS) shapes and costs, and the generic-plan check.
 
-Everything runs in transactions that are rolled back (EXPLAIN ANALYZE executes the
-statement), read-only for ``kind: read``.
+Everything runs like any execution (``rollout.execute.transaction``): one statement with the
+extended protocol, in a transaction that is rolled back (EXPLAIN ANALYZE executes the
+statement), read-only for ``kind: read``, under SET LOCAL timeouts and the client deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from .dbcheck import to_positional
+from .execute import ExtendedCursor, Limits, command, ours, transaction
 
 STATEMENT = "rollout_plan_check"
 
@@ -47,13 +50,17 @@ class GenericCheck:
 
 
 def explain(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any], *,
-            write: bool, path: str, tenant: str | None) -> PlanSample | None:
+            write: bool, path: str, tenant: str | None,
+            limits: Limits | None = None) -> PlanSample | None:
     """EXPLAIN ANALYZE one execution; None when the statement fails."""
-    conn.read_only = not write
+    if conn.closed:
+        return None
     try:
-        with conn.transaction(force_rollback=True):
-            row = conn.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.encode(),
-                               params).fetchone()
+        with transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
+            row = cur.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.encode(),
+                              params).fetchone()
+            if not ours(conn):
+                return None
     except psycopg.Error:
         return None
     doc = _doc(row)
@@ -64,7 +71,8 @@ def explain(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
 
 
 def generic_check(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any], *,
-                  write: bool, path: str, tenant: str | None) -> GenericCheck | None:
+                  write: bool, path: str, tenant: str | None,
+                  limits: Limits | None = None) -> GenericCheck | None:
     """Run the statement prepared, as psycopg does after ``prepare_threshold``, once under
     ``force_custom_plan`` and once under ``force_generic_plan``; None when it fails."""
     positional, names = to_positional(query)
@@ -74,25 +82,27 @@ def generic_check(conn: psycopg.Connection[Any], query: str, params: Mapping[str
     if names:
         execute = pgsql.SQL("{} ({})").format(execute, args)
     out: dict[str, tuple[float, int]] = {}
-    conn.read_only = not write
+    if conn.closed:
+        return None
     try:
-        with conn.transaction(force_rollback=True):
-            conn.execute(pgsql.SQL("PREPARE {} AS ").format(pgsql.Identifier(STATEMENT))
-                         + pgsql.SQL(positional))
+        with transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
+            cur.execute(pgsql.SQL("PREPARE {} AS ").format(pgsql.Identifier(STATEMENT))
+                        + pgsql.SQL(positional))
             for mode in ("force_custom_plan", "force_generic_plan"):
-                conn.execute(pgsql.SQL("SET LOCAL plan_cache_mode = {}").format(
+                cur.execute(pgsql.SQL("SET LOCAL plan_cache_mode = {}").format(
                     pgsql.Literal(mode)))
-                doc = _doc(conn.execute(execute).fetchone())
+                doc = _doc(cur.execute(execute).fetchone())
                 out[mode] = (float(doc.get("Execution Time", 0.0)), buffers(doc["Plan"]))
+            if not ours(conn):
+                return None
     except psycopg.Error:
         return None
     finally:
         # PREPARE is not transactional: the statement outlives the rollback.
         if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            left = conn.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s",
-                                [STATEMENT]).fetchone()
-            if left:
-                conn.execute(pgsql.SQL("DEALLOCATE {}").format(pgsql.Identifier(STATEMENT)))
+            with contextlib.suppress(psycopg.Error):
+                command(conn, pgsql.SQL("DEALLOCATE {}").format(
+                    pgsql.Identifier(STATEMENT)).as_bytes(conn))
     (c_ms, c_buf), (g_ms, g_buf) = out["force_custom_plan"], out["force_generic_plan"]
     return GenericCheck(path, tenant, c_ms, g_ms, c_buf, g_buf)
 

@@ -21,7 +21,16 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
-from .execute import Limits, execute, failure
+from .execute import (
+    ExtendedCursor,
+    Limits,
+    bounded,
+    command,
+    execute,
+    failure,
+    reset_session,
+    set_local,
+)
 from .observations import PathResult
 from .recorder import Recorder
 from .runtime import FlagStates
@@ -30,7 +39,7 @@ from .workspace import Workspace
 
 R = TypeVar("R")
 Conn = psycopg.Connection[Any]
-SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200)
+SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200, margin_ms=1000)
 
 
 class Rollout(RunnerCore):
@@ -48,13 +57,17 @@ class Rollout(RunnerCore):
                         recorder or Recorder(store))
         self.limits = shadow_limits or SHADOW_LIMITS
         self._own_pool = pool is None
+        # Pools we create hand a connection back only after reset_session (run by the pool's
+        # worker, off the caller's path); a pool passed in keeps its own reset.
         self.pool: ConnectionPool[Conn] = pool or ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=True, name="rollout-requests",
-            kwargs={"application_name": "pg-rollout-requests"})
+            kwargs={"application_name": "pg-rollout-requests", "cursor_factory": ExtendedCursor},
+            reset=reset_session)
         self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
             dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
-            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True},
-            configure=self._configure_shadow)
+            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
+                    "cursor_factory": ExtendedCursor},
+            reset=reset_session)
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
                                           daemon=True) for i in range(shadow_workers)]
@@ -79,7 +92,8 @@ class Rollout(RunnerCore):
                 with self.pool.connection() as conn:
                     start = time.perf_counter_ns()
                     with conn.transaction():
-                        cur = conn.execute(sql, args)
+                        # our cursor, whatever the pool: one statement, extended protocol
+                        cur = ExtendedCursor(conn).execute(sql, args)
                         res = cur.pgresult
                         rows = cur.fetchall() if res is not None and res.nfields else None
                     elapsed = time.perf_counter_ns() - start
@@ -147,30 +161,32 @@ class Rollout(RunnerCore):
                 with self.shadow_pool.connection() as conn:
                     result, value = execute(conn, sql, job.params or {},
                                             write=f.kind == "write", isolation=f.isolation,
-                                            local_limits=background_limits(f, self.limits))
+                                            limits=background_limits(f, self.limits))
             except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
                 result, value = failure(exc), None
         else:
-            result, value = self._call(f.kind == "read", job.call)
+            result, value = self._call(f.kind == "read", job.call,
+                                       background_limits(f, self.limits))
         self._finish(job, result, value)
 
-    def _call(self, read: bool, fn: Callable[[Conn], Any]) -> tuple[PathResult, Any]:
+    def _call(self, read: bool, fn: Callable[[Conn], Any], limits: Limits
+              ) -> tuple[PathResult, Any]:
+        """A callable in a transaction always rolled back (psycopg's: it forbids commit()
+        inside), with SET LOCAL timeouts and the client deadline."""
+        watch = None
         try:
-            with self.shadow_pool.connection() as conn:
+            with self.shadow_pool.connection() as conn, bounded(conn, limits) as watch:
                 conn.read_only = read
                 start = time.perf_counter_ns()
                 with conn.transaction(force_rollback=True):
+                    command(conn, b"; ".join(q.as_bytes(conn) for q in set_local(limits)))
                     value = fn(conn)
                 elapsed = time.perf_counter_ns() - start
         except psycopg.Error as exc:
-            return failure(exc), None
+            return failure(exc, watch), None
         except Exception as exc:
             return callable_failure(exc), None
         return PathResult(elapsed, count(value)), value
-
-    def _configure_shadow(self, conn: Conn) -> None:
-        conn.execute(psycopg.sql.SQL("SET statement_timeout = {}; SET lock_timeout = {}")
-                     .format(self.limits.statement_timeout_ms, self.limits.lock_timeout_ms))
 
     # -- housekeeping ---------------------------------------------------------------------
     def get_stats(self) -> dict[str, Any]:

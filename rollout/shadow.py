@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -15,8 +16,8 @@ import psycopg
 from .checksum import checksum_compare
 from .compare import MASK, Comparison, compare
 from .connection import connect, redact
-from .errors import InputError
-from .execute import Limits, apply_limits, execute
+from .errors import ConnectionFailed, InputError, interruption
+from .execute import Limits, execute, fetch, guard
 from .flags import Flag
 from .locks import LockWaitSampler
 from .observations import Observation, PathResult
@@ -51,7 +52,18 @@ class RunSummary:
         self.by_tenant[obs.tenant] = self.by_tenant.get(obs.tenant, 0) + 1
 
 
-def target_tenants(flag: Flag, stage: str, conn: psycopg.Connection[Any]) -> list[str | None]:
+def fetch_tenants(conn: psycopg.Connection[Any], flag: Flag, limits: Limits | None = None
+                  ) -> list[str]:
+    """Every tenant ``params.tenants`` lists, sorted, run like any execution (one statement,
+    READ ONLY, rolled back, under timeouts and the deadline); [] without the query."""
+    if flag.tenants_sql is None:
+        return []
+    rows = _fetch(conn, flag.tenants_sql, {}, flag, "params.tenants", limits)[1]
+    return sorted({str(r[0]) for r in rows if r and r[0] is not None})
+
+
+def target_tenants(flag: Flag, stage: str, conn: psycopg.Connection[Any],
+                   limits: Limits | None = None) -> list[str | None]:
     """Tenants the stage shadows or serves; ``"*"`` and percents resolve via ``params.tenants``."""
     current = flag.stage(stage)
     if current is None:
@@ -68,8 +80,7 @@ def target_tenants(flag: Flag, stage: str, conn: psycopg.Connection[Any]) -> lis
     if open_ended:
         if flag.tenants_sql is None:
             return [None]
-        rows = _fetch(conn, flag.tenants_sql, {}, flag, "params.tenants")
-        candidates = sorted({str(r[0]) for r in rows if r and r[0] is not None})
+        candidates = fetch_tenants(conn, flag, limits)
     chosen: list[str | None] = [
         t for t in candidates if flag.decide(Context(tenant=t), stage).path != "legacy"]
     if not chosen:
@@ -79,15 +90,13 @@ def target_tenants(flag: Flag, stage: str, conn: psycopg.Connection[Any]) -> lis
 
 
 def draw_params(flag: Flag, conn: psycopg.Connection[Any], tenant: str | None, n: int,
-                rng: random.Random) -> list[dict[str, Any]]:
+                rng: random.Random, limits: Limits | None = None) -> list[dict[str, Any]]:
     """``n`` parameter sets for one tenant from ``params.sample`` (cycled if it returns fewer)."""
     base: dict[str, Any] = {"tenant": tenant}
     if flag.sample_sql is None:
         return [dict(base) for _ in range(n)]
-    with conn.cursor() as cur:
-        rows = _fetch(conn, flag.sample_sql, {"tenant": tenant, "limit": n}, flag, "params.sample",
-                      cur=cur)
-        names = [d.name for d in cur.description or []]
+    names, rows = _fetch(conn, flag.sample_sql, {"tenant": tenant, "limit": n}, flag,
+                         "params.sample", limits)
     if not rows:
         return []
     drawn = [{**base, **dict(zip(names, row, strict=True))} for row in rows]
@@ -118,12 +127,12 @@ Plan = list[tuple[str | None, dict[str, Any]]]
 
 
 def draw_plan(flag: Flag, conn: psycopg.Connection[Any], tenants: Sequence[str | None],
-              samples: int, rng: random.Random) -> Plan:
+              samples: int, rng: random.Random, limits: Limits | None = None) -> Plan:
     """``samples`` (tenant, parameters) pairs spread evenly over ``tenants``, shuffled: the
     order a run executes them in. A tenant whose sample query returns nothing adds none."""
     plan: Plan = []
     for tenant, n in zip(tenants, _split(samples, len(tenants)), strict=True):
-        plan.extend((tenant, p) for p in draw_params(flag, conn, tenant, n, rng))
+        plan.extend((tenant, p) for p in draw_params(flag, conn, tenant, n, rng, limits))
     rng.shuffle(plan)
     return plan
 
@@ -152,7 +161,8 @@ def run_shadow(
         raise InputError("--samples must be at least 1")
     opts = options or RunOptions()
     rng = random.Random(opts.seed)
-    plan = draw_plan(flag, target, tenants, samples, rng)
+    guard(target)  # any flag SQL on this connection: extended protocol, one statement
+    plan = draw_plan(flag, target, tenants, samples, rng, opts.limits)
     if not plan:
         raise InputError(f"params.sample of flag '{flag.name}' returned no rows for "
                          f"tenant(s) {', '.join(str(t) for t in tenants)}")
@@ -163,31 +173,39 @@ def run_shadow(
                              mode="aa" if opts.aa else "ab")
     summary = RunSummary(run_id, flag.name, stage, list(tenants))
     large = flag.compare.stream or flag.compare.checksum
-    sampler = (LockWaitSampler(dsn, opts.lock_interval).start()
-               if opts.lock_interval and not large else None)
-    new_conn = connect(dsn, autocommit=True) if large else None
+    sampler = None
+    new_conn = None
     try:
-        apply_limits(target, opts.limits)
-        _warm_up(flag, target, plan[0][1])
+        sampler = (LockWaitSampler(dsn, opts.lock_interval).start()
+                   if opts.lock_interval and not large else None)
+        new_conn = guard(connect(dsn, autocommit=True)) if large else None
+        _warm_up(flag, target, plan[0][1], opts.limits)
         before = database_stats(target)
         batch: list[Observation] = []
         for i, (tenant, params) in enumerate(plan):
             obs = run_pair(flag, target, stage, tenant, params, i, run_id, aa=opts.aa,
                            sampler=sampler, capture_locks=i < opts.lock_captures and not large,
-                           new_conn=new_conn)
+                           new_conn=new_conn, limits=opts.limits)
             batch.append(obs)
             summary.add(obs)
-            if len(batch) >= BATCH:
+            if len(batch) >= BATCH or _lost(target, new_conn):
                 store.write_observations(batch)
                 batch.clear()
+            if _lost(target, new_conn):
+                # The target stopped answering (the deadline cut the connection): stop here
+                # rather than wait a deadline per remaining execution.
+                raise ConnectionFailed(
+                    f"the target stopped answering during flag '{flag.name}' (execution "
+                    f"{i + 1} of {len(plan)}: {obs.legacy_error or obs.new_error}); "
+                    f"run {run_id} marked failed")
             if progress is not None:
                 progress(i + 1, len(plan))
         store.write_observations(batch)
         db_stats = database_delta(before, database_stats(target))
         if not opts.aa and not large:
             _plans(flag, target, store, run_id, plan, opts)
-    except BaseException:
-        store.finish_run(run_id, summary.samples, status="failed")
+    except BaseException as exc:
+        _mark_failed(store, run_id, summary.samples, exc)
         raise
     finally:
         if sampler is not None:
@@ -198,10 +216,26 @@ def run_shadow(
     return summary
 
 
+def _lost(target: psycopg.Connection[Any], other: psycopg.Connection[Any] | None) -> bool:
+    return target.closed or (other is not None and other.closed)
+
+
+def _mark_failed(store: Store, run_id: uuid.UUID, samples: int, exc: BaseException) -> None:
+    """Mark a run cut short ``failed`` with its reason. If the store itself is gone (its
+    server stopped) the original error is what the user must see: this one is dropped."""
+    if store.conn.closed:
+        return
+    with contextlib.suppress(Exception):  # the error being raised matters more than this one
+        if store.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            store.conn.rollback()  # an interrupted COPY or batch left its transaction open
+        store.finish_run(run_id, samples, status="failed", reason=interruption(exc))
+
+
 def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | None,
              params: dict[str, Any], index: int, run_id: uuid.UUID, *, aa: bool = False,
              sampler: LockWaitSampler | None = None, capture_locks: bool = False,
-             new_conn: psycopg.Connection[Any] | None = None) -> Observation:
+             new_conn: psycopg.Connection[Any] | None = None,
+             limits: Limits | None = None) -> Observation:
     """Both paths once (legacy twice with ``aa``), ordered ABBA by ``index``, compared.
 
     With ``compare.stream`` or ``compare.checksum`` both paths run at once, the new one on
@@ -214,7 +248,7 @@ def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str 
     diff = None
     rules = flag.compare
     if (rules.stream or rules.checksum) and new_conn is not None:
-        legacy, new, cmp = _large(flag, conn, new_conn, new_sql, params)
+        legacy, new, cmp = _large(flag, conn, new_conn, new_sql, params, limits or Limits())
         if not legacy.failed and not new.failed:
             matched, diff = cmp.matched, (None if cmp.matched else cmp.diffs)
     else:
@@ -223,7 +257,7 @@ def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str 
             query = flag.legacy.sql if path == "legacy" else new_sql
             results[path] = _run(flag, conn, query, params, write, path, sampler=sampler,
                                  execution=2 * index + (path == "new"),
-                                 capture_locks=capture_locks)
+                                 capture_locks=capture_locks, limits=limits)
         (legacy, legacy_set), (new, new_set) = results["legacy"], results["new"]
         if legacy_set is not None and new_set is not None:
             cmp = compare(legacy_set, new_set, rules)
@@ -246,13 +280,14 @@ def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str 
 
 
 def _large(flag: Flag, conn: psycopg.Connection[Any], new_conn: psycopg.Connection[Any],
-           new_sql: str, params: dict[str, Any]) -> tuple[PathResult, PathResult, Comparison]:
+           new_sql: str, params: dict[str, Any], limits: Limits
+           ) -> tuple[PathResult, PathResult, Comparison]:
     """Both paths of a large result at once: checksum first if asked, else streaming."""
     if flag.compare.checksum:
         start = time.perf_counter_ns()
         try:
             result = checksum_compare(conn, new_conn, flag.legacy.sql, new_sql, params,
-                                      rules=flag.compare)
+                                      rules=flag.compare, limits=limits)
         except psycopg.Error as exc:
             raise InputError(f"{flag.file}: compare.checksum: {_first_line(exc)}") from None
         elapsed = time.perf_counter_ns() - start
@@ -261,7 +296,7 @@ def _large(flag: Flag, conn: psycopg.Connection[Any], new_conn: psycopg.Connecti
         return (PathResult(elapsed, result.legacy.rows), PathResult(elapsed, result.new.rows),
                 result.comparison)
     return stream_pair(conn, new_conn, flag.legacy.sql, new_sql, params, rules=flag.compare,
-                       write=flag.kind == "write")
+                       write=flag.kind == "write", limits=limits)
 
 
 def database_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -290,14 +325,16 @@ def _plans(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid
     samples = []
     for tenant, params in plan[: opts.plan_samples]:
         for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
-            sample = explain(conn, query, params, write=write, path=path, tenant=tenant)
+            sample = explain(conn, query, params, write=write, path=path, tenant=tenant,
+                             limits=opts.limits)
             if sample is not None:
                 samples.append(sample)
     store.write_plans(run_id, samples)
     checks = []
     for tenant, params in _generic_targets(plan, samples, opts.generic_tenants):
         for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
-            check = generic_check(conn, query, params, write=write, path=path, tenant=tenant)
+            check = generic_check(conn, query, params, write=write, path=path, tenant=tenant,
+                                  limits=opts.limits)
             if check is not None:
                 checks.append(check)
     store.write_generic_checks(run_id, checks)
@@ -321,36 +358,34 @@ def _generic_targets(plan: list[tuple[str | None, dict[str, Any]]], samples: lis
 
 def _run(flag: Flag, conn: psycopg.Connection[Any], query: str, params: dict[str, Any],
          write: bool, path: str, *, sampler: LockWaitSampler | None = None, execution: int = 0,
-         capture_locks: bool = False) -> tuple[PathResult, Any]:
+         capture_locks: bool = False, limits: Limits | None = None) -> tuple[PathResult, Any]:
     try:
         return execute(conn, query, params, write=write, sampler=sampler, execution=execution,
-                       capture_locks=capture_locks, isolation=flag.isolation)
+                       capture_locks=capture_locks, isolation=flag.isolation, limits=limits)
     except psycopg.Error as exc:
         raise InputError(f"{flag.file}: queries.{path}: {_first_line(exc)}") from None
 
 
-def _warm_up(flag: Flag, conn: psycopg.Connection[Any], params: dict[str, Any]) -> None:
+def _warm_up(flag: Flag, conn: psycopg.Connection[Any], params: dict[str, Any],
+             limits: Limits | None = None) -> None:
     """One discarded execution per path: caches and plans settle, bad SQL fails early."""
     for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
-        result, _ = _run(flag, conn, query, params, flag.kind == "write", path)
+        result, _ = _run(flag, conn, query, params, flag.kind == "write", path, limits=limits)
         if result.sqlstate is not None and result.sqlstate.startswith("42"):
             # syntax error, undefined table or column, missing privilege: the SQL is wrong
             raise InputError(f"{flag.file}: queries.{path}: {result.error}")
+        if conn.closed:
+            raise ConnectionFailed(f"the target stopped answering during the warm-up of flag "
+                                   f"'{flag.name}': {result.error}")
 
 
 def _fetch(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], flag: Flag,
-           key: str, cur: psycopg.Cursor[Any] | None = None) -> list[tuple[Any, ...]]:
-    own = cur is None
-    cursor = cur if cur is not None else conn.cursor()
+           key: str, limits: Limits | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """A ``params`` query: column names and rows; its failure is the flag file's error."""
     try:
-        with conn.transaction():
-            cursor.execute(query.encode(), params)
-            return cursor.fetchall() if cursor.description is not None else []
+        return fetch(conn, query, params, limits)
     except psycopg.Error as exc:
         raise InputError(f"{flag.file}: {key}: {_first_line(exc)}") from None
-    finally:
-        if own:
-            cursor.close()
 
 
 def _split(total: int, parts: int) -> list[int]:

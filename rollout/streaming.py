@@ -1,10 +1,11 @@
 """Large result sets: stream both paths from server-side cursors and compare as rows arrive.
 
-Each path runs on its own connection in its own transaction (read-only, or rolled back for
-writes) through a named cursor, ``batch_size`` rows at a time, so memory stays flat however
-large the results. Key and ignore modes need both streams in one order: the query is wrapped
-in ``ORDER BY`` the key (or every column), with ``COLLATE "C"`` on text so the server's order
-is Python's.
+Each path runs on its own connection in its own transaction (read-only for reads, rolled back
+always, SET LOCAL timeouts, each round trip under the client deadline) through a named cursor
+declared with the extended protocol (one statement), ``batch_size`` rows at a time, so memory
+stays flat however large the results. Key and ignore modes need both streams in one order:
+the query is wrapped in ``ORDER BY`` the key (or every column), with ``COLLATE "C"`` on text
+so the server's order is Python's.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from psycopg import sql as pgsql
 
 from .compare import Comparison, ResultSet, StreamComparer
 from .dbcheck import describe
-from .execute import failure
+from .execute import ExtendedServerCursor, Limits, bounded, failure, transaction
 from .flags import CompareRules
 from .observations import PathResult
 
@@ -47,32 +48,40 @@ def ordered(conn: psycopg.Connection[Any], query: str, rules: CompareRules) -> s
 
 def stream_pair(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connection[Any],
                 legacy_sql: str, new_sql: str, params: Mapping[str, Any], *,
-                rules: CompareRules, write: bool) -> tuple[PathResult, PathResult, Comparison]:
+                rules: CompareRules, write: bool, limits: Limits | None = None
+                ) -> tuple[PathResult, PathResult, Comparison]:
     """Compare two large result sets without holding either.
 
     Latency per path is the time spent waiting for that path's rows (both run at once, on
     two backends). A failing path ends the comparison; its failure is returned.
     """
+    limits = limits or Limits()
     sides = {"legacy": (legacy_conn, legacy_sql), "new": (new_conn, new_sql)}
     waited = {"legacy": 0, "new": 0}
     counts = {"legacy": 0, "new": 0}
     with ExitStack() as stack:
-        cursors: dict[str, psycopg.ServerCursor[Any]] = {}
+        cursors: dict[str, ExtendedServerCursor[Any]] = {}
         batches: dict[str, list[tuple[Any, ...]]] = {}
         failed: dict[str, PathResult] = {}
         for side, (conn, query) in sides.items():
-            conn.read_only = not write
-            stack.enter_context(conn.transaction(force_rollback=True))
-            # plan for reading everything, not for the first rows (the cursor default)
-            conn.execute("SET LOCAL cursor_tuple_fraction = 1")
-            cur = stack.enter_context(conn.cursor(name=f"rollout_stream_{side}",
-                                                  binary=rules.binary))
-            start = time.perf_counter_ns()
             try:
-                cur.execute(ordered(conn, query, rules).encode(), params)
-                batches[side] = cur.fetchmany(rules.batch_size)
+                stack.enter_context(transaction(conn, limits, write=write, whole=False))
+                # plan for reading everything, not for the first rows (the cursor default)
+                conn.execute("SET LOCAL cursor_tuple_fraction = 1")
             except psycopg.Error as exc:
                 failed[side] = failure(exc)
+                continue
+            cur = stack.enter_context(ExtendedServerCursor(conn, f"rollout_stream_{side}"))
+            if rules.binary:
+                cur.format = psycopg.pq.Format.BINARY
+            start = time.perf_counter_ns()
+            with bounded(conn, limits) as watch:
+                try:
+                    cur.execute(ordered(conn, query, rules).encode(), params)
+                    batches[side] = cur.fetchmany(rules.batch_size)
+                except psycopg.Error as exc:
+                    failed[side] = failure(exc, watch)
+            if side in failed:
                 continue
             waited[side] += time.perf_counter_ns() - start
             cursors[side] = cur
@@ -92,13 +101,14 @@ def stream_pair(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connecti
                 if done[side]:
                     continue
                 start = time.perf_counter_ns()
-                try:
-                    batches[side] = cur.fetchmany(rules.batch_size)
-                except psycopg.Error as exc:
-                    none = PathResult(None, None)
-                    bad = failure(exc)
-                    return ((bad, none, Comparison()) if side == "legacy"
-                            else (none, bad, Comparison()))
+                with bounded(cur.connection, limits) as watch:
+                    try:
+                        batches[side] = cur.fetchmany(rules.batch_size)
+                    except psycopg.Error as exc:
+                        none = PathResult(None, None)
+                        bad = failure(exc, watch)
+                        return ((bad, none, Comparison()) if side == "legacy"
+                                else (none, bad, Comparison()))
                 waited[side] += time.perf_counter_ns() - start
                 done[side] = len(batches[side]) < rules.batch_size
         return (PathResult(waited["legacy"], counts["legacy"]),

@@ -12,7 +12,7 @@ import pytest
 
 from rollout import Workspace
 from rollout.commands import Session, report, shadow
-from rollout.execute import apply_limits, execute
+from rollout.execute import execute
 from rollout.locks import LockWaitSampler
 from rollout.shadow import RunOptions, run_pair, run_shadow
 from rollout.store import Store
@@ -67,7 +67,6 @@ def pair(shop: str, root: Path, name: str, during: Any, *, setup: str = "") -> A
             psycopg.connect(shop, autocommit=True) as other:
         if setup:
             runner.execute(setup)
-        apply_limits(runner, RunOptions().limits)
         import uuid
 
         sampler = LockWaitSampler(shop, 0.01).start()

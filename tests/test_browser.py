@@ -245,6 +245,8 @@ PROBE = """(() => {
                     hit: hit, visibility: getComputedStyle(badge).visibility} : null,
     killed: [...document.querySelectorAll('header .killed-banner')].map(
       e => e.getBoundingClientRect().bottom),
+    incomplete: [...document.querySelectorAll('header .incomplete')].map(
+      e => e.getBoundingClientRect().top),
     firstReasonTop: (() => { const li = document.querySelector('.reasons li');
                              return li ? li.getBoundingClientRect().top : null; })(),
     scripts: document.scripts.length,
@@ -395,7 +397,24 @@ REPORTS = {
     "killed": (lambda: timeline_report(stage="canary", killed=True), "GO"),
     "schema-1": (schema_v1_report, "GO"),
     "minimal": (lambda: {"flag": "f", "verdict": "INCONCLUSIVE", "reasons": ["x"]}, "INCONCLUSIVE"),
+    "cut-short": (lambda: cut_short_report(), "INCONCLUSIVE"),
 }
+
+
+def cut_short_report() -> dict[str, Any]:
+    """A report whose latest run was cut short by SIGTERM, and an earlier one never ended."""
+    return make_report(
+        verdict="INCONCLUSIVE",
+        reasons=["the latest shadow run (1b2c3d4e, 12 of 200 samples) was cut short: "
+                 "terminated (SIGTERM); a stage is GO only on a run that finished"],
+        incomplete_runs=[
+            {"run_id": "0a1b2c3d-0000-4000-8000-000000000000", "status": "running",
+             "reason": None, "mode": "ab", "samples": 40, "requested": 200,
+             "started_at": "2026-11-28T09:00:00+00:00"},
+            {"run_id": "1b2c3d4e-0000-4000-8000-000000000000", "status": "failed",
+             "reason": "terminated (SIGTERM)", "mode": "ab", "samples": 12, "requested": 200,
+             "started_at": "2026-11-28T09:30:00+00:00"},
+        ])
 
 
 @pytest.mark.parametrize("name", list(REPORTS))
@@ -410,6 +429,9 @@ def test_report_in_the_browser(browser: DevTools, tmp_path: Path, name: str) -> 
     assert all(link.startswith("#") for link in v.page["links"])
     if name == "killed":
         assert v.page["killed"] and v.page["killed"][0] <= v.page["viewport"][1]
+    if name == "cut-short":  # the runs that did not finish are said on the first screen
+        assert v.page["incomplete"] and v.page["incomplete"][0] < v.page["viewport"][1]
+        assert "terminated (SIGTERM)" in v.page["text"]
 
 
 def test_report_on_a_phone_screen(browser: DevTools, tmp_path: Path) -> None:

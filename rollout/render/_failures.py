@@ -18,6 +18,8 @@ SQLSTATE_NAMES = {
     "23502": "not_null_violation",
     "23503": "foreign_key_violation",
     "23505": "unique_violation",
+    "25000": "invalid_transaction_state",
+    "25006": "read_only_sql_transaction",
     "25P02": "in_failed_sql_transaction",
     "40001": "serialization_failure",
     "40P01": "deadlock_detected",

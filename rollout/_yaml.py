@@ -8,6 +8,10 @@ import yaml
 
 from .errors import FlagFileError
 
+MAX_YAML_BYTES = 1024 * 1024
+"""Flag files and ``rollout.yaml`` larger than this are refused before parsing."""
+MAX_DEPTH = 64
+"""Mappings and lists nested deeper than this are refused (a flag file needs about 5)."""
 
 class Located:
     """A loaded YAML document plus the 1-based line of each dotted key path."""
@@ -32,8 +36,12 @@ class Located:
 
 
 def load_located(file: str, text: str) -> Located:
-    """Parse one YAML document; a syntax error becomes a FlagFileError at its line."""
+    """Parse one YAML document; a syntax error becomes a FlagFileError at its line. Aliases
+    (``*name``, merge keys ``<<: *name``) are refused; anchors alone are harmless."""
+    if len(text.encode("utf-8", errors="surrogatepass")) > MAX_YAML_BYTES:
+        raise FlagFileError(file, None, "", f"larger than {MAX_YAML_BYTES // 1024} KiB")
     try:
+        _check_events(file, text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -45,11 +53,36 @@ def load_located(file: str, text: str) -> Located:
     lines: dict[str, int] = {"": 1}
     if node is None:
         return Located(file, None, lines)
-    data = _convert(node, "", lines, file)
+    constructor = yaml.SafeLoader("")
+    try:
+        data = _convert(node, "", lines, file, constructor)
+    finally:
+        constructor.dispose()
     return Located(file, data, lines)
 
 
-def _convert(node: yaml.Node, path: str, lines: dict[str, int], file: str) -> Any:
+def _check_events(file: str, text: str) -> None:
+    """Refuse aliases and deep nesting before a node graph exists. An alias shares its
+    anchor's node, so following aliases lets a few hundred bytes expand into gigabytes (nine
+    levels of ten aliases) or loop forever (``x: &a [*a]``); composition recurses per level."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        if isinstance(event, yaml.AliasEvent):
+            raise FlagFileError(file, line, "",
+                                f"YAML alias *{event.anchor} is not allowed: write the value "
+                                "out (aliases and merge keys are refused)")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise FlagFileError(file, line, "",
+                                    f"invalid YAML: nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _convert(node: yaml.Node, path: str, lines: dict[str, int], file: str,
+             constructor: yaml.SafeLoader) -> Any:
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
@@ -61,17 +94,13 @@ def _convert(node: yaml.Node, path: str, lines: dict[str, int], file: str) -> An
             if key in out:
                 raise FlagFileError(file, key_node.start_mark.line + 1, child, "duplicate key")
             lines[child] = key_node.start_mark.line + 1
-            out[key] = _convert(value_node, child, lines, file)
+            out[key] = _convert(value_node, child, lines, file, constructor)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [
-            _convert(item, f"{path}[{i}]", lines, file) for i, item in enumerate(node.value)
-        ]
+        return [_convert(item, f"{path}[{i}]", lines, file, constructor)
+                for i, item in enumerate(node.value)]
     # Scalars: let the safe constructor resolve ints, floats, bools, nulls.
-    loader = yaml.SafeLoader("")
     try:
-        return loader.construct_object(node, deep=True)
+        return constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise FlagFileError(file, node.start_mark.line + 1, path, f"invalid value: {exc}") from None
-    finally:
-        loader.dispose()

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import pq
 
 from .flags import Flag
+from .statements import UNORDERED_LIMIT, unordered_limit
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
@@ -77,23 +78,15 @@ def check_flag(conn: psycopg.Connection[Any], flag: Flag) -> list[str]:
     return problems
 
 
-_LIMIT = re.compile(r"\b(LIMIT|FETCH\s+(FIRST|NEXT))\b", re.I)
-_ORDER = re.compile(r"\bORDER\s+BY\b", re.I)
-
-
 def order_problems(flag: Flag) -> list[str]:
     """Strict comparison of a query that limits rows without ordering them compares
-    whichever rows the plan happens to return: say so before anything runs."""
+    whichever rows the plan happens to return. Loading a flag file already refuses this
+    (``flagfile``), so every command sees it; this re-check serves flags built in code."""
     if flag.compare.order != "strict":
         return []
-    out = []
-    for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
-        text = re.sub(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'", " ", query, flags=re.S)
-        if _LIMIT.search(text) and not _ORDER.search(text):
-            out.append(f"{flag.file}: queries.{path}: LIMIT without ORDER BY returns rows in "
-                       "no defined order; strict comparison would report noise (add a total "
-                       "ORDER BY, or use compare.order: ignore)")
-    return out
+    return [f"{flag.file}: queries.{path}: {UNORDERED_LIMIT}"
+            for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql))
+            if unordered_limit(query)]
 
 
 def _message(res: pq.abc.PGresult) -> str:

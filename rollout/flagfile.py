@@ -1,16 +1,24 @@
-"""Loading a flag file: YAML with line numbers, validated key by key into a ``Flag``."""
+"""Loading a flag file (and the workspace's ``rollout.yaml``): YAML with line numbers,
+validated key by key into a ``Flag`` (and ``Settings``)."""
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ._yaml import Located, load_located
-from .errors import FlagFileError
+from ._yaml import MAX_YAML_BYTES, Located, load_located
+from .errors import FlagFileError, InputError
 from .flags import (
+    CONTROL_CHARACTERS,
     FAILURE_CLASSES,
+    FLAG_NAME,
     ISOLATION,
+    ROLE_NAME,
+    SETTINGS_KEYS,
+    STAGE_NAME,
     TOP_KEYS,
     CompareRules,
     Flag,
@@ -19,21 +27,69 @@ from .flags import (
     Online,
     Query,
     Rollback,
+    Settings,
 )
+from .sqlscript import split
+from .statements import MAX_SQL_BYTES, UNORDERED_LIMIT, Role, refusal, unordered_limit
 from .targeting import Stage, Target
 
+SETTINGS_FILE = "rollout.yaml"
 
-def load_flag(path: Path, workspace: Path) -> Flag:
+
+def load_flag(path: Path, workspace: Path, settings: Settings | None = None) -> Flag:
     """Load and validate one flag file; raise FlagFileError on the first problem."""
     rel = _display(path, workspace)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise FlagFileError(rel, None, "", f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise FlagFileError(rel, None, "", f"not UTF-8 text (byte {exc.start})") from None
+    text = _read_text(path, MAX_YAML_BYTES, lambda message: FlagFileError(rel, None, "", message))
     doc = load_located(rel, text)
-    return _Validator(doc, workspace, path.stem).flag()
+    return _Validator(doc, workspace, path.stem, settings or Settings()).flag()
+
+
+def load_settings(workspace: Path) -> Settings:
+    """The workspace's ``rollout.yaml``, validated like a flag file; defaults without one."""
+    path = workspace / SETTINGS_FILE
+    if not path.exists() and not path.is_symlink():
+        return Settings()
+    text = _read_text(path, MAX_YAML_BYTES,
+                      lambda message: FlagFileError(SETTINGS_FILE, None, "", message))
+    doc = load_located(SETTINGS_FILE, text)
+    if doc.data is None:
+        return Settings()
+    v = _Validator(doc, workspace, "", Settings())
+    top = v.mapping(doc.data, "", SETTINGS_KEYS)
+    role = v.text(top.get("shadow_role"), "shadow_role", required=False)
+    if role is not None and not ROLE_NAME.fullmatch(role):
+        raise v.fail("shadow_role", f"{role!r} is not a role name this file accepts: letters, "
+                     "digits, '_' and '-', starting with a letter or '_', at most 63")
+    return Settings(allow_superuser=v.boolean(top, "allow_superuser"),
+                    files_outside_workspace=v.boolean(top, "files_outside_workspace"),
+                    shadow_role=role)
+
+
+def _read_text(path: Path, limit: int, error: Any) -> str:
+    """A regular file's text, refused before reading when larger than ``limit`` bytes; a
+    FIFO or a device (``/dev/zero``) is refused without blocking or reading it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error("not a regular file")
+        if info.st_size > limit:
+            raise error(f"larger than {limit // 1024} KiB ({info.st_size} bytes)")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # it grew while being read
+        raise error(f"larger than {limit // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text (byte {exc.start})") from None
 
 
 def _display(path: Path, workspace: Path) -> str:
@@ -44,10 +100,11 @@ def _display(path: Path, workspace: Path) -> str:
 
 
 class _Validator:
-    def __init__(self, doc: Located, workspace: Path, stem: str) -> None:
+    def __init__(self, doc: Located, workspace: Path, stem: str, settings: Settings) -> None:
         self.doc = doc
         self.workspace = workspace
         self.stem = stem
+        self.settings = settings
 
     def fail(self, path: str, message: str) -> Exception:
         return self.doc.error(path, message)
@@ -85,6 +142,21 @@ class _Validator:
             raise self.fail(path, "must be a list of names")
         return tuple(value)
 
+    def tenants(self, value: Any, path: str) -> tuple[str, ...]:
+        """Tenant names are data, only ever matched: any text but control characters."""
+        names = self.names(value, path)
+        for i, name in enumerate(names):
+            if CONTROL_CHARACTERS.search(name):
+                raise self.fail(f"{path}[{i}]", "a tenant name cannot contain control "
+                                f"characters, got {name!r}")
+        return names
+
+    def boolean(self, mapping: dict[str, Any], key: str) -> bool:
+        value = mapping.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_kind(value)}")
+        return value
+
     # -- sections ---------------------------------------------------------------------------
     def flag(self) -> Flag:
         data = self.doc.data
@@ -93,16 +165,24 @@ class _Validator:
         top = self.mapping(data, "", TOP_KEYS)
         name = self.text(top.get("name"), "name")
         assert name is not None
+        if not FLAG_NAME.fullmatch(name):
+            raise self.fail("name", f"{name!r} is not a valid flag name: lower-case letters, "
+                            "digits, '.', '_' and '-', starting with a letter or digit, at "
+                            "most 63 characters")
         if name != self.stem:
             raise self.fail("name", f"'{name}' does not match the file name '{self.stem}.yaml'")
         kind = top.get("kind", "read")
         if kind not in ("read", "write"):
             raise self.fail("kind", f"must be read or write, got {kind!r}")
-        legacy, new = self.queries(top.get("queries"))
+        legacy, new = self.queries(top.get("queries"), kind)
         sample_sql, tenants_sql = self.params(top.get("params"))
         compare = self.compare(top.get("compare"))
         if compare.checksum and kind == "write":
             raise self.fail("compare.checksum", "is for large read results, not kind: write")
+        if compare.order == "strict":
+            for side, query in (("legacy", legacy), ("new", new)):
+                if unordered_limit(query.sql):
+                    raise self.fail(f"queries.{side}", UNORDERED_LIMIT)
         return Flag(
             name=name,
             description=self.text(top.get("description"), "description", required=False) or "",
@@ -121,7 +201,7 @@ class _Validator:
             isolation=self.isolation(top.get("isolation", "read committed")),
         )
 
-    def queries(self, value: Any) -> tuple[Query, Query]:
+    def queries(self, value: Any, kind: str) -> tuple[Query, Query]:
         if value is None:
             raise self.fail("queries", "is required (legacy and new)")
         q = self.mapping(value, "queries", ("legacy", "new"))
@@ -129,8 +209,17 @@ class _Validator:
         for side in ("legacy", "new"):
             text = self.text(q.get(side), f"queries.{side}")
             assert text is not None
-            out.append(self.sql_or_file(text, f"queries.{side}"))
+            query = self.sql_or_file(text, f"queries.{side}")
+            self.statement(query, f"queries.{side}", "read" if kind == "read" else "write")
+            out.append(query)
         return out[0], out[1]
+
+    def statement(self, query: Query, path: str, role: Role) -> None:
+        """Refuse what the toolkit must never run (docs/flags.md, "What a query may be")."""
+        why = refusal(query.sql, role)
+        if why is not None:
+            where = f"{query.source}: " if query.source != "inline" else ""
+            raise self.fail(path, where + why)
 
     def sql_or_file(self, text: str, path: str) -> Query:
         stripped = text.strip()
@@ -139,15 +228,27 @@ class _Validator:
         return Query(text, "inline")
 
     def read_file(self, rel: str, path: str) -> str:
-        target = (self.workspace / rel).resolve()
-        if not target.is_file():
+        """A query or rollback file, which must stay inside the workspace once symlinks are
+        resolved (unless rollout.yaml says ``files_outside_workspace: true``)."""
+        given = Path(rel)
+        target = (self.workspace / given).resolve()
+        if not self.settings.files_outside_workspace:
+            hint = " (or set files_outside_workspace: true in rollout.yaml)"
+            if given.is_absolute():
+                raise self.fail(path, f"{rel} is an absolute path: files must be inside the "
+                                "workspace, given relative to it" + hint)
+            root = self.workspace.resolve()
+            if not target.is_relative_to(root):
+                lexical = Path(os.path.normpath(self.workspace.absolute() / given))
+                if lexical.is_relative_to(self.workspace.absolute()):
+                    raise self.fail(path, f"{rel} leads outside the workspace through a "
+                                    "symbolic link" + hint)
+                raise self.fail(path, f"{rel} is outside the workspace" + hint)
+        if not target.exists():
             raise self.fail(path, f"file not found: {rel}")
-        try:
-            content = target.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise self.fail(path, f"cannot read {rel}: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise self.fail(path, f"{rel} is not UTF-8 text (byte {exc.start})") from None
+        content = _read_text(target, MAX_SQL_BYTES, lambda message: self.fail(
+            path, f"{rel} is {message}" if message.startswith(("not", "larger"))
+            else f"{rel}: {message}"))
         if not content.strip():
             raise self.fail(path, f"file is empty: {rel}")
         return content
@@ -156,10 +257,13 @@ class _Validator:
         if value is None:
             return None, None
         p = self.mapping(value, "params", ("sample", "tenants"))
-        return (
-            self.text(p.get("sample"), "params.sample", required=False),
-            self.text(p.get("tenants"), "params.tenants", required=False),
-        )
+        out = []
+        for key in ("sample", "tenants"):
+            text = self.text(p.get(key), f"params.{key}", required=False)
+            if text is not None:
+                self.statement(Query(text, "inline"), f"params.{key}", "params")
+            out.append(text)
+        return out[0], out[1]
 
     def compare(self, value: Any) -> CompareRules:
         if value is None:
@@ -234,6 +338,10 @@ class _Validator:
             s = self.mapping(item, path, ("name", "serve", "shadow"))
             name = self.text(s.get("name"), f"{path}.name")
             assert name is not None
+            if not STAGE_NAME.fullmatch(name):
+                raise self.fail(f"{path}.name", f"{name!r} is not a valid stage name: letters, "
+                                "digits, '.', '_' and '-', starting with a letter or digit, "
+                                "at most 63 characters")
             if name in seen:
                 raise self.fail(f"{path}.name", f"duplicate stage name '{name}'")
             seen.add(name)
@@ -248,8 +356,8 @@ class _Validator:
         t = self.mapping(value, path, ("tenants", "exclude", "percent"))
         if not t:
             raise self.fail(path, "needs tenants and/or percent")
-        tenants = self.names(t["tenants"], f"{path}.tenants") if "tenants" in t else None
-        exclude = self.names(t.get("exclude", []), f"{path}.exclude")
+        tenants = self.tenants(t["tenants"], f"{path}.tenants") if "tenants" in t else None
+        exclude = self.tenants(t.get("exclude", []), f"{path}.exclude")
         percent = t.get("percent")
         if percent is not None:
             percent = float(self.number(percent, f"{path}.percent", 0, 100))
@@ -346,8 +454,19 @@ class _Validator:
         for key in ("script", "migration"):
             rel = self.text(r.get(key), f"rollback.{key}", required=False)
             out[key] = rel
-            out[key + "_text"] = self.read_file(rel, f"rollback.{key}") if rel else None
+            out[key + "_text"] = self.script(rel, f"rollback.{key}") if rel else None
         return Rollback(out["script"], out["script_text"], out["migration"], out["migration_text"])
+
+
+    def script(self, rel: str, path: str) -> str:
+        """A rollback script or migration, which must parse: nothing of a script that does
+        not should ever run, and hazards are read from its statements."""
+        text = self.read_file(rel, path)
+        try:
+            split(text)
+        except InputError as exc:
+            raise self.fail(path, f"{rel} {exc}") from None
+        return text
 
 
 def _kind(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,6 +23,30 @@ TOP_KEYS = (
     "rollback", "online", "isolation",
 )
 ISOLATION = ("read committed", "repeatable read", "serializable")
+
+# Names are data, never code or paths: they appear in file names (reports/<flag>/<stage>.md),
+# in shell commands shown to operators and in URLs. These sets need no quoting anywhere and
+# can never be ".", "..", absolute, hidden or an option ("-x"). Flag names are lower case so
+# two flags cannot share a file on a case-insensitive file system. See docs/flags.md.
+FLAG_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Tenant names may be any text but these (they are only matched, never used as paths)."""
+
+SETTINGS_KEYS = ("allow_superuser", "files_outside_workspace", "shadow_role")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Workspace settings, from the optional ``rollout.yaml`` at the workspace root."""
+
+    allow_superuser: bool = False
+    """Shadow as a superuser (or a role that can run programs or write server files)."""
+    files_outside_workspace: bool = False
+    """Let query and rollback paths point outside the workspace (absolute, ``..``, symlinks)."""
+    shadow_role: str | None = None
+    """A role to ``SET ROLE`` to for shadow executions."""
 
 
 @dataclass(frozen=True)

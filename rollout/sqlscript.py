@@ -1,10 +1,15 @@
-"""SQL scripts as statements: split on semicolons outside quotes, dollar quotes and comments,
-and read what each statement is (transactional or not, what data it destroys)."""
+"""SQL scripts as statements, split and read by PostgreSQL's own parser (pglast): what each
+statement is (transactional or not, what data it destroys, what it reaches beyond the database)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+from pglast import ast, enums, parser
+
+from .errors import InputError
+from .statements import SqlError, beyond_database, parse, walk
 
 
 @dataclass(frozen=True)
@@ -15,115 +20,145 @@ class Statement:
 
     @property
     def summary(self) -> str:
-        text = " ".join(_strip_comments(self.sql).split())
+        text = " ".join(_without_comments(self.sql).split())
         return text if len(text) <= 100 else text[:97] + "..."
 
 
-_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
-
-
 def split(script: str) -> list[Statement]:
-    """Statements of ``script`` with their 1-based number and starting line."""
-    out: list[Statement] = []
-    i, n = 0, len(script)
-    start = 0
-    while i < n:
-        c = script[i]
-        if c == "-" and script.startswith("--", i):
-            j = script.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif c == "/" and script.startswith("/*", i):
-            j = script.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        elif c in ("'", '"'):
-            j = i + 1
-            while j < n:
-                if script[j] == c:
-                    if j + 1 < n and script[j + 1] == c:  # doubled quote
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-        elif c == "$" and (m := _DOLLAR.match(script, i)):
-            end = script.find(m.group(0), m.end())
-            i = n if end < 0 else end + len(m.group(0))
-        elif c == ";":
-            _add(out, script, start, i)
-            start = i + 1
-            i += 1
-        else:
-            i += 1
-    _add(out, script, start, n)
-    return out
+    """Statements of ``script`` with their 1-based number and starting line (of their first
+    token: comments before a statement are not part of it). ``BEGIN ATOMIC`` bodies stay in
+    their statement. A script that does not parse raises InputError naming the line: nothing
+    of it should run."""
+    try:
+        parsed = parse(script)
+    except SqlError as exc:
+        where = f"line {line_of(script, exc.offset)}: " if exc.offset is not None else ""
+        raise InputError(f"{where}does not parse: {exc.message}") from None
+    return [Statement(i, line_of(script, p.start), script[p.start:p.end].strip())
+            for i, p in enumerate(parsed, start=1)]
 
 
-def _add(out: list[Statement], script: str, start: int, end: int) -> None:
-    body = script[start:end]
-    stripped = _strip_comments(body).strip()
-    if not stripped:
-        return
-    offset = start + (len(body) - len(body.lstrip()))
-    # the statement starts at its first non-comment character
-    lead = body.lstrip()
-    while lead.startswith("--") or lead.startswith("/*"):
-        cut = lead.find("\n") + 1 if lead.startswith("--") else lead.find("*/") + 2
-        if cut <= 0:
-            break
-        offset += cut + (len(lead[cut:]) - len(lead[cut:].lstrip()))
-        lead = lead[cut:].lstrip()
-    line = script.count("\n", 0, offset) + 1
-    out.append(Statement(len(out) + 1, line, body.strip()))
+def line_of(text: str, offset: int) -> int:
+    """1-based line of a character offset."""
+    return text.count("\n", 0, max(0, offset)) + 1
 
 
-def _strip_comments(sql: str) -> str:
-    sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.S)
-    return re.sub(r"--[^\n]*", " ", sql)
+def _without_comments(sql: str) -> str:
+    try:
+        tokens = parser.scan(sql)
+    except parser.ParseError:
+        return sql
+    out, at = [], 0
+    for t in tokens:
+        if t.name in ("SQL_COMMENT", "C_COMMENT"):
+            out.append(sql[at:t.start] + " ")
+            at = t.end + 1
+    out.append(sql[at:])
+    return "".join(out)
 
 
-_NON_TRANSACTIONAL = [
-    (re.compile(r"\bCONCURRENTLY\b", re.I), "runs CONCURRENTLY, which cannot be in a transaction"),
-    (re.compile(r"^\s*ALTER\s+TYPE\b.*\bADD\s+VALUE\b", re.I | re.S),
-     "ALTER TYPE ... ADD VALUE: the new value cannot be used in the same transaction"),
-    (re.compile(r"^\s*(VACUUM|CREATE\s+DATABASE|DROP\s+DATABASE|ALTER\s+SYSTEM|"
-                r"CREATE\s+TABLESPACE|DROP\s+TABLESPACE)\b", re.I),
-     "cannot run inside a transaction"),
-]
+@lru_cache(maxsize=512)
+def _nodes(sql: str) -> tuple[ast.Node, ...] | None:
+    """The statement trees of ``sql``; None when it does not parse."""
+    try:
+        return tuple(p.node for p in parse(sql))
+    except SqlError:
+        return None
 
-_DESTRUCTIVE = [
-    (re.compile(r"^\s*DROP\s+TABLE\b", re.I), "drops a table and its data"),
-    (re.compile(r"\bDROP\s+(COLUMN\b|(?!CONSTRAINT|DEFAULT|NOT|EXPRESSION|IDENTITY)"
-                r"(IF\s+EXISTS\s+)?\w+\s*(CASCADE|RESTRICT)?\s*(,|$))", re.I),
-     "drops a column and its data"),
-    (re.compile(r"^\s*TRUNCATE\b", re.I), "truncates a table"),
-    (re.compile(r"^\s*DELETE\b", re.I), "deletes rows"),
-    (re.compile(r"^\s*DROP\s+SCHEMA\b", re.I), "drops a schema and everything in it"),
-    (re.compile(r"\bALTER\s+COLUMN\s+\w+\s+(SET\s+DATA\s+)?TYPE\b", re.I),
-     "changes a column's type (values may be converted or truncated)"),
-]
 
-_SEQUENCES = re.compile(r"\b(CREATE\s+SEQUENCE|SERIAL|BIGSERIAL|SMALLSERIAL|"
-                        r"GENERATED\s+(ALWAYS|BY\s+DEFAULT)\s+AS\s+IDENTITY|nextval\s*\()", re.I)
+def _concurrently(node: ast.Node) -> bool:
+    if isinstance(node, ast.IndexStmt | ast.DropStmt):
+        return bool(node.concurrent)
+    if isinstance(node, ast.ReindexStmt):
+        return any(isinstance(p, ast.DefElem) and p.defname == "concurrently"
+                   for p in node.params or ())
+    if isinstance(node, ast.AlterTableStmt):
+        return any(isinstance(c, ast.AlterTableCmd) and isinstance(c.def_, ast.PartitionCmd)
+                   and bool(c.def_.concurrent) for c in node.cmds or ())
+    return False
+
+
+_OUTSIDE_TRANSACTION = (ast.CreatedbStmt, ast.DropdbStmt, ast.AlterSystemStmt,
+                        ast.CreateTableSpaceStmt, ast.DropTableSpaceStmt,
+                        ast.CreateSubscriptionStmt, ast.DropSubscriptionStmt)
 
 
 def non_transactional(stmt: Statement) -> str | None:
     """Why the statement cannot run in a transaction, or None."""
-    body = _strip_comments(stmt.sql)
-    for pattern, why in _NON_TRANSACTIONAL:
-        if pattern.search(body):
-            return why
+    for node in _nodes(stmt.sql) or ():
+        if _concurrently(node):
+            return "runs CONCURRENTLY, which cannot be in a transaction"
+        if isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal:
+            return "ALTER TYPE ... ADD VALUE: the new value cannot be used in the same transaction"
+        if (isinstance(node, _OUTSIDE_TRANSACTION)
+                or (isinstance(node, ast.VacuumStmt) and node.is_vacuumcmd)
+                or (isinstance(node, ast.ReindexStmt) and node.kind in (
+                    enums.ReindexObjectType.REINDEX_OBJECT_DATABASE,
+                    enums.ReindexObjectType.REINDEX_OBJECT_SYSTEM))
+                or (isinstance(node, ast.AlterDatabaseStmt) and any(
+                    isinstance(o, ast.DefElem) and o.defname == "tablespace"
+                    for o in node.options or ()))):
+            return "cannot run inside a transaction"
     return None
 
 
 def destroys_data(stmt: Statement) -> str | None:
-    body = _strip_comments(stmt.sql)
-    if not re.match(r"\s*(DROP|ALTER|TRUNCATE|DELETE)\b", body, re.I):
-        return None
-    for pattern, why in _DESTRUCTIVE:
-        if pattern.search(body):
-            return why
+    """What data the statement destroys, or None."""
+    for node in _nodes(stmt.sql) or ():
+        if isinstance(node, ast.DropStmt):
+            if node.removeType == enums.ObjectType.OBJECT_TABLE:
+                return "drops a table and its data"
+            if node.removeType == enums.ObjectType.OBJECT_SCHEMA:
+                return "drops a schema and everything in it"
+        if isinstance(node, ast.DropdbStmt):
+            return "drops a database and all its data"
+        if isinstance(node, ast.TruncateStmt):
+            return "truncates a table"
+        if isinstance(node, ast.DeleteStmt):
+            return "deletes rows"
+        if isinstance(node, ast.AlterTableStmt):
+            for cmd in node.cmds or ():
+                if not isinstance(cmd, ast.AlterTableCmd):
+                    continue
+                if cmd.subtype == enums.AlterTableType.AT_DropColumn:
+                    return "drops a column and its data"
+                if cmd.subtype == enums.AlterTableType.AT_AlterColumnType:
+                    return "changes a column's type (values may be converted or truncated)"
     return None
 
 
+_SERIAL = {"serial", "serial2", "serial4", "serial8", "smallserial", "bigserial"}
+
+
 def uses_sequences(stmt: Statement) -> bool:
-    return bool(_SEQUENCES.search(_strip_comments(stmt.sql)))
+    """Does the statement create or advance a sequence (which a rollback does not rewind)?"""
+    for top in _nodes(stmt.sql) or ():
+        for node in walk(top):
+            if isinstance(node, ast.CreateSeqStmt):
+                return True
+            if isinstance(node, ast.Constraint) and \
+                    node.contype == enums.ConstrType.CONSTR_IDENTITY:
+                return True
+            if isinstance(node, ast.ColumnDef) and node.typeName is not None:
+                names = node.typeName.names or ()
+                if len(names) == 1 and isinstance(names[0], ast.String) \
+                        and str(names[0].sval).lower() in _SERIAL:
+                    return True
+            if isinstance(node, ast.FuncCall) and node.funcname:
+                last = node.funcname[-1]
+                if isinstance(last, ast.String) and str(last.sval).lower() == "nextval":
+                    return True
+    return False
+
+
+def acts_beyond_database(stmt: Statement) -> str | None:
+    """Why the statement reaches beyond its one database (the cluster or the host), or None:
+    see ``statements.beyond_database`` for what is listed. A statement that does not parse
+    cannot be vouched for, and says so."""
+    nodes = _nodes(stmt.sql)
+    if nodes is None:
+        return "does not parse here, so what it reaches cannot be told"
+    for node in nodes:
+        if (why := beyond_database(node)) is not None:
+            return why
+    return None

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import FlagFileError, InputError
-from .flagfile import load_flag
-from .flags import Flag
+from .flagfile import load_flag, load_settings
+from .flags import Flag, Settings
+
+__all__ = ["Settings", "Workspace"]
 
 
 @dataclass
@@ -17,19 +19,22 @@ class Workspace:
     root: Path
     flags: dict[str, Flag] = field(default_factory=dict)
     errors: list[FlagFileError] = field(default_factory=list)
+    settings: Settings = field(default_factory=Settings)
+    """From the optional ``rollout.yaml`` at the root (docs/flags.md)."""
 
     @classmethod
     def load(cls, root: str | Path = ".", strict: bool = True) -> Workspace:
-        """Read every ``flags/*.yaml``; with ``strict`` the first invalid file raises."""
+        """Read ``rollout.yaml`` and every ``flags/*.yaml``; with ``strict`` the first invalid
+        flag file raises (an invalid ``rollout.yaml`` always does: every flag depends on it)."""
         path = Path(root)
         flags_dir = path / "flags"
         if not flags_dir.is_dir():
             raise InputError(f"{path}: not a workspace (no flags/ folder); run `rollout init`")
-        ws = cls(path)
+        ws = cls(path, settings=load_settings(path))
         files = sorted([*flags_dir.glob("*.yaml"), *flags_dir.glob("*.yml")])
         for file in files:
             try:
-                flag = load_flag(file, path)
+                flag = load_flag(file, path, ws.settings)
             except FlagFileError as exc:
                 if strict:
                     raise

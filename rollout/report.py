@@ -317,7 +317,7 @@ class _Replacement:
 
     def __init__(self) -> None:
         self._staged: list[tuple[Path, Path]] = []
-        self._installed: list[tuple[Path, Path | None]] = []
+        self._installed: list[tuple[Path, Path, Path | None]] = []  # final, tmp, backup
         self._created: list[Path] = []
 
     def __enter__(self) -> _Replacement:
@@ -326,7 +326,7 @@ class _Replacement:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if kind is None:
-            for _, backup in self._installed:
+            for _, _, backup in self._installed:
                 if backup is not None:
                     backup.unlink(missing_ok=True)
         else:
@@ -352,15 +352,11 @@ class _Replacement:
                 raise InputError(f"cannot write report {final}: a folder is in the way")
             try:
                 backup = _keep(final)
-                try:
-                    os.replace(tmp, final)
-                except BaseException:
-                    if backup is not None:
-                        backup.unlink(missing_ok=True)
-                    raise
+                # recorded before the rename: an interrupt right after it is still undone
+                self._installed.append((final, tmp, backup))
+                os.replace(tmp, final)
             except OSError as exc:
                 raise _write_error(final, exc) from None
-            self._installed.append((final, backup))
 
     def _mkdir(self, folder: Path) -> None:
         missing = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -377,10 +373,13 @@ class _Replacement:
             self._created.append(p)
 
     def _undo(self) -> None:
-        for final, backup in reversed(self._installed):
+        for final, tmp, backup in reversed(self._installed):
             # best effort: the error that brought us here is the one to report
             with contextlib.suppress(OSError):
-                if backup is None:
+                if tmp.exists():  # never renamed: ``final`` is untouched
+                    if backup is not None:
+                        backup.unlink()
+                elif backup is None:
                     final.unlink(missing_ok=True)
                 else:
                     os.replace(backup, final)
@@ -404,8 +403,12 @@ def _keep(final: Path) -> Path | None:
     backup = _sibling(final, "bak")
     try:
         os.link(final, backup, follow_symlinks=False)
-    except OSError:
-        shutil.copy2(final, backup, follow_symlinks=False)
+    except OSError:  # a filesystem without hard links
+        try:
+            shutil.copy2(final, backup, follow_symlinks=False)
+        except BaseException:
+            backup.unlink(missing_ok=True)
+            raise
     return backup
 
 

@@ -234,6 +234,8 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
     if unknown or not formats:
         raise InputError(f"unknown report format {', '.join(unknown) or '(none)'}; "
                          f"use {', '.join(FORMATS)}")
+    if flag.stage(stage) is None:
+        raise flag.unknown_stage(stage)
     root = _output_folder(out_dir)
     folder = report_folder(root, flag.name, stage)
     body = build_report(flag, stage, store, database=database, target_dsn=target_dsn)

@@ -27,7 +27,7 @@ from psycopg import sql as pgsql
 from .compare import Comparison, ResultSet, compare
 from .dbcheck import describe
 from .errors import InputError
-from .execute import ExtendedCursor, Limits, bounded, transaction
+from .execute import ExtendedCursor, Limits, Transaction, bounded
 from .flags import CompareRules
 
 INTEGER_OIDS = {20, 21, 23, 1700}
@@ -106,9 +106,9 @@ def checksum_compare(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Con
     own REPEATABLE READ READ ONLY transaction (one snapshot for every step), always rolled
     back, with SET LOCAL timeouts and each query under the client deadline, concurrently."""
     limits = limits or Limits()
-    with transaction(legacy_conn, limits, write=False, isolation="repeatable read",
+    with Transaction(legacy_conn, limits, write=False, isolation="repeatable read",
                      whole=False), \
-            transaction(new_conn, limits, write=False, isolation="repeatable read",
+            Transaction(new_conn, limits, write=False, isolation="repeatable read",
                         whole=False):
         by_type = legacy_conn.info.server_version >= 140000
         try:

@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 TICK = 0.05
 """Seconds between the watchdog's looks at the registered deadlines."""
@@ -29,17 +28,20 @@ TICK = 0.05
 ACTIVE, CANCELLED, BROKEN, DONE = "active", "cancelled", "broken", "done"
 
 
-@dataclass(eq=False)
 class Watch:
     """One execution under a deadline; ``state`` says what the watchdog had to do."""
 
-    cancel: Callable[[], None]
-    fileno: int
-    due: float
-    cut: float
-    seconds: float
-    state: str = ACTIVE
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    __slots__ = ("cancel", "fileno", "due", "cut", "seconds", "state", "lock")
+
+    def __init__(self, cancel: Callable[[], None], fileno: int, due: float, cut: float,
+                 seconds: float) -> None:
+        self.cancel = cancel
+        self.fileno = fileno
+        self.due = due
+        self.cut = cut
+        self.seconds = seconds
+        self.state = ACTIVE
+        self.lock = threading.Lock()
 
     @property
     def expired(self) -> bool:

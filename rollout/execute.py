@@ -23,9 +23,10 @@ empties psycopg's prepared-statement cache: repeated executions keep their prepa
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,6 +50,8 @@ ISOLATION_LEVELS = {
 
 END = b"ROLLBACK; SELECT pg_advisory_unlock_all()"
 """How every execution ends: nothing it did persists, no session advisory lock stays held."""
+END_IN_TRANSACTION = b"SELECT pg_advisory_unlock_all(); ROLLBACK"
+"""The same, for a transaction that is not aborted (one server transaction fewer)."""
 
 RESET_SESSION = (b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;"
                  b" SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES")
@@ -125,6 +128,7 @@ class Limits:
         return self.margin_ms / 1000
 
 
+@functools.lru_cache(maxsize=64)
 def begin_sql(limits: Limits, *, write: bool, isolation: str = "read committed") -> bytes:
     """The toolkit's opening round trip: BEGIN and the transaction's own timeouts."""
     if isolation not in ISOLATION_LEVELS:
@@ -177,11 +181,14 @@ def end(conn: psycopg.Connection[Any]) -> None:
     """Roll back and release advisory locks; close a connection left unusable."""
     if conn.closed:
         return
-    if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+    status = conn.pgconn.transaction_status
+    if status == pq.TransactionStatus.ACTIVE:
         conn.close()  # a command still running (its results never read): no way back
         return
     try:
-        command(conn, END)
+        # Unlocking first, inside the open transaction, saves the implicit transaction a
+        # statement after ROLLBACK would need; an aborted transaction must roll back first.
+        command(conn, END if status == pq.TransactionStatus.INERROR else END_IN_TRANSACTION)
     except psycopg.Error:
         conn.close()
 
@@ -201,19 +208,47 @@ def bounded(conn: psycopg.Connection[Any], limits: Limits
                           limits.deadline_s, limits.grace_s)
 
 
-@contextlib.contextmanager
-def transaction(conn: psycopg.Connection[Any], limits: Limits, *, write: bool,
-                isolation: str = "read committed", whole: bool = True
-                ) -> Iterator[deadline.Watch | None]:
-    """One execution's transaction: BEGIN with SET LOCAL timeouts, always ROLLBACK; with
-    ``whole`` all of it under one client-side deadline (else the caller bounds each round
-    trip with ``bounded``). Use ``ExtendedCursor(conn)`` inside for flag SQL."""
-    with bounded(conn, limits) if whole else contextlib.nullcontext() as w:
+class Transaction:
+    """One execution's transaction: BEGIN with SET LOCAL timeouts, always ROLLBACK (and
+    advisory locks released). With ``whole`` all of it runs under one client-side deadline,
+    registered before BEGIN is sent so ``watch`` tells a cut connection even when BEGIN is
+    what blocked; else the caller bounds each round trip with ``bounded``. Flag SQL inside
+    goes through ``ExtendedCursor(conn)``. A class, not a generator: it is on the hot path."""
+
+    __slots__ = ("conn", "limits", "write", "isolation", "whole", "watch")
+
+    def __init__(self, conn: psycopg.Connection[Any], limits: Limits, *, write: bool,
+                 isolation: str = "read committed", whole: bool = True) -> None:
+        self.conn = conn
+        self.limits = limits
+        self.write = write
+        self.isolation = isolation
+        self.whole = whole
+        self.watch: deadline.Watch | None = None
+
+    def __enter__(self) -> Transaction:
+        conn, limits = self.conn, self.limits
+        if self.whole:
+            self.watch = deadline.WATCHDOG.watch(cancel_of(conn, limits.grace_s),
+                                                 conn.pgconn.socket, limits.deadline_s,
+                                                 limits.grace_s)
         try:
-            command(conn, begin_sql(limits, write=write, isolation=isolation))
-            yield w
+            command(conn, begin_sql(limits, write=self.write, isolation=self.isolation))
+        except BaseException:
+            self._end()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        try:
+            end(self.conn)
         finally:
-            end(conn)
+            if self.watch is not None:
+                deadline.WATCHDOG.release(self.watch)
+
 
 
 def ours(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -278,22 +313,23 @@ def execute(
         return closed(), None
     pid = conn.info.backend_pid
     held = None
-    watch = None
+    tx = Transaction(conn, limits or Limits(), write=write, isolation=isolation)
     try:
-        with transaction(conn, limits or Limits(), write=write, isolation=isolation) as watch, \
-                ExtendedCursor(conn) as cur:
+        with tx:
+            cur = ExtendedCursor(conn)
             if sampler is not None:
                 sampler.begin(pid, execution)
             start = time.perf_counter_ns()
             cur.execute(query.encode(), params)
-            rows = cur.fetchall() if cur.pgresult is not None and cur.pgresult.nfields else None
+            res = cur.pgresult
+            rows = cur.fetchall() if res is not None and res.nfields else None
             elapsed = time.perf_counter_ns() - start
             if not ours(conn):
                 if sampler is not None:
                     sampler.end(pid)
                 return escaped(), None
             rowcount = cur.rowcount
-            result = result_set(cur.pgresult, rows, rowcount)
+            result = result_set(res, rows, rowcount)
             if capture_locks:
                 held = held_locks(conn)
     except psycopg.Error as exc:
@@ -303,7 +339,8 @@ def execute(
                 sampler.end(pid)
             raise  # a client-side problem (missing parameter...) is the caller's input error
         waited, waits = sampler.end(pid) if sampler is not None else (None, [])
-        return replace(failure(exc, watch), lock_wait_ns=waited, waits=tuple(waits) or None), None
+        return (replace(failure(exc, tx.watch), lock_wait_ns=waited, waits=tuple(waits) or None),
+                None)
     waited, waits = sampler.end(pid) if sampler is not None else (None, [])
     count = len(rows) if rows is not None else rowcount
     return PathResult(elapsed, count, lock_wait_ns=waited, locks=held,
@@ -317,17 +354,16 @@ def fetch(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any],
     Raises the database error (a deadline cut as OperationalError)."""
     if conn.closed:
         raise psycopg.OperationalError("the connection is closed")
-    watch = None
+    tx = Transaction(conn, limits or Limits(), write=False)
     try:
-        with transaction(conn, limits or Limits(), write=False) as watch, \
-                ExtendedCursor(conn) as cur:
+        with tx, ExtendedCursor(conn) as cur:
             cur.execute(query.encode(), params)
             rows = cur.fetchall() if cur.description is not None else []
             names = [d.name for d in cur.description or []]
             if not ours(conn):
                 raise psycopg.errors.InvalidTransactionState(ESCAPED_MESSAGE)
     except psycopg.OperationalError as exc:
-        if watch is not None and watch.state == deadline.BROKEN:
-            raise psycopg.OperationalError(failure(exc, watch).error or "") from None
+        if tx.watch is not None and tx.watch.state == deadline.BROKEN:
+            raise psycopg.OperationalError(failure(exc, tx.watch).error or "") from None
         raise
     return names, rows

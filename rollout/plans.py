@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from .dbcheck import to_positional
-from .execute import ExtendedCursor, Limits, command, ours, transaction
+from .execute import ExtendedCursor, Limits, Transaction, command, ours
 
 STATEMENT = "rollout_plan_check"
 
@@ -56,7 +56,7 @@ def explain(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
     if conn.closed:
         return None
     try:
-        with transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
+        with Transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
             row = cur.execute(b"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query.encode(),
                               params).fetchone()
             if not ours(conn):
@@ -85,7 +85,7 @@ def generic_check(conn: psycopg.Connection[Any], query: str, params: Mapping[str
     if conn.closed:
         return None
     try:
-        with transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
+        with Transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
             cur.execute(pgsql.SQL("PREPARE {} AS ").format(pgsql.Identifier(STATEMENT))
                         + pgsql.SQL(positional))
             for mode in ("force_custom_plan", "force_generic_plan"):

@@ -20,7 +20,7 @@ from psycopg import sql as pgsql
 
 from .compare import Comparison, ResultSet, StreamComparer
 from .dbcheck import describe
-from .execute import ExtendedServerCursor, Limits, bounded, failure, transaction
+from .execute import ExtendedServerCursor, Limits, Transaction, bounded, failure
 from .flags import CompareRules
 from .observations import PathResult
 
@@ -65,7 +65,7 @@ def stream_pair(legacy_conn: psycopg.Connection[Any], new_conn: psycopg.Connecti
         failed: dict[str, PathResult] = {}
         for side, (conn, query) in sides.items():
             try:
-                stack.enter_context(transaction(conn, limits, write=write, whole=False))
+                stack.enter_context(Transaction(conn, limits, write=write, whole=False))
                 # plan for reading everything, not for the first rows (the cursor default)
                 conn.execute("SET LOCAL cursor_tuple_fraction = 1")
             except psycopg.Error as exc:

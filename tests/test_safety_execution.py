@@ -1,0 +1,404 @@
+"""Hostile flags against what the toolkit executes: one statement, nothing persists, nothing
+escalates, nothing outlives its budget (issue 12 rows 1, 9, 10, 12, 13, 14).
+
+Load-time validation (flag files refuse transaction control and friends) is bypassed on
+purpose: the flags here are loaded clean and their SQL replaced with ``dataclasses.replace``,
+so each test proves the runtime mechanism holds on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from rollout import Context, Rollout
+from rollout.commands import Session, flag_set
+from rollout.connection import connect
+from rollout.errors import ConnectionFailed, InputError, Terminated
+from rollout.execute import Limits
+from rollout.flags import Flag
+from rollout.shadow import RunOptions, RunSummary, run_shadow, target_tenants
+from rollout.store import Store
+from rollout.workspace import Workspace
+from tests.conftest import WorkspaceMaker, flag_yaml
+from tests.helpers import run_cli, table_checksums
+
+LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
+WRITE_LEGACY = "UPDATE items SET val = val WHERE id = -1 RETURNING id"  # changes nothing
+INSERT = "INSERT INTO items VALUES (9001, 'acme', 1, 1, 'injected')"
+SHORT = Limits(statement_timeout_ms=1000, lock_timeout_ms=200, margin_ms=500)
+QUICK = RunOptions(lock_interval=None, plan_samples=0, generic_tenants=0, seed=1)
+
+HOSTILE_READS = {
+    "commit-insert": f"SELECT 1 AS x; COMMIT; {INSERT}; SELECT 1 AS x",
+    "rollback-delete": "ROLLBACK; DELETE FROM items WHERE tenant = 'acme'; SELECT 1 AS x",
+}
+HOSTILE_WRITE = f"BEGIN; {INSERT}; COMMIT;"
+
+
+def loaded(make_workspace: WorkspaceMaker, kind: str = "read") -> tuple[Path, Workspace]:
+    legacy = WRITE_LEGACY if kind == "write" else LEGACY
+    root = make_workspace({"f": flag_yaml("f", legacy, legacy, kind=kind)})
+    return root, Workspace.load(root)
+
+
+def hostile(ws: Workspace, **changes: Any) -> Flag:
+    """The clean flag ``f`` with its SQL replaced after loading (validation bypassed)."""
+    f = ws.flags["f"]
+    if "new" in changes:
+        changes["new"] = replace(f.new, sql=changes["new"])
+    if "legacy" in changes:
+        changes["legacy"] = replace(f.legacy, sql=changes["legacy"])
+    flag = replace(f, **changes)
+    ws.flags["f"] = flag
+    return flag
+
+
+@contextmanager
+def target_and_store(dsn: str) -> Iterator[tuple[psycopg.Connection[Any], Store]]:
+    with connect(dsn, autocommit=True) as target, connect(dsn, autocommit=True) as sconn:
+        yield target, Store.open(sconn)
+
+
+def offline(dsn: str, flag: Flag, samples: int = 4, options: RunOptions = QUICK,
+            progress: Callable[[int, int], None] | None = None) -> RunSummary:
+    with target_and_store(dsn) as (target, store):
+        return run_shadow(flag, target, store, stage="pilot", tenants=["acme"],
+                          samples=samples, dsn=dsn, options=options, progress=progress)
+
+
+def runs(dsn: str) -> list[tuple[str, str | None]]:
+    with psycopg.connect(dsn) as conn:
+        return [(str(s), r) for s, r in conn.execute(
+            "SELECT status, reason FROM rollout.runs ORDER BY started_at").fetchall()]
+
+
+def observed(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT legacy_sqlstate, new_sqlstate, new_error, source"
+                            " FROM rollout.observations ORDER BY observed_at").fetchall()
+
+
+def advisory_locks(dsn: str) -> int:
+    """Advisory locks 777 held by any session, seen from another connection."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                           " AND objid = 777 AND granted").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` until true or ``timeout`` (a bound, not a way to order events)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# -- row 1: one statement, extended protocol, whatever the placeholders --------------------
+
+
+def test_the_extended_protocol_refuses_a_second_statement(shop: str) -> None:
+    """The mechanism itself: fails if psycopg changes how the cursor sends queries."""
+    from rollout.execute import ExtendedCursor, ExtendedServerCursor, guard
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.SyntaxError, match="cannot insert multiple commands"):
+            ExtendedCursor(conn).execute(f"SELECT 1; {INSERT}")
+        with pytest.raises(psycopg.errors.SyntaxError, match="cannot insert multiple commands"):
+            guard(conn).execute(f"SELECT 1; {INSERT}")
+        with conn.transaction(force_rollback=True), pytest.raises(psycopg.errors.SyntaxError):
+            ExtendedServerCursor(conn, "c").execute(f"SELECT 1; {INSERT}")
+    assert table_checksums(shop)["public.items"][0] == 3000
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_READS))
+def test_read_flag_with_transaction_control_persists_nothing_offline(
+    shop: str, make_workspace: WorkspaceMaker, name: str
+) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws, new=HOSTILE_READS[name])
+    before = table_checksums(shop)
+    with pytest.raises(InputError, match="cannot insert multiple commands"):
+        offline(shop, flag, samples=5)
+    assert table_checksums(shop) == before
+
+
+def test_write_flag_with_begin_commit_persists_nothing_offline(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace, kind="write")
+    flag = hostile(ws, new=HOSTILE_WRITE)
+    before = table_checksums(shop)
+    with pytest.raises(InputError, match="cannot insert multiple commands"):
+        offline(shop, flag, samples=5)
+    assert table_checksums(shop) == before
+
+
+def test_rollout_shadow_cli_persists_nothing(
+    shop: str, make_workspace: WorkspaceMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From the command line: refused at load time or at run time, never run."""
+    new = HOSTILE_READS["commit-insert"]
+    root = make_workspace({"f": flag_yaml("f", LEGACY, "SELECT 1 AS x")})
+    path = root / "flags" / "f.yaml"
+    path.write_text(path.read_text().replace("SELECT 1 AS x", new))
+    before = table_checksums(shop)
+    result = run_cli(capsys, "shadow", "f", "--samples", "5", "--workspace", root, "--dsn", shop)
+    assert result.code == 2, result.out
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert table_checksums(shop) == before
+
+
+def test_single_commit_statement_is_recorded_as_a_failure(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    """One statement that ends the toolkit's transaction is not a result: it fails."""
+    _, ws = loaded(make_workspace, kind="write")
+    flag = hostile(ws, new="COMMIT")
+    summary = offline(shop, flag, samples=2)
+    assert summary.new_failures == 2
+    assert {o[1] for o in observed(shop)} == {"25000"}
+
+
+def test_online_hostile_sql_persists_nothing(shop: str, make_workspace: WorkspaceMaker) -> None:
+    """A shadowed write and a served one: the server refuses the second statement."""
+    root, ws = loaded(make_workspace, kind="write")
+    hostile(ws, new=HOSTILE_WRITE)
+    session = Session(root, dsn=shop, say=lambda m: None)
+    flag_set(session, "f", "pilot", actor="t", reason="shadow acme")
+    before = table_checksums(shop)
+    with Rollout(shop, ws, pool_stats_interval=None) as ro:
+        assert ro.query("f", Context(tenant="acme"), {"grp": 1}) == []
+        assert ro.drain()
+        flag_set(session, "f", "everyone", actor="t", reason="serve new")
+        assert wait_for(lambda: ro.decide("f", Context(tenant="acme")).path == "new")
+        with pytest.raises(psycopg.errors.SyntaxError, match="cannot insert multiple commands"):
+            ro.query("f", Context(tenant="acme"), {"grp": 1})
+        assert ro.drain()
+    assert table_checksums(shop) == before
+    shadowed = [o for o in observed(shop) if o[1] is not None]
+    assert [o[1] for o in shadowed] == ["42601", "42601"]  # shadowed, then served
+
+
+# -- row 9: a session setting never outlives its execution ----------------------------------
+
+
+STICKY = ("SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s"
+          " AND set_config('statement_timeout', '0', false) IS NOT NULL ORDER BY id")
+SLEEPY = "SELECT id, val FROM items, pg_sleep(3) WHERE tenant = %(tenant)s AND grp = %(grp)s"
+
+
+def test_legacy_cannot_lift_the_timeout_of_new_offline(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws, legacy=STICKY, new=SLEEPY)
+    summary = offline(shop, flag, samples=2, options=replace(QUICK, limits=SHORT))
+    assert summary.new_failures == 2
+    assert {o[1] for o in observed(shop)} == {"57014"}  # statement_timeout, every time
+
+
+def test_a_shadow_cannot_lift_the_timeout_of_the_next_online(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    root = make_workspace({n: flag_yaml(n, LEGACY, LEGACY) for n in ("sticky", "sleepy")})
+    ws = Workspace.load(root)
+    for name, new in (("sticky", STICKY), ("sleepy", SLEEPY)):
+        ws.flags[name] = replace(ws.flags[name], new=replace(ws.flags[name].new, sql=new))
+    session = Session(root, dsn=shop, say=lambda m: None)
+    for name in ws.flags:
+        flag_set(session, name, "pilot", actor="t", reason="shadow")
+    with Rollout(shop, ws, shadow_pool_size=1, shadow_workers=1, shadow_limits=SHORT,
+                 pool_stats_interval=None) as ro:
+        ro.query("sticky", Context(tenant="acme"), {"grp": 1})
+        assert ro.drain()
+        ro.query("sleepy", Context(tenant="acme"), {"grp": 1})
+        assert ro.drain(timeout=30)
+    assert [o[1] for o in observed(shop)] == [None, "57014"]
+
+
+# -- row 10: advisory locks are released -----------------------------------------------------
+
+LOCKER = ("SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s"
+          " AND pg_advisory_lock(777) IS NOT NULL ORDER BY id")
+
+
+def test_advisory_lock_is_released_offline(shop: str, make_workspace: WorkspaceMaker) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws, new=LOCKER)
+    with target_and_store(shop) as (target, store):
+        run_shadow(flag, target, store, stage="pilot", tenants=["acme"], samples=2, dsn=shop,
+                   options=QUICK)
+        assert not target.closed
+        assert advisory_locks(shop) == 0  # the run's connection is still open
+
+
+def test_advisory_lock_is_released_online(shop: str, make_workspace: WorkspaceMaker) -> None:
+    root, ws = loaded(make_workspace)
+    hostile(ws, new=LOCKER)
+    flag_set(Session(root, dsn=shop, say=lambda m: None), "f", "pilot", actor="t", reason="s")
+    with Rollout(shop, ws, shadow_pool_size=1, pool_stats_interval=None) as ro:
+        ro.query("f", Context(tenant="acme"), {"grp": 1})
+        assert ro.drain()
+        assert observed(shop)[0][1] is None  # the shadow ran and took the lock
+        assert wait_for(lambda: advisory_locks(shop) == 0, timeout=10)
+
+
+# -- row 12: params queries run read-only, rolled back, with timeouts ------------------------
+
+
+def test_params_sample_that_writes_persists_nothing(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws, sample_sql=f"{INSERT} RETURNING grp")
+    before = table_checksums(shop)
+    with pytest.raises(InputError, match="params.sample: cannot execute INSERT in a read-only"):
+        offline(shop, flag)
+    assert table_checksums(shop) == before
+
+
+def test_params_sample_is_bounded_by_the_statement_timeout(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws, sample_sql="SELECT grp FROM (SELECT DISTINCT grp FROM items WHERE"
+                   " tenant = %(tenant)s LIMIT %(limit)s) AS s, pg_sleep(12)")
+    with pytest.raises(InputError, match="params.sample: canceling statement due to statement"):
+        offline(shop, flag, options=replace(QUICK, limits=SHORT))
+
+
+def test_params_tenants_that_writes_persists_nothing(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws, tenants_sql=f"{INSERT} RETURNING tenant")
+    before = table_checksums(shop)
+    with connect(shop, autocommit=True) as conn:
+        with pytest.raises(InputError, match="params.tenants: cannot execute INSERT"):
+            target_tenants(flag, "everyone", conn)
+        from rollout.shadow import fetch_tenants  # what `rollout flag show` resolves with
+
+        with pytest.raises(InputError, match="params.tenants: cannot execute INSERT"):
+            fetch_tenants(conn, flag)
+        clean = replace(flag, tenants_sql="SELECT DISTINCT tenant FROM items")
+        assert fetch_tenants(conn, clean) == ["acme", "globex", "initech"]
+    assert table_checksums(shop) == before
+
+
+# -- row 13: a backend that stops answering fails its execution after the deadline -----------
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """SIGSTOP a local backend; SIGCONT whatever happens."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        pytest.skip("the test server's backends are not local processes")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_stopped_backend_fails_the_offline_run_after_the_deadline(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws)
+    started = threading.Event()
+    outcome: dict[str, BaseException | None] = {}
+    with target_and_store(shop) as (target, store):
+        pid = target.info.backend_pid
+
+        def run() -> None:
+            try:
+                run_shadow(flag, target, store, stage="pilot", tenants=["acme"], samples=200,
+                           dsn=shop, options=replace(QUICK, limits=SHORT),
+                           progress=lambda i, n: started.set())
+                outcome["error"] = None
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        assert started.wait(30)
+        with stopped(pid):
+            worker.join(60)
+            assert not worker.is_alive(), "the run hung on a stopped backend"
+        error = outcome["error"]
+        assert isinstance(error, ConnectionFailed), error
+        assert "stopped answering" in str(error)
+    assert runs(shop)[0][0] == "failed"
+    assert "stopped answering" in (runs(shop)[0][1] or "")
+    assert "08006" in {o[0] for o in observed(shop)} | {o[1] for o in observed(shop)}
+
+
+def test_stopped_shadow_backend_fails_the_shadow_and_the_pool_recovers(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    root, ws = loaded(make_workspace)
+    flag_set(Session(root, dsn=shop, say=lambda m: None), "f", "pilot", actor="t", reason="s")
+    with Rollout(shop, ws, shadow_pool_size=1, shadow_workers=1, shadow_limits=SHORT,
+                 pool_stats_interval=None) as ro:
+        ro.shadow_pool.wait()
+        with psycopg.connect(shop) as admin:
+            row = admin.execute("SELECT pid FROM pg_stat_activity WHERE application_name ="
+                                " 'pg-rollout-shadow' AND datname = current_database()"
+                                ).fetchone()
+        assert row is not None
+        with stopped(int(row[0])):
+            assert ro.query("f", Context(tenant="acme"), {"grp": 1})  # the caller is served
+            assert ro.drain(timeout=30)
+        ro.query("f", Context(tenant="acme"), {"grp": 2})
+        assert ro.drain(timeout=30)
+    assert [o[1] for o in observed(shop)] == ["08006", None]
+    assert "deadline" in observed(shop)[0][2]
+
+
+# -- row 14: a run cut short says so ----------------------------------------------------------
+
+
+def test_sigterm_marks_the_run_failed_with_its_reason(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+
+    def progress(i: int, n: int) -> None:
+        if i == 2:
+            raise Terminated("terminated (SIGTERM)")
+
+    with pytest.raises(Terminated):
+        offline(shop, hostile(ws), samples=10, progress=progress)
+    assert runs(shop) == [("failed", "terminated (SIGTERM)")]
+
+
+def test_a_lost_store_does_not_hide_the_interruption(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    _, ws = loaded(make_workspace)
+    with target_and_store(shop) as (target, store):
+
+        def progress(i: int, n: int) -> None:
+            store.conn.close()  # the store's server went away
+            raise Terminated("terminated (SIGTERM)")
+
+        with pytest.raises(Terminated):
+            run_shadow(hostile(ws), target, store, stage="pilot", tenants=["acme"], samples=4,
+                       dsn=shop, options=QUICK, progress=progress)

@@ -2,8 +2,9 @@
 
 Covers tables, columns (type, nullability, default), constraints, indexes, views, functions,
 triggers, sequences (definition, not position) and grants, in every schema but the system
-ones and the toolkit's own ``rollout``. Owners are left out: a clone may be owned by whoever
-restored it.
+ones and the toolkit's own ``rollout``; beyond the schema, the cluster's roles (names and
+attributes, never passwords) and the settings of this database and of roles, which a script
+can change too. Owners are left out: a clone may be owned by whoever restored it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,24 @@ _QUERIES: dict[str, str] = {
          WHERE c.relacl IS NOT NULL AND n.nspname NOT IN {_EXCLUDED}
            AND a.grantee <> c.relowner
          GROUP BY 1""",
+    "role": """
+        SELECT rolname, concat_ws(' ', CASE WHEN rolsuper THEN 'superuser' END,
+               CASE WHEN rolcreaterole THEN 'createrole' END,
+               CASE WHEN rolcreatedb THEN 'createdb' END,
+               CASE WHEN rolcanlogin THEN 'login' END,
+               CASE WHEN rolreplication THEN 'replication' END,
+               CASE WHEN rolbypassrls THEN 'bypassrls' END,
+               CASE WHEN NOT rolinherit THEN 'noinherit' END, 'role')
+          FROM pg_roles WHERE rolname !~ '^pg_'""",
+    "setting": """
+        SELECT split_part(c, '=', 1) || CASE
+                 WHEN s.setrole = 0 THEN ' (this database)'
+                 WHEN s.setdatabase = 0 THEN ' (role ' || pg_get_userbyid(s.setrole) || ')'
+                 ELSE ' (role ' || pg_get_userbyid(s.setrole) || ' in this database)' END,
+               substr(c, strpos(c, '=') + 1)
+          FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) c
+         WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database
+                                      WHERE datname = current_database()))""",
 }
 
 

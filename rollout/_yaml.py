@@ -8,6 +8,9 @@ import yaml
 
 from .errors import FlagFileError
 
+# libyaml's loader when PyYAML was built with it (the usual wheel): the same documents, faster
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 MAX_YAML_BYTES = 1024 * 1024
 """Flag files and ``rollout.yaml`` larger than this are refused before parsing."""
 MAX_DEPTH = 64
@@ -42,14 +45,22 @@ def load_located(file: str, text: str) -> Located:
         raise FlagFileError(file, None, "", f"larger than {MAX_YAML_BYTES // 1024} KiB")
     try:
         _check_events(file, text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
         raise FlagFileError(file, line, "", f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, at an offset
+        line = text.count("\n", 0, exc.position) + 1
+        what = f"character #x{exc.character:04x}" if isinstance(exc.character, int) \
+            else "character"
+        raise FlagFileError(file, line, "", f"invalid YAML: unacceptable {what} "
+                            f"({exc.reason})") from None
     except yaml.YAMLError as exc:
-        raise FlagFileError(file, None, "", f"invalid YAML: {exc}") from None
+        first = str(exc).strip().splitlines()
+        raise FlagFileError(file, None, "", f"invalid YAML: {first[0] if first else 'error'}"
+                            ) from None
     lines: dict[str, int] = {"": 1}
     if node is None:
         return Located(file, None, lines)
@@ -66,7 +77,7 @@ def _check_events(file: str, text: str) -> None:
     anchor's node, so following aliases lets a few hundred bytes expand into gigabytes (nine
     levels of ten aliases) or loop forever (``x: &a [*a]``); composition recurses per level."""
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=_Loader):
         line = event.start_mark.line + 1 if event.start_mark is not None else None
         if isinstance(event, yaml.AliasEvent):
             raise FlagFileError(file, line, "",
@@ -102,5 +113,11 @@ def _convert(node: yaml.Node, path: str, lines: dict[str, int], file: str,
     # Scalars: let the safe constructor resolve ints, floats, bools, nulls.
     try:
         return constructor.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as exc:
+        problem = exc.problem or exc.context or "cannot be read"
+        raise FlagFileError(file, node.start_mark.line + 1, path,
+                            f"invalid value: {problem}") from None
     except yaml.YAMLError as exc:
-        raise FlagFileError(file, node.start_mark.line + 1, path, f"invalid value: {exc}") from None
+        first = str(exc).strip().splitlines()
+        raise FlagFileError(file, node.start_mark.line + 1, path,
+                            f"invalid value: {first[0] if first else 'cannot be read'}") from None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from pglast import ast, enums, parser
@@ -45,31 +49,56 @@ class Parsed:
 # first, and both run in a thread whose stack is large enough for that depth, whatever thread
 # the caller runs on.
 _PARSE_STACK = 32 * 1024 * 1024
-_stack_lock = threading.Lock()
+
+
+class _Parser:
+    """One daemon thread with a large stack that parses on behalf of every caller (a thread
+    per parse costs a millisecond); started on first use, and again in a forked child,
+    which inherits the object but not the thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: queue.SimpleQueue[tuple[str, Future[list[Parsed]]]] = queue.SimpleQueue()
+        self.pid = 0
+
+    def parse(self, sql: str) -> list[Parsed]:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.jobs = queue.SimpleQueue()
+                # stack_size() is process-wide: set it, start the thread, restore it
+                previous = threading.stack_size(_PARSE_STACK)
+                try:
+                    threading.Thread(target=self.serve, args=(self.jobs,),
+                                     name="rollout-sql-parser", daemon=True).start()
+                finally:
+                    threading.stack_size(previous)
+                self.pid = os.getpid()
+        job: Future[list[Parsed]] = Future()
+        self.jobs.put((sql, job))
+        return job.result()
+
+    @staticmethod
+    def serve(jobs: queue.SimpleQueue[tuple[str, Future[list[Parsed]]]]) -> None:
+        while True:
+            sql, job = jobs.get()
+            try:
+                job.set_result(_parse_guarded(sql))
+            except BaseException as exc:  # handed to the caller
+                job.set_exception(exc)
+
+
+_PARSER = _Parser()
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(sql: str) -> tuple[Parsed, ...]:
+    return tuple(_PARSER.parse(sql))
 
 
 def parse(sql: str) -> list[Parsed]:
-    """Every statement of ``sql``; raise SqlError if it does not parse (or nests too deeply)."""
-    outcome: list[list[Parsed] | BaseException] = []
-
-    def run() -> None:
-        try:
-            outcome.append(_parse_guarded(sql))
-        except BaseException as exc:  # handed to the calling thread
-            outcome.append(exc)
-
-    with _stack_lock:  # stack_size() is process-wide: set it, start the thread, restore it
-        previous = threading.stack_size(_PARSE_STACK)
-        try:
-            worker = threading.Thread(target=run, name="rollout-sql-parser", daemon=True)
-            worker.start()
-        finally:
-            threading.stack_size(previous)
-    worker.join()
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    """Every statement of ``sql``; raise SqlError if it does not parse (or nests too deeply).
+    The trees are shared between callers (cached): read them, never change them."""
+    return list(_parse_cached(sql))
 
 
 def _parse_guarded(sql: str) -> list[Parsed]:

@@ -55,6 +55,12 @@ BAD = [
     ("key without key order", GOOD.replace("order: strict", "order: key"),
      r"flags/good.yaml:\d+: compare.key: is required with order: key"),
     ("empty file", "", r"flags/good.yaml:1: file is empty"),
+    ("control character", GOOD.replace("owner: tests", "owner: te\x01sts"),
+     r"flags/good.yaml:3: invalid YAML: unacceptable character #x0001 \(control characters "
+     r"are not allowed\)$"),
+    ("python tag", GOOD.replace("owner: tests", "owner: !!python/object:os.system x"),
+     r"flags/good.yaml:3: owner: invalid value: could not determine a constructor for the tag "
+     r"'tag:yaml.org,2002:python/object:os.system'$"),
 ]
 
 

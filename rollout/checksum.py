@@ -62,7 +62,8 @@ class _Side:
         self.conn = conn
         self.limits = limits
         self.params = dict(params)
-        columns, _ = describe(conn, query)
+        with bounded(conn, limits):
+            columns, _ = describe(conn, query)
         names = [c for c, _ in columns if c not in rules.ignore_columns]
         self.key_oid = dict(columns).get(rules.key[0])
         key = pgsql.Identifier(rules.key[0]).as_string(conn)

@@ -402,3 +402,35 @@ def test_a_lost_store_does_not_hide_the_interruption(
         with pytest.raises(Terminated):
             run_shadow(hostile(ws), target, store, stage="pilot", tenants=["acme"], samples=4,
                        dsn=shop, options=QUICK, progress=progress)
+
+
+def test_async_runner_holds_the_same_guarantees(shop: str, make_workspace: WorkspaceMaker) -> None:
+    """AsyncRollout: the hostile write is refused by the server, the lock is released."""
+    import asyncio
+
+    from rollout import AsyncRollout
+
+    root = make_workspace({n: flag_yaml(n, WRITE_LEGACY, WRITE_LEGACY, kind="write")
+                           for n in ("w", "lock")})
+    ws = Workspace.load(root)
+    for name, new in (("w", HOSTILE_WRITE), ("lock", LOCKER.replace(
+            "SELECT id, val FROM items", "SELECT id FROM items"))):
+        ws.flags[name] = replace(ws.flags[name], new=replace(ws.flags[name].new, sql=new))
+        flag_set(Session(root, dsn=shop, say=lambda m: None), name, "pilot", actor="t",
+                 reason="shadow")
+    before = table_checksums(shop)
+
+    async def main() -> None:
+        ro = await AsyncRollout.connect(shop, ws, shadow_pool_size=1, shadow_workers=1,
+                                        pool_stats_interval=None)
+        try:
+            await ro.query("w", Context(tenant="acme"), {"grp": 1})
+            await ro.query("lock", Context(tenant="acme"), {"grp": 1})
+            assert await ro.drain()
+            assert advisory_locks(shop) == 0
+        finally:
+            await ro.close()
+
+    asyncio.run(main())
+    assert table_checksums(shop) == before
+    assert [o[1] for o in observed(shop)] == ["42601", None]

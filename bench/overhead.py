@@ -14,6 +14,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from rollout.connection import connect
+from rollout.deadline import WATCHDOG
 from rollout.execute import guard
 from rollout.flags import Flag
 from rollout.locks import LockWaitSampler
@@ -48,9 +49,13 @@ def run(db: BenchDB) -> dict[str, Any]:
             flag = db.workspace.flag(name)
             say(f"{NAME}: {name} ({flag.kind}), {SAMPLES} pairs x {ROUNDS} rounds")
             cases.append(_case(flag, target, store))
+    watch_us = _deadline_cost()
+    say(f"{NAME}: registering and releasing a client-side deadline: {watch_us:.2f} us")
     return {
         "name": NAME,
-        "description": "per paired execution, the offline runner (session timeouts, both "
+        "deadline_watch_us": watch_us,
+        "description": "per paired execution, the offline runner (SET LOCAL timeouts, "
+                       "client-side deadline, advisory-lock release, both "
                        "paths, comparison, Observation, COPY to the store) against running "
                        "both queries directly with psycopg",
         "unit": "us",
@@ -63,6 +68,22 @@ def run(db: BenchDB) -> dict[str, Any]:
         "tenants": list(TENANTS),
         "cases": cases,
     }
+
+
+def _deadline_cost(n: int = 100_000) -> float:
+    """Median cost of one ``watch`` + ``release`` on the process watchdog, in microseconds:
+    what the client-side deadline adds to each execution besides its round trips."""
+    rounds = []
+    for _ in range(5):
+        start = perf_counter_ns()
+        for _ in range(n):
+            WATCHDOG.release(WATCHDOG.watch(_no_cancel, -1, 3600.0, 1.0))
+        rounds.append((perf_counter_ns() - start) / n / 1e3)
+    return statistics.median(rounds)
+
+
+def _no_cancel() -> None:
+    pass
 
 
 def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

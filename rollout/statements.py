@@ -483,7 +483,8 @@ def beyond_database(node: ast.Node) -> str | None:
                          if isinstance(o, ast.DefElem) and o.defname == "language"
                          and isinstance(o.arg, ast.String)), "")
         if language == "c" or (language.startswith("pl") and language.endswith("u")):
-            return (f"creates a function in {language}, an untrusted language: its code runs "
+            shown = "C" if language == "c" else language
+            return (f"creates a function in {shown}, an untrusted language: its code runs "
                     "on the server's host with the server's rights")
     for item in walk(node):
         if isinstance(item, ast.FuncCall) and item.funcname:

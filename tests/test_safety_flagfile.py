@@ -424,6 +424,42 @@ def test_scripts_split_by_the_parser() -> None:
         split("SELECT 1;\n\nSELEC 2;\nDROP TABLE items;\n")
 
 
+SCRIPT_VECTORS = [
+    # statement, non_transactional, destroys_data, uses_sequences
+    ("REFRESH MATERIALIZED VIEW CONCURRENTLY mv", None, None, False),
+    ("ALTER TYPE mood ADD VALUE 'meh'", "ALTER TYPE ... ADD VALUE: the new value cannot be "
+     "used in the same transaction", None, False),
+    ("VACUUM items", "cannot run inside a transaction", None, False),
+    ("ANALYZE items", None, None, False),
+    ("REINDEX TABLE CONCURRENTLY items",
+     "runs CONCURRENTLY, which cannot be in a transaction", None, False),
+    ("ALTER TABLE items DROP note, ALTER COLUMN val TYPE real", None,
+     "drops a column and its data", False),
+    ("ALTER TABLE items ALTER COLUMN val TYPE real", None,
+     "changes a column's type (values may be converted or truncated)", False),
+    ("ALTER TABLE items DROP CONSTRAINT items_pkey", None, None, False),
+    ("DROP TABLE IF EXISTS items", None, "drops a table and its data", False),
+    ("DROP SCHEMA s CASCADE", None, "drops a schema and everything in it", False),
+    ("TRUNCATE items", None, "truncates a table", False),
+    ("SELECT 'DROP TABLE items; DELETE FROM items' AS t", None, None, False),
+    ("ALTER TABLE items ADD COLUMN n bigserial", None, None, True),
+    ("INSERT INTO items (id) SELECT nextval('s')", None, None, True),
+    ("CREATE TABLE z (id int GENERATED ALWAYS AS IDENTITY)", None, None, True),
+]
+
+
+@pytest.mark.parametrize(("sql", "transaction", "destroys", "sequences"), SCRIPT_VECTORS,
+                         ids=[v[0][:40] for v in SCRIPT_VECTORS])
+def test_script_statements_are_read_from_parse_trees(
+    sql: str, transaction: str | None, destroys: str | None, sequences: bool,
+) -> None:
+    from rollout.sqlscript import destroys_data, non_transactional, split, uses_sequences
+
+    [stmt] = split(sql + ";")
+    assert (non_transactional(stmt), destroys_data(stmt), uses_sequences(stmt)) == (
+        transaction, destroys, sequences)
+
+
 def test_row_2_statements_are_named_as_reaching_beyond_the_database() -> None:
     from rollout.sqlscript import acts_beyond_database, split
 

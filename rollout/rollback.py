@@ -20,13 +20,19 @@ import pglast
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import sqlscript
 from .dbcheck import describe
 from .errors import InputError
 from .fingerprint import Fingerprint, differences, fingerprint
 from .flags import Flag
 from .scratch import ScratchUnavailable, scratch_database
-from .sqlscript import Statement, destroys_data, non_transactional, split, uses_sequences
+from .sqlscript import (
+    Statement,
+    acts_beyond_database,
+    destroys_data,
+    non_transactional,
+    split,
+    uses_sequences,
+)
 
 __all__ = ["Applied", "Hazard", "ScratchUnavailable", "Verification", "apply", "hazards_of",
            "reaches_host", "require_script", "run_script", "static_problems", "verify",
@@ -166,9 +172,7 @@ def _hazard(stmt: Statement, name: str) -> Hazard:
     hazard.transactional = hazard.why_not is None
     hazard.destroys = destroys_data(stmt)
     hazard.sequences = uses_sequences(stmt)
-    beyond: Callable[[Statement], str | None] | None = getattr(
-        sqlscript, "acts_beyond_database", None)
-    hazard.beyond_database = reaches_host(stmt) or (beyond(stmt) if beyond else None)
+    hazard.beyond_database = reaches_host(stmt) or acts_beyond_database(stmt)
     return hazard
 
 

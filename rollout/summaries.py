@@ -142,8 +142,14 @@ def locks_summary(observations: Sequence[Observation]) -> dict[str, Any]:
         }
     legacy_held = {tuple(x) for x in out["legacy"]["held"]}
     new_held = {tuple(x) for x in out["new"]["held"]}
-    out["only_new_holds"] = sorted([list(x) for x in new_held - legacy_held])
-    out["only_legacy_holds"] = sorted([list(x) for x in legacy_held - new_held])
+    # pairs whose held locks were listed; a path that failed in all of them took no locks
+    # we saw, which says nothing about the locks it takes when it works
+    pairs = [o for o in observations
+             if any(((o.locks or {}).get(p) or {}).get("held") for p in ("legacy", "new"))]
+    compared = all(any(not getattr(o, f"{p}_failed") for o in pairs) for p in ("legacy", "new"))
+    out["only_new_holds"] = sorted([list(x) for x in new_held - legacy_held]) if compared else []
+    out["only_legacy_holds"] = (sorted([list(x) for x in legacy_held - new_held])
+                                if compared else [])
     out["note"] = ("waits sampled from pg_locks every 10 ms; a wait shorter than that may be "
                    "missed; lock_timeout failures (55P03) count as failures")
     return out

@@ -113,6 +113,9 @@ def test_a_new_path_that_always_fails_gets_a_no_go_report(
     assert words in visible_text(page[: page.index("</header>")])
     md = (folder / "pilot.md").read_text()
     assert words in md[: md.index("### Gates")]
+    # a path that never ran through took no locks we saw: no claim about the locks it takes
+    assert body["locks"]["only_legacy_holds"] == []
+    assert "the new path does not lock" not in md + visible_text(page)
     with psycopg.connect(shop) as conn:
         assert conn.execute("SELECT verdict FROM rollout.reports WHERE flag = 'bad'"
                             ).fetchall() == [("NO-GO",)]

@@ -22,7 +22,7 @@ def incomplete_runs_view(raw: Any) -> list[dict[str, Any]]:
         got = "" if samples is None else f"{samples}{f' of {requested}' if requested else ''}"
         after = f" after {got} sample{'' if samples == 1 and not requested else 's'}" \
             if got else ""
-        since = f", started {started}" if started else ""
+        since = f" (started {started})" if started else ""
         if status == "failed":
             text = (f"{mode} {run_id[:8]}{since} was cut short{after}: "
                     f"{reason or 'no reason was recorded'}")

@@ -173,7 +173,7 @@ class AsyncRollout(RunnerCore):
         try:
             async with self.shadow_pool.connection() as conn:
                 with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                                    limits.grace_s) as watch:
+                                    limits.grace_s, alive=lambda: not conn.closed) as watch:
                     await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
                     try:
                         start = time.perf_counter_ns()
@@ -198,7 +198,7 @@ class AsyncRollout(RunnerCore):
         try:
             async with self.shadow_pool.connection() as conn:
                 with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                                    limits.grace_s) as watch:
+                                    limits.grace_s, alive=lambda: not conn.closed) as watch:
                     await conn.set_read_only(read)
                     start = time.perf_counter_ns()
                     async with conn.transaction(force_rollback=True):

@@ -31,12 +31,13 @@ ACTIVE, CANCELLED, BROKEN, DONE = "active", "cancelled", "broken", "done"
 class Watch:
     """One execution under a deadline; ``state`` says what the watchdog had to do."""
 
-    __slots__ = ("cancel", "fileno", "due", "cut", "seconds", "state", "lock")
+    __slots__ = ("cancel", "fileno", "alive", "due", "cut", "seconds", "state", "lock")
 
     def __init__(self, cancel: Callable[[], None], fileno: int, due: float, cut: float,
-                 seconds: float) -> None:
+                 seconds: float, alive: Callable[[], bool] | None = None) -> None:
         self.cancel = cancel
         self.fileno = fileno
+        self.alive = alive
         self.due = due
         self.cut = cut
         self.seconds = seconds
@@ -60,11 +61,13 @@ class Watchdog:
         self.cancels = 0
         self.breaks = 0
 
-    def watch(self, cancel: Callable[[], None], fileno: int, seconds: float, grace: float
-              ) -> Watch:
-        """Register an execution: cancel it after ``seconds``, cut it off ``grace`` later."""
+    def watch(self, cancel: Callable[[], None], fileno: int, seconds: float, grace: float,
+              alive: Callable[[], bool] | None = None) -> Watch:
+        """Register an execution: cancel it after ``seconds``, cut it off ``grace`` later
+        (unless ``alive`` says the connection was closed meanwhile: its descriptor may
+        already belong to another socket)."""
         now = time.monotonic()
-        w = Watch(cancel, fileno, now + seconds, now + seconds + grace, seconds)
+        w = Watch(cancel, fileno, now + seconds, now + seconds + grace, seconds, alive)
         with self._lock:
             self._active[id(w)] = w
             if self._thread is None:
@@ -103,8 +106,9 @@ class Watchdog:
                     w.cancel()
             elif w.state == CANCELLED:
                 w.state = BROKEN
-                self.breaks += 1
-                cut_off(w.fileno)
+                if w.alive is None or w.alive():
+                    self.breaks += 1
+                    cut_off(w.fileno)
 
 
 def cut_off(fileno: int) -> None:
@@ -123,10 +127,10 @@ WATCHDOG = Watchdog()
 
 
 @contextlib.contextmanager
-def watch(cancel: Callable[[], None], fileno: int, seconds: float, grace: float
-          ) -> Iterator[Watch]:
+def watch(cancel: Callable[[], None], fileno: int, seconds: float, grace: float,
+          alive: Callable[[], bool] | None = None) -> Iterator[Watch]:
     """``with watch(...) as w:`` the block runs under the process watchdog."""
-    w = WATCHDOG.watch(cancel, fileno, seconds, grace)
+    w = WATCHDOG.watch(cancel, fileno, seconds, grace, alive)
     try:
         yield w
     finally:

@@ -177,20 +177,22 @@ async def areset_session(conn: psycopg.AsyncConnection[Any]) -> None:
     await acommand(conn, RESET_SESSION)
 
 
-def end(conn: psycopg.Connection[Any]) -> None:
-    """Roll back and release advisory locks; close a connection left unusable."""
+def end(conn: psycopg.Connection[Any]) -> bool:
+    """Roll back and release advisory locks. True when the connection is left unusable and
+    must be closed (by the caller, once its deadline is released: closing frees the socket's
+    descriptor, which the watchdog must never touch after that)."""
     if conn.closed:
-        return
+        return False
     status = conn.pgconn.transaction_status
     if status == pq.TransactionStatus.ACTIVE:
-        conn.close()  # a command still running (its results never read): no way back
-        return
+        return True  # a command still running (its results never read): no way back
     try:
         # Unlocking first, inside the open transaction, saves the implicit transaction a
         # statement after ROLLBACK would need; an aborted transaction must roll back first.
         command(conn, END if status == pq.TransactionStatus.INERROR else END_IN_TRANSACTION)
     except psycopg.Error:
-        conn.close()
+        return True
+    return False
 
 
 def cancel_of(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
@@ -205,7 +207,7 @@ def bounded(conn: psycopg.Connection[Any], limits: Limits
             ) -> contextlib.AbstractContextManager[deadline.Watch]:
     """The client-side deadline of one round trip (or one execution) on ``conn``."""
     return deadline.watch(cancel_of(conn, limits.grace_s), conn.pgconn.socket,
-                          limits.deadline_s, limits.grace_s)
+                          limits.deadline_s, limits.grace_s, alive=lambda: not conn.closed)
 
 
 class Transaction:
@@ -231,7 +233,7 @@ class Transaction:
         if self.whole:
             self.watch = deadline.WATCHDOG.watch(cancel_of(conn, limits.grace_s),
                                                  conn.pgconn.socket, limits.deadline_s,
-                                                 limits.grace_s)
+                                                 limits.grace_s, alive=lambda: not conn.closed)
         try:
             command(conn, begin_sql(limits, write=self.write, isolation=self.isolation))
         except BaseException:
@@ -243,11 +245,14 @@ class Transaction:
         self._end()
 
     def _end(self) -> None:
+        unusable = True
         try:
-            end(self.conn)
+            unusable = end(self.conn)
         finally:
             if self.watch is not None:
                 deadline.WATCHDOG.release(self.watch)
+            if unusable and not self.conn.closed:
+                self.conn.close()
 
 
 

@@ -434,3 +434,27 @@ def test_async_runner_holds_the_same_guarantees(shop: str, make_workspace: Works
     asyncio.run(main())
     assert table_checksums(shop) == before
     assert [o[1] for o in observed(shop)] == ["42601", None]
+
+
+def test_the_watchdog_cuts_only_a_connection_still_open() -> None:
+    """Past its deadline a watch is cancelled, then cut; a connection closed meanwhile (its
+    descriptor may be another socket's by now) is left alone."""
+    import socket
+
+    from rollout.deadline import BROKEN, WATCHDOG
+
+    for alive in (True, False):
+        ours_, peer = socket.socketpair()
+        with ours_, peer:
+            cancelled = threading.Event()
+            w = WATCHDOG.watch(cancelled.set, ours_.fileno(), 0.0, 0.0, alive=lambda a=alive: a)
+            try:
+                assert wait_for(lambda w=w: w.state == BROKEN, timeout=10)
+            finally:
+                WATCHDOG.release(w)
+            assert cancelled.is_set()
+            if alive:
+                assert ours_.recv(1) == b""  # shut down: a blocked read returns
+            else:
+                peer.sendall(b"x")
+                assert ours_.recv(1) == b"x"  # untouched

@@ -26,7 +26,7 @@ import contextlib
 import functools
 import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -196,7 +196,7 @@ def end(conn: psycopg.Connection[Any]) -> bool:
 
 
 def cancel_of(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
-              grace: float) -> Any:
+              grace: float) -> Callable[[], None]:
     """What the watchdog calls to cancel ``conn``'s statement (thread-safe, bounded)."""
     if isinstance(conn, psycopg.Connection):
         return lambda: conn.cancel_safe(timeout=grace)
@@ -253,7 +253,6 @@ class Transaction:
                 deadline.WATCHDOG.release(self.watch)
             if unusable and not self.conn.closed:
                 self.conn.close()
-
 
 
 def ours(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:

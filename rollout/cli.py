@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ import psycopg
 
 from . import __version__, commands
 from .connection import embedded_status, redact, stop_embedded
-from .errors import EXIT_USAGE, InputError, RolloutError
+from .errors import EXIT_USAGE, InputError, RolloutError, Terminated
 from .report import FORMATS
 from .shadow import Progress, RunOptions
 from .state import FlagState
@@ -29,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     session = commands.Session(Path(args.workspace), dsn=args.dsn, store_dsn=args.store_dsn,
-                               say=_err)
+                               say=_err, allow_superuser=getattr(args, "allow_superuser", False))
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         code: int = args.run(session, args)
         return code
@@ -40,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(exc).strip().splitlines()
         _err(f"rollout: database error: {text[0] if text else type(exc).__name__}")
         return EXIT_USAGE
+    except Terminated:
+        _err("rollout: terminated (SIGTERM)")
+        return 143
     except KeyboardInterrupt:
         _err("rollout: interrupted")
         return 130
@@ -50,6 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
              "(set ROLLOUT_DEBUG=1 for the traceback)")
         return EXIT_USAGE
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: every ``finally`` runs, runs are marked failed."""
+    raise Terminated("terminated (SIGTERM)")
+
+
+ALLOW_SUPERUSER = ("--allow-superuser",)
+ALLOW_SUPERUSER_OPTIONS: dict[str, Any] = {
+    "action": "store_true",
+    "help": "run flag SQL even as a login that can reach past the database (superuser, "
+            "CREATEROLE, server programs or files); see docs/safety.md"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,11 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", parents=[common], help="scaffold a workspace")
     p.add_argument("dir", nargs="?", default=None, help="folder (default: --workspace)")
+    p.add_argument("--role", metavar="NAME",
+                   help="also write rollout-role.sql: SQL creating a least-privilege login "
+                        "NAME for flag SQL (run it as an administrator)")
     p.set_defaults(run=_init)
 
     p = sub.add_parser("demo", parents=[common], help="load demo data, shadow-run, report")
     p.add_argument("--scale", type=float, default=1.0, help="data set size (default 1.0)")
     p.add_argument("--samples", type=int, default=None, help="samples per flag")
+    p.add_argument(*ALLOW_SUPERUSER, **ALLOW_SUPERUSER_OPTIONS)
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("check", parents=[common], help="validate flag files")
@@ -89,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pg_locks sampling interval in ms (0: off; default 10)")
     p.add_argument("--plans", type=int, default=10, metavar="N",
                    help="parameter sets per path to EXPLAIN (default 10)")
+    p.add_argument(*ALLOW_SUPERUSER, **ALLOW_SUPERUSER_OPTIONS)
     p.set_defaults(run=_shadow)
 
     p = sub.add_parser("report", parents=[common], help="go/no-go report of a stage")
@@ -108,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(run=_flag_list)
     q = fsub.add_parser("show", parents=[common], help="stages, live state, targets, events")
     q.add_argument("flag", metavar="FLAG")
+    q.add_argument(*ALLOW_SUPERUSER, **ALLOW_SUPERUSER_OPTIONS)
     q.set_defaults(run=_flag_show)
     q = fsub.add_parser("set", parents=[common, actor], help="move a flag to a stage")
     q.add_argument("flag", metavar="FLAG")
@@ -311,10 +339,13 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 
 def _init(session: commands.Session, args: argparse.Namespace) -> int:
     target = Path(args.dir) if args.dir else session.workspace
-    written = commands.init(target)
+    written = commands.init(target, role=args.role)
     for path in written:
         print(f"created {path}")
     print(f"workspace ready in {target}: edit flags/example.yaml, then `rollout check`")
+    if args.role:
+        print(f"least-privilege login: run rollout-role.sql as an administrator, then connect "
+              f"as {args.role} (--dsn)")
     return 0
 
 

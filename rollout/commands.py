@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
-from .connection import connect, redact, resolve_dsn
+from .connection import Target, connect, redact, resolve
 from .dbcheck import check_flag, order_problems
 from .errors import InputError, Refused
 from .flags import Flag
+from .privileges import require_least_privilege
 from .report import FORMATS, WrittenReport, write_report
 from .rollback import Applied, apply, require_script, static_problems, verification_for
 from .scaffold import init_workspace
@@ -34,20 +36,42 @@ class Session:
     dsn: str | None = None
     store_dsn: str | None = None
     say: Say = print
-    _resolved: str | None = field(default=None, init=False, repr=False)
+    allow_superuser: bool = False
+    """Run flag SQL even as a login that reaches past the database (``--allow-superuser``)."""
+    _resolved: Target | None = field(default=None, init=False, repr=False)
 
     def load(self, strict: bool = True) -> Workspace:
         return Workspace.load(self.workspace, strict=strict)
 
     @property
-    def target_dsn(self) -> str:
+    def resolved(self) -> Target:
         if self._resolved is None:
-            self._resolved = resolve_dsn(self.dsn, self.workspace, announce=self.say)
+            self._resolved = resolve(self.dsn, self.workspace, announce=self.say)
         return self._resolved
+
+    @property
+    def target_dsn(self) -> str:
+        return self.resolved.dsn
+
+    def shadow_dsn(self, ws: Workspace) -> str:
+        """The connection flag SQL runs on: the target's (the embedded server's
+        least-privilege login), with ``SET ROLE`` to the workspace's ``shadow_role``."""
+        dsn = self.resolved.shadow_dsn
+        role = ws.settings.shadow_role
+        return make_conninfo(dsn, options=f"-c role={role}") if role else dsn
 
     @contextmanager
     def target(self) -> Iterator[psycopg.Connection[Any]]:
         with connect(self.target_dsn, autocommit=True) as conn:
+            yield conn
+
+    @contextmanager
+    def runner(self, ws: Workspace, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection to run flag SQL on, after the least-privilege check (``what`` names
+        the work in a refusal)."""
+        with connect(self.shadow_dsn(ws), autocommit=True) as conn:
+            require_least_privilege(
+                conn, allow=self.allow_superuser or ws.settings.allow_superuser, what=what)
             yield conn
 
     @contextmanager
@@ -57,8 +81,8 @@ class Session:
             yield Store.open(conn)
 
 
-def init(directory: Path) -> list[Path]:
-    return init_workspace(directory)
+def init(directory: Path, role: str | None = None) -> list[Path]:
+    return init_workspace(directory, role)
 
 
 def check(session: Session, names: Sequence[str] = (), database: bool = False) -> list[str]:
@@ -91,15 +115,16 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
     noise); observations land in the store."""
     opts = options or RunOptions()
     opts = replace(opts, seed=seed if seed is not None else opts.seed, aa=aa or opts.aa)
-    flag = session.load().flag(flag_name)
-    with session.target() as conn, session.store() as store:
+    ws = session.load()
+    flag = ws.flag(flag_name)
+    with session.runner(ws, f"shadow {flag.name}") as conn, session.store() as store:
         stage = stage or current_stage(store, flag)
         if flag.stage(stage) is None:
             raise flag.unknown_stage(stage)
         chosen: list[str | None] = list(tenants) if tenants else target_tenants(flag, stage, conn)
         return run_shadow(flag, conn, store, stage=stage, tenants=chosen,
                           samples=flag.gates.min_samples if samples is None else samples,
-                          dsn=session.target_dsn,
+                          dsn=session.shadow_dsn(ws),
                           options=opts, progress=progress)
 
 
@@ -142,13 +167,14 @@ def flag_list(session: Session) -> list[tuple[Flag, FlagState]]:
 
 
 def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview:
-    flag = session.load().flag(name)
+    ws = session.load()
+    flag = ws.flag(name)
     with session.store() as store:
         st = read_state(store.conn, flag.name)
         history = events(store.conn, flag.name)
     targeted: dict[str, list[str]] = {}
     if resolve and st.started and not st.killed and st.stage and flag.tenants_sql:
-        with session.target() as conn:
+        with session.runner(ws, f"run params.tenants of {flag.name}") as conn:
             rows = conn.execute(flag.tenants_sql.encode()).fetchall()
         for (tenant, *_) in rows:
             d = flag.decide(Context(tenant=str(tenant)), st.stage)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,46 @@ from .errors import ConnectionFailed, InputError
 
 LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 EMBEDDED_DB = "rollout"
+SHADOW_LOGIN = "rollout_shadow"
+"""The embedded server's least-privilege login for flag SQL: reads and (rolled-back) writes
+of data, nothing beyond the database (no superuser, no CREATEROLE, no programs or files)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the target database is; ``embedded`` when the toolkit started its own server."""
+
+    dsn: str
+    embedded: bool = False
+
+    @property
+    def shadow_dsn(self) -> str:
+        """The login flag SQL runs as: the embedded server's least-privilege
+        ``rollout_shadow``, else the DSN as given (checked by ``privileges``)."""
+        return with_user(self.dsn, SHADOW_LOGIN) if self.embedded else self.dsn
+
+
+def resolve(
+    dsn: str | None,
+    workspace: Path,
+    env: Mapping[str, str] | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> Target:
+    """The target to use, starting the embedded server when nothing is given."""
+    env = os.environ if env is None else env
+    if dsn:
+        _check(dsn)
+        return Target(dsn)
+    if env.get("DATABASE_URL"):
+        _check(env["DATABASE_URL"])
+        return Target(env["DATABASE_URL"])
+    if any(env.get(v) for v in LIBPQ_VARS):
+        return Target("")  # libpq reads the PG* variables itself
+    uri = start_embedded(workspace / ".rollout" / "pgdata")
+    say = announce or (lambda m: print(m, file=sys.stderr))
+    say(f"rollout: no --dsn, DATABASE_URL or PG* set: using the embedded PostgreSQL "
+        f"({redact(uri)}), data in .rollout/pgdata; flag SQL runs as {SHADOW_LOGIN}")
+    return Target(uri, embedded=True)
 
 
 def resolve_dsn(
@@ -25,20 +67,7 @@ def resolve_dsn(
     announce: Callable[[str], None] | None = None,
 ) -> str:
     """The connection string to use, starting the embedded server when nothing is given."""
-    env = os.environ if env is None else env
-    if dsn:
-        _check(dsn)
-        return dsn
-    if env.get("DATABASE_URL"):
-        _check(env["DATABASE_URL"])
-        return env["DATABASE_URL"]
-    if any(env.get(v) for v in LIBPQ_VARS):
-        return ""  # libpq reads the PG* variables itself
-    uri = start_embedded(workspace / ".rollout" / "pgdata")
-    say = announce or (lambda m: print(m, file=sys.stderr))
-    say(f"rollout: no --dsn, DATABASE_URL or PG* set: using the embedded PostgreSQL "
-        f"({redact(uri)}), data in .rollout/pgdata")
-    return uri
+    return resolve(dsn, workspace, env, announce).dsn
 
 
 def _check(dsn: str) -> None:
@@ -64,12 +93,47 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DB, keep_running: bo
             raise ConnectionFailed(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}"
                                    ) from None
         admin = server.get_uri()
+    if not keep_running:
+        _OWNED[data_dir.resolve()] = server
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
         if not exists:
             create = psycopg.sql.SQL("CREATE DATABASE {}")
             conn.execute(create.format(psycopg.sql.Identifier(database)))
+        _ensure_shadow_login(conn)
     return str(server.get_uri(database))
+
+
+def _ensure_shadow_login(conn: psycopg.Connection[Any]) -> None:
+    """Create the embedded server's ``rollout_shadow`` login once (local trust auth: no
+    password). Data access comes from the predefined roles pg_read_all_data and
+    pg_write_all_data; writes of flag SQL are always rolled back."""
+    conn.execute("SELECT pg_advisory_lock(%s)", [_SHADOW_LOGIN_LOCK])
+    try:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [SHADOW_LOGIN]).fetchone():
+            return
+        role = psycopg.sql.Identifier(SHADOW_LOGIN)
+        conn.execute(psycopg.sql.SQL(
+            "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION").format(role))
+        conn.execute(psycopg.sql.SQL("GRANT pg_read_all_data, pg_write_all_data TO {}"
+                                     ).format(role))
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [_SHADOW_LOGIN_LOCK])
+
+
+_SHADOW_LOGIN_LOCK = 0x726F6C73  # two CLI processes starting the server create the login once
+
+
+def with_user(dsn: str, user: str) -> str:
+    """``dsn`` with another login (and no password: the embedded server trusts local logins)."""
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    params.pop("password", None)
+    params["user"] = user
+    return make_conninfo(**params)
+
+
+_OWNED: dict[Path, Any] = {}
+"""Servers this process started to stop when it is done (``keep_running=False``)."""
 
 
 def redact(dsn: str) -> str:
@@ -126,4 +190,10 @@ def stop_embedded(data_dir: Path) -> bool:
     except Exception as exc:  # the wheel's helper raises CalledProcessError and friends
         raise ConnectionFailed(f"cannot stop the embedded PostgreSQL in {data_dir}: {exc}"
                                ) from None
+    owned = _OWNED.pop(data_dir.resolve(), None)
+    if owned is not None:
+        # Stopped by its owner: the wheel's exit hook has nothing left to do (it would try
+        # pg_ctl again and complain). Its hook stops a server only when no other process
+        # ever attached, which is why owners stop their servers themselves.
+        atexit.unregister(owned._cleanup)
     return True

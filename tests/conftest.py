@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import textwrap
 import uuid
@@ -14,15 +15,22 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from rollout.connection import start_embedded
+from rollout.connection import start_embedded, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+TEST_LOGIN = "rollout_tester"
+"""The login tests run the toolkit as: like a careful user's, it owns its test database and
+nothing beyond it (no superuser, no CREATEROLE, no server programs or files)."""
+
+
 @pytest.fixture(scope="session")
-def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An admin DSN: ROLLOUT_TEST_DSN, else an embedded PostgreSQL started once per run."""
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An admin DSN: ROLLOUT_TEST_DSN, else an embedded PostgreSQL started once per run and
+    stopped when the run ends (nothing outlives the test run)."""
     dsn = os.environ.get("ROLLOUT_TEST_DSN")
+    data = None
     if not dsn:
         data = tmp_path_factory.mktemp("pg") / "data"
         dsn = start_embedded(data, database="postgres", keep_running=False)
@@ -31,21 +39,57 @@ def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         pytest.exit(f"cannot connect to the test PostgreSQL: {exc}", returncode=2)
-    return dsn
+    try:
+        yield dsn
+    finally:
+        if data is not None:
+            stop_embedded(data)
+
+
+@pytest.fixture(scope="session")
+def tester(server_dsn: str) -> dict[str, str]:
+    """Connection parameters of the least-privilege test login (created once per run)."""
+    password = secrets.token_hex(12)
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        role = sql.Identifier(TEST_LOGIN)
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [TEST_LOGIN]).fetchone():
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
+        else:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+                                 " PASSWORD {}").format(role, password))
+    return {"user": TEST_LOGIN, "password": password}
+
+
+def _dsn(server_dsn: str, **changes: str) -> str:
+    params = {k: str(v) for k, v in conninfo_to_dict(server_dsn).items() if v is not None}
+    params.update(changes)
+    return make_conninfo(**params)
 
 
 @pytest.fixture
-def db(server_dsn: str) -> Iterator[str]:
-    """A fresh, empty database for one test; dropped afterwards."""
+def db_name(server_dsn: str, tester: dict[str, str]) -> Iterator[str]:
+    """A fresh, empty database owned by the test login; dropped afterwards."""
     name = f"rollout_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(server_dsn)
-    params["dbname"] = name
-    yield make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(name), sql.Identifier(tester["user"])))
+    yield name
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
+
+
+@pytest.fixture
+def db(server_dsn: str, db_name: str, tester: dict[str, str]) -> str:
+    """A fresh database for one test, as the least-privilege test login (its owner)."""
+    return _dsn(server_dsn, dbname=db_name, **tester)
+
+
+@pytest.fixture
+def db_admin(server_dsn: str, db_name: str) -> str:
+    """The same database as ``db``, as the server's administrator (for what a careful user
+    would do as an admin: roles, server settings, restarts)."""
+    return _dsn(server_dsn, dbname=db_name)
 
 
 FIXTURE_SCHEMA = """

@@ -1,0 +1,116 @@
+"""Least privilege: who flag SQL runs as, and the refusal of roles that reach past the database.
+
+A shadow run executes SQL written by whoever wrote the flag file. Read-only, rolled-back
+transactions bound what that SQL can do to the data; they do not bound a superuser, who can
+run shell commands (``COPY ... TO PROGRAM``), write server files or create roles. So the
+login that runs flag SQL is checked before anything runs, and refused when it could do any of
+that, unless the user says ``--allow-superuser`` (or ``allow_superuser: true`` in the
+workspace's ``rollout.yaml``).
+
+The check is on the *login* (``session_user``), not on a role set with ``SET ROLE``: a
+privileged login can switch back (``set_config('role', ...)``) from inside the SQL it runs.
+A configured shadow role (``SET ROLE``) narrows what a well-meaning query can touch; the
+mechanism against a hostile one is a login without those powers (docs/safety.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+from .errors import InputError
+
+POWERS = ("pg_execute_server_program", "pg_write_server_files", "pg_read_server_files")
+"""Predefined roles whose members reach the server's host (programs, files)."""
+
+ROLE_SQL = """
+SELECT session_user::text, current_user::text, r.rolsuper, r.rolcreaterole,
+       ARRAY(SELECT p FROM unnest(%s::text[]) AS p
+             WHERE pg_has_role(session_user, p, 'MEMBER'))
+FROM pg_roles r WHERE r.rolname = session_user
+"""
+
+SETUP_HINT = ("connect as a login without those powers (`rollout init --role NAME` writes the "
+              "SQL that creates one; docs/safety.md), or pass --allow-superuser to accept "
+              "the risk")
+
+
+class UnsafeRole(InputError):
+    """The login that would run flag SQL can reach past the database (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """The login flag SQL runs as, and what it can do beyond the database."""
+
+    login: str
+    current: str
+    superuser: bool
+    createrole: bool
+    powers: tuple[str, ...]
+
+    @property
+    def dangers(self) -> list[str]:
+        """In words, each way this login reaches past the database; empty when none."""
+        out = []
+        if self.superuser:
+            out.append("is a superuser (can run shell commands with COPY ... TO PROGRAM)")
+        if self.createrole:
+            out.append("has CREATEROLE (can create and grant roles for the whole cluster)")
+        out.extend(f"is a member of {p}" for p in self.powers)
+        return out
+
+
+def inspect(conn: psycopg.Connection[Any]) -> Role:
+    """The login of ``conn`` and its cluster-wide powers (one catalog query)."""
+    row = conn.execute(ROLE_SQL, [list(POWERS)]).fetchone()
+    if row is None:  # a login always has a pg_roles row; be explicit rather than crash
+        raise InputError("cannot read the connecting role from pg_roles")
+    login, current, superuser, createrole, powers = row
+    return Role(login, current, bool(superuser), bool(createrole), tuple(powers or ()))
+
+
+def require_least_privilege(conn: psycopg.Connection[Any], *, allow: bool, what: str
+                            ) -> Role:
+    """Refuse (``UnsafeRole``) to run flag SQL as a login that reaches past the database,
+    unless ``allow``. ``what`` names the work in the message (e.g. ``shadow``)."""
+    role = inspect(conn)
+    if role.dangers and not allow:
+        raise UnsafeRole(f"refusing to {what} as role '{role.login}': it "
+                         f"{'; '.join(role.dangers)}; flag SQL could reach the server beyond "
+                         f"this database. Fix: {SETUP_HINT}")
+    return role
+
+
+def assume(conn: psycopg.Connection[Any], role: str) -> None:
+    """``SET ROLE`` for the session: flag SQL then has only ``role``'s privileges on data."""
+    try:
+        conn.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(role)))
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()
+        raise InputError(f"cannot SET ROLE {role}: {text[0] if text else type(exc).__name__}"
+                         ) from None
+
+
+def setup_sql(role: str, schemas: tuple[str, ...] = ("public",), write: bool = True) -> str:
+    """The SQL that creates a least-privilege login for flag SQL: it may read (and, for
+    write flags, write — always rolled back) the tables of ``schemas``, nothing more; it
+    connects by PUBLIC's default CONNECT on the database. Run it as an administrator, then
+    set a password (``ALTER ROLE ... PASSWORD``) or use your usual authentication."""
+    ident = pgsql.Identifier(role).as_string(None)
+    lines = [f"CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;"]
+    for schema in schemas:
+        s = pgsql.Identifier(schema).as_string(None)
+        tables = "SELECT, INSERT, UPDATE, DELETE" if write else "SELECT"
+        sequences = "USAGE, SELECT" if write else "SELECT"
+        lines += [
+            f"GRANT USAGE ON SCHEMA {s} TO {ident};",
+            f"GRANT {tables} ON ALL TABLES IN SCHEMA {s} TO {ident};",
+            f"GRANT {sequences} ON ALL SEQUENCES IN SCHEMA {s} TO {ident};",
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {tables} ON TABLES TO {ident};",
+            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {sequences} ON SEQUENCES TO {ident};",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,148 @@
+"""Least privilege: flag SQL never runs as a login that reaches past the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from rollout.connection import SHADOW_LOGIN, stop_embedded
+from rollout.privileges import inspect, setup_sql
+
+from .conftest import WorkspaceMaker, flag_yaml
+from .helpers import run_cli, table_checksums
+
+READ = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
+
+
+def test_a_superuser_login_is_refused_in_one_line_with_the_fix(
+        shop: str, db_admin: str, make_workspace: WorkspaceMaker,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
+    before = table_checksums(db_admin)
+    r = run_cli(capsys, "shadow", "eq", "--samples", "5", "--workspace", root,
+                "--dsn", db_admin)
+    assert r.code == 2
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert "is a superuser" in lines[0] and "--allow-superuser" in lines[0]
+    assert "docs/safety.md" in lines[0]
+    assert table_checksums(db_admin) == before
+    with psycopg.connect(db_admin) as conn:  # nothing ran: not even a run row
+        runs = conn.execute("SELECT to_regclass('rollout.runs')").fetchone()
+        assert runs == (None,) or conn.execute(
+            "SELECT count(*) FROM rollout.runs").fetchone() == (0,)
+    # the user accepts the risk explicitly
+    r = run_cli(capsys, "shadow", "eq", "--samples", "5", "--workspace", root,
+                "--dsn", db_admin, "--allow-superuser")
+    assert r.code == 0, r.err
+
+
+@pytest.mark.parametrize("power", ["CREATEROLE", "pg_execute_server_program",
+                                   "pg_write_server_files", "pg_read_server_files"])
+def test_logins_with_cluster_powers_are_refused(
+        shop: str, server_dsn: str, db_admin: str, make_workspace: WorkspaceMaker,
+        capsys: pytest.CaptureFixture[str], power: str) -> None:
+    login = f"rollout_powerful_{power.lower()}"[:60]
+    ident = sql.Identifier(login)
+    with psycopg.connect(db_admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(ident))
+        conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(ident))
+        if power == "CREATEROLE":
+            conn.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(ident))
+        else:
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(power), ident))
+    dsn = psycopg.conninfo.make_conninfo(db_admin, user=login, password="")
+    root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
+    try:
+        r = run_cli(capsys, "shadow", "eq", "--samples", "5", "--workspace", root,
+                    "--dsn", dsn, "--store-dsn", db_admin)
+        assert r.code == 2
+        assert power in r.err and len(r.err.strip().splitlines()) == 1
+    finally:
+        with psycopg.connect(db_admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_the_workspace_may_accept_the_risk(
+        shop: str, db_admin: str, make_workspace: WorkspaceMaker,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
+    (root / "rollout.yaml").write_text("allow_superuser: true\n")
+    r = run_cli(capsys, "shadow", "eq", "--samples", "5", "--workspace", root,
+                "--dsn", db_admin)
+    assert r.code == 0, r.err
+
+
+def test_the_shadow_role_narrows_what_flag_sql_reads(
+        shop: str, db_admin: str, make_workspace: WorkspaceMaker,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``shadow_role`` in rollout.yaml: flag SQL runs under SET ROLE, with its privileges."""
+    with psycopg.connect(db_admin, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS rollout_narrow")
+        conn.execute("CREATE ROLE rollout_narrow NOLOGIN")
+        conn.execute("GRANT rollout_narrow TO rollout_tester")
+        conn.execute("GRANT SELECT (id, tenant, grp) ON items TO rollout_narrow")
+    root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
+    (root / "rollout.yaml").write_text("shadow_role: rollout_narrow\n")
+    try:
+        r = run_cli(capsys, "shadow", "eq", "--samples", "5", "--workspace", root,
+                    "--dsn", shop)
+        # val is not granted to the shadow role: the very first execution says so
+        assert r.code == 2 and "permission denied for table items" in r.err, r.err
+    finally:
+        with psycopg.connect(db_admin, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY rollout_narrow")
+            conn.execute("DROP ROLE rollout_narrow")
+
+
+def test_the_least_privilege_login_cannot_reach_the_host(shop: str, db_admin: str,
+                                                          tmp_path: Path) -> None:
+    """What docs/safety.md tells users to create: no programs, no files, no roles."""
+    with psycopg.connect(db_admin, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS rollout_docs_login")
+        conn.execute(setup_sql("rollout_docs_login").encode())
+    dsn = psycopg.conninfo.make_conninfo(db_admin, user="rollout_docs_login")
+    marker = tmp_path / "INJECTED"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            role = inspect(conn)
+            assert role.dangers == [] and role.login == "rollout_docs_login"
+            assert conn.execute("SELECT count(*) FROM items").fetchone() == (3000,)
+            for hostile in (f"COPY (SELECT 1) TO PROGRAM 'touch {marker}'",
+                            f"COPY (SELECT 1) TO '{marker}'", "CREATE ROLE sneaky",
+                            "SELECT pg_read_file('postgresql.conf')"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(hostile.encode())
+        assert not marker.exists()
+    finally:
+        with psycopg.connect(db_admin, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY rollout_docs_login")
+            conn.execute("DROP ROLE rollout_docs_login")
+
+
+def test_the_embedded_server_runs_flag_sql_as_its_least_privilege_login(
+        tmp_path: Path, make_workspace: WorkspaceMaker,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No --dsn: the CLI's own server, flag SQL as ``rollout_shadow`` (a division by zero
+    unless the session user is that login), no --allow-superuser needed."""
+    probe = ("SELECT 1 / (session_user = 'rollout_shadow' AND NOT"
+             " (SELECT rolsuper FROM pg_roles WHERE rolname = session_user))::int AS x")
+    root = make_workspace({"who": flag_yaml("who", probe, probe)})
+    (root / "flags" / "who.yaml").write_text(
+        (root / "flags" / "who.yaml").read_text().replace(
+            "  sample: SELECT DISTINCT grp FROM items WHERE tenant = %(tenant)s LIMIT %(limit)s\n"
+            "  tenants: SELECT DISTINCT tenant FROM items ORDER BY 1\n", "  {}\n"
+        ).replace("params:\n  {}\n", ""))
+    try:
+        r = run_cli(capsys, "shadow", "who", "--samples", "4", "--tenant", "acme",
+                    "--workspace", root)
+        assert r.code == 0, r.err
+        assert f"flag SQL runs as {SHADOW_LOGIN}" in r.err
+        assert "0 new-path failures, 0 legacy failures" in r.out
+    finally:
+        stop_embedded(root / ".rollout" / "pgdata")

@@ -33,6 +33,7 @@ from .execute import (
     set_local,
 )
 from .observations import PathResult
+from .privileges import check_login_async, with_role
 from .recorder import Recorder
 from .runner import SHADOW_LIMITS
 from .runtime import FlagStates
@@ -55,7 +56,9 @@ class AsyncRollout(RunnerCore):
                  shadow_limits: Limits | None = None, states: FlagStates | None = None,
                  recorder: Recorder | None = None,
                  pool_stats_interval: float | None = 10.0) -> None:
+        """Use ``await AsyncRollout.connect(...)``: it checks the login first."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+        shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store))
@@ -67,7 +70,8 @@ class AsyncRollout(RunnerCore):
                     "cursor_factory": AsyncExtendedCursor},
             reset=areset_session)
         self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
-            dsn, min_size=1, max_size=shadow_pool_size, open=False, name="rollout-shadow",
+            shadow_dsn, min_size=1, max_size=shadow_pool_size, open=False,
+            name="rollout-shadow",
             kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
                     "cursor_factory": AsyncExtendedCursor},
             reset=areset_session)
@@ -78,9 +82,13 @@ class AsyncRollout(RunnerCore):
                                pool_stats_interval)
 
     @classmethod
-    async def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
-                      ) -> AsyncRollout:
-        ro = cls(dsn, workspace, **options)
+    async def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", *,
+                      allow_superuser: bool = False, **options: Any) -> AsyncRollout:
+        """Check the login (as ``Rollout`` does), then open the pools and start workers."""
+        ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+        await check_login_async(dsn, allow=allow_superuser or ws.settings.allow_superuser,
+                                what="shadow flag SQL")
+        ro = cls(dsn, ws, **options)
         await ro.pool.open()
         await ro.shadow_pool.open()
         ro._workers = [asyncio.create_task(ro._work()) for _ in range(ro._n_workers)]

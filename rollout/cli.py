@@ -325,6 +325,8 @@ def _print_hazards(hazards: list[dict[str, Any]], only: str | None = None) -> No
             notes.append(h["why_not_transactional"])
         if h.get("destroys_data"):
             notes.append(h["destroys_data"])
+        if h.get("beyond_database"):
+            notes.append(h["beyond_database"])
         if h.get("sequences_not_rewound"):
             notes.append("sequence values are not rewound")
         print(f"  {h['script']} #{h['statement_number']} (line {h['line']}): {h['statement']}"

@@ -9,17 +9,23 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from .connection import Target, connect, redact, resolve
 from .dbcheck import check_flag, order_problems
 from .errors import InputError, Refused
 from .flags import Flag
-from .privileges import require_least_privilege
+from .privileges import require_least_privilege, with_role
 from .report import FORMATS, WrittenReport, write_report
 from .rollback import Applied, apply, require_script, static_problems, verification_for
 from .scaffold import init_workspace
-from .shadow import Progress, RunOptions, RunSummary, run_shadow, target_tenants
+from .shadow import (
+    Progress,
+    RunOptions,
+    RunSummary,
+    fetch_tenants,
+    run_shadow,
+    target_tenants,
+)
 from .state import Event, FlagState, change, events, read_all, read_state
 from .store import Store
 from .targeting import Context
@@ -56,9 +62,7 @@ class Session:
     def shadow_dsn(self, ws: Workspace) -> str:
         """The connection flag SQL runs on: the target's (the embedded server's
         least-privilege login), with ``SET ROLE`` to the workspace's ``shadow_role``."""
-        dsn = self.resolved.shadow_dsn
-        role = ws.settings.shadow_role
-        return make_conninfo(dsn, options=f"-c role={role}") if role else dsn
+        return with_role(self.resolved.shadow_dsn, ws.settings.shadow_role)
 
     @contextmanager
     def target(self) -> Iterator[psycopg.Connection[Any]]:
@@ -175,8 +179,8 @@ def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview
     targeted: dict[str, list[str]] = {}
     if resolve and st.started and not st.killed and st.stage and flag.tenants_sql:
         with session.runner(ws, f"run params.tenants of {flag.name}") as conn:
-            rows = conn.execute(flag.tenants_sql.encode()).fetchall()
-        for (tenant, *_) in rows:
+            tenants = fetch_tenants(conn, flag)
+        for tenant in tenants:
             d = flag.decide(Context(tenant=str(tenant)), st.stage)
             if d.path != "legacy":
                 targeted.setdefault(d.path, []).append(str(tenant))

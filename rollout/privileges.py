@@ -20,8 +20,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
 
-from .errors import InputError
+from .errors import ConnectionFailed, InputError
 
 POWERS = ("pg_execute_server_program", "pg_write_server_files", "pg_read_server_files")
 """Predefined roles whose members reach the server's host (programs, files)."""
@@ -66,7 +67,16 @@ class Role:
 
 def inspect(conn: psycopg.Connection[Any]) -> Role:
     """The login of ``conn`` and its cluster-wide powers (one catalog query)."""
-    row = conn.execute(ROLE_SQL, [list(POWERS)]).fetchone()
+    return _role(conn.execute(ROLE_SQL, [list(POWERS)]).fetchone())
+
+
+async def inspect_async(conn: psycopg.AsyncConnection[Any]) -> Role:
+    """``inspect`` for an asyncio connection."""
+    cur = await conn.execute(ROLE_SQL, [list(POWERS)])
+    return _role(await cur.fetchone())
+
+
+def _role(row: Any) -> Role:
     if row is None:  # a login always has a pg_roles row; be explicit rather than crash
         raise InputError("cannot read the connecting role from pg_roles")
     login, current, superuser, createrole, powers = row
@@ -77,7 +87,11 @@ def require_least_privilege(conn: psycopg.Connection[Any], *, allow: bool, what:
                             ) -> Role:
     """Refuse (``UnsafeRole``) to run flag SQL as a login that reaches past the database,
     unless ``allow``. ``what`` names the work in the message (e.g. ``shadow``)."""
-    role = inspect(conn)
+    return refuse_unless(inspect(conn), allow=allow, what=what)
+
+
+def refuse_unless(role: Role, *, allow: bool, what: str) -> Role:
+    """``role`` if it is safe (or ``allow``), else ``UnsafeRole`` naming why and the fix."""
     if role.dangers and not allow:
         raise UnsafeRole(f"refusing to {what} as role '{role.login}': it "
                          f"{'; '.join(role.dangers)}; flag SQL could reach the server beyond "
@@ -85,14 +99,36 @@ def require_least_privilege(conn: psycopg.Connection[Any], *, allow: bool, what:
     return role
 
 
-def assume(conn: psycopg.Connection[Any], role: str) -> None:
-    """``SET ROLE`` for the session: flag SQL then has only ``role``'s privileges on data."""
+def check_login(dsn: str, *, allow: bool, what: str) -> Role:
+    """Connect once and ``refuse_unless`` the login is safe: a runner checks before it opens
+    its pools. An unreachable database is ``ConnectionFailed`` (named, never the password)."""
+    from .connection import connect
+
+    with connect(dsn, connect_timeout=10) as conn:
+        return refuse_unless(inspect(conn), allow=allow, what=what)
+
+
+async def check_login_async(dsn: str, *, allow: bool, what: str) -> Role:
+    """``check_login`` for asyncio."""
+    from .connection import redact, scrub
+
     try:
-        conn.execute(pgsql.SQL("SET ROLE {}").format(pgsql.Identifier(role)))
-    except psycopg.Error as exc:
+        conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=10)
+    except psycopg.OperationalError as exc:
         text = str(exc).strip().splitlines()
-        raise InputError(f"cannot SET ROLE {role}: {text[0] if text else type(exc).__name__}"
-                         ) from None
+        raise ConnectionFailed(f"cannot connect to {redact(dsn)}: "
+                               f"{scrub(text[0] if text else type(exc).__name__, dsn)}"
+                               ) from None
+    async with conn:
+        return refuse_unless(await inspect_async(conn), allow=allow, what=what)
+
+
+def with_role(dsn: str, role: str | None) -> str:
+    """``dsn`` whose sessions start with ``SET ROLE role`` (libpq ``options``): every
+    connection of a pool gets it, and a pool's reset (``RESET ALL``) keeps it."""
+    if not role:
+        return dsn
+    return make_conninfo(dsn, options=f"-c role={role}")
 
 
 def setup_sql(role: str, schemas: tuple[str, ...] = ("public",), write: bool = True) -> str:

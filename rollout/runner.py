@@ -32,6 +32,7 @@ from .execute import (
     set_local,
 )
 from .observations import PathResult
+from .privileges import check_login, with_role
 from .recorder import Recorder
 from .runtime import FlagStates
 from .targeting import Context
@@ -50,8 +51,14 @@ class Rollout(RunnerCore):
                  pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
                  queue_size: int = 1000, shadow_limits: Limits | None = None,
                  states: FlagStates | None = None, recorder: Recorder | None = None,
-                 pool_stats_interval: float | None = 10.0) -> None:
+                 pool_stats_interval: float | None = 10.0, allow_superuser: bool = False
+                 ) -> None:
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+        # Shadows run flag SQL as this login: refuse one that reaches past the database
+        # (docs/safety.md) before anything starts.
+        check_login(dsn, allow=allow_superuser or ws.settings.allow_superuser,
+                    what="shadow flag SQL")
+        shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store))
@@ -64,7 +71,7 @@ class Rollout(RunnerCore):
             kwargs={"application_name": "pg-rollout-requests", "cursor_factory": ExtendedCursor},
             reset=reset_session)
         self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
-            dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
+            shadow_dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
             kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
                     "cursor_factory": ExtendedCursor},
             reset=reset_session)

@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from rollout import Workspace
 from rollout.commands import Session, report, shadow
@@ -62,13 +64,13 @@ def contention_flag(name: str, new: str, *, kind: str = "write", extra: str = ""
         "sample: SELECT 7 AS id FROM generate_series(1, %(limit)s)")
 
 
-def pair(shop: str, root: Path, name: str, during: Any, *, setup: str = "") -> Any:
-    """One run_pair of ``name`` (legacy first) while ``during(conn)`` runs beside it."""
+def pair(shop: str, root: Path, name: str, during: Any, *, other_dsn: str | None = None
+         ) -> Any:
+    """One run_pair of ``name`` (legacy first) while ``during(conn)`` runs beside it (on
+    ``other_dsn`` when given)."""
     flag = Workspace.load(root).flags[name]
     with psycopg.connect(shop, autocommit=True) as runner, \
-            psycopg.connect(shop, autocommit=True) as other:
-        if setup:
-            runner.execute(setup)
+            psycopg.connect(other_dsn or shop, autocommit=True) as other:
         import uuid
 
         sampler = LockWaitSampler(shop, 0.01).start()
@@ -83,7 +85,7 @@ def pair(shop: str, root: Path, name: str, during: Any, *, setup: str = "") -> A
     return result["obs"]
 
 
-def test_deadlock_in_the_new_path_is_classified(shop: str,
+def test_deadlock_in_the_new_path_is_classified(shop: str, db_admin: str,
                                                 make_workspace: WorkspaceMaker) -> None:
     # The new path locks row 7, sleeps, then wants row 8; another session holds 8 and asks
     # for 7 meanwhile. The runner starts waiting last, with a short deadlock_timeout: its
@@ -102,7 +104,13 @@ def test_deadlock_in_the_new_path_is_classified(shop: str,
         other.execute("UPDATE items SET val = val WHERE id = 7")  # waits until the victim dies
         other.execute("ROLLBACK")
 
-    obs = pair(shop, root, "dl", during, setup="SET deadlock_timeout = '50ms'")
+    # deadlock_timeout is a superuser setting: the administrator gives the test login (the
+    # runner) a short one; the other session is the administrator's, with the default 1 s
+    with psycopg.connect(db_admin, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET deadlock_timeout = '50ms'").format(
+            sql.Identifier(str(conninfo_to_dict(shop)["user"])),
+            sql.Identifier(str(conninfo_to_dict(shop)["dbname"]))))
+    obs = pair(shop, root, "dl", during, other_dsn=db_admin)
     assert obs.new_sqlstate == "40P01"
     assert obs.legacy_sqlstate is None
     body = judge(Workspace.load(root).flags["dl"], [obs])

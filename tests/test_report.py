@@ -126,11 +126,11 @@ def test_html_escapes_hostile_sql_and_values(shop: str, make_workspace: Workspac
     assert "<b onmouseover" not in html
 
 
-def test_password_never_appears(db: str, make_workspace: WorkspaceMaker,
+def test_password_never_appears(db: str, db_admin: str, make_workspace: WorkspaceMaker,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     secret = "Pw-7f3a-Never-Show"
     role = f"rollout_pw_{conninfo_to_dict(db)['dbname']}"[-60:]
-    with psycopg.connect(db, autocommit=True) as conn:
+    with psycopg.connect(db_admin, autocommit=True) as conn:  # roles are the admin's to make
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
             sql.Identifier(role), sql.Literal(secret)))
         conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
@@ -157,7 +157,7 @@ def test_password_never_appears(db: str, make_workspace: WorkspaceMaker,
     assert reports
     body = json.loads((root / "reports" / "eq" / "pilot.json").read_text())
     assert f"user={role}" in body["environment"]["database"]
-    with psycopg.connect(db) as conn:
+    with psycopg.connect(db_admin) as conn:
         stored = conn.execute("SELECT string_agg(body::text || target, '') FROM rollout.reports,"
                               " rollout.runs").fetchone()
     for text in [*outputs, *reports, str(stored)]:

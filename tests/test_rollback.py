@@ -16,6 +16,8 @@ from tests.helpers import run_cli
 SCHEMA = """
 CREATE TABLE accounts (id int PRIMARY KEY, email text NOT NULL, plan text);
 INSERT INTO accounts SELECT n, 'a' || n || '@example.com', 'free' FROM generate_series(1, 100) n;
+"""
+ROLE = """
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rollout_reporting') THEN
     CREATE ROLE rollout_reporting;
@@ -48,7 +50,11 @@ NEW = "SELECT id, email FROM accounts WHERE email = %(email)s"
 
 
 @pytest.fixture
-def accounts(db: str) -> str:
+def accounts(db: str, db_admin: str) -> str:
+    """The schema, owned by the test login; the role its grants name is made by the
+    administrator (roles belong to the cluster, beyond a careful user's login)."""
+    with psycopg.connect(db_admin, autocommit=True) as conn:
+        conn.execute(ROLE.encode())
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(SCHEMA.encode())
     return db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -146,3 +147,46 @@ def test_the_embedded_server_runs_flag_sql_as_its_least_privilege_login(
         assert "0 new-path failures, 0 legacy failures" in r.out
     finally:
         stop_embedded(root / ".rollout" / "pgdata")
+
+
+def test_the_online_runners_refuse_a_superuser_login(
+        shop: str, db_admin: str, make_workspace: WorkspaceMaker) -> None:
+    import asyncio
+
+    from rollout import AsyncRollout, Rollout
+    from rollout.privileges import UnsafeRole
+
+    root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
+    threads = {t.name for t in threading.enumerate()}
+    with pytest.raises(UnsafeRole, match="is a superuser"):
+        Rollout.connect(db_admin, workspace=root, pool_stats_interval=None)
+    with pytest.raises(UnsafeRole, match="is a superuser"):
+        asyncio.run(AsyncRollout.connect(db_admin, workspace=root, pool_stats_interval=None))
+    # refused before anything started: no pool, listener or recorder thread left behind
+    assert {t.name for t in threading.enumerate()} - threads == set()
+    ro = Rollout.connect(db_admin, workspace=root, pool_stats_interval=None,
+                         allow_superuser=True)
+    ro.close()
+
+
+def test_the_online_shadow_pool_runs_as_the_shadow_role(
+        shop: str, db_admin: str, make_workspace: WorkspaceMaker) -> None:
+    from rollout import Rollout
+
+    with psycopg.connect(db_admin, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS rollout_online_narrow")
+        conn.execute("CREATE ROLE rollout_online_narrow NOLOGIN")
+        conn.execute("GRANT rollout_online_narrow TO rollout_tester")
+    root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
+    (root / "rollout.yaml").write_text("shadow_role: rollout_online_narrow\n")
+    try:
+        with Rollout.connect(shop, workspace=root, pool_stats_interval=None) as ro:
+            for _ in range(3):  # and it survives the pool's reset of returned connections
+                with ro.shadow_pool.connection() as conn:
+                    assert conn.execute("SELECT current_user").fetchone() == (
+                        "rollout_online_narrow",)
+            with ro.pool.connection() as conn:  # the served path is the application's login
+                assert conn.execute("SELECT current_user").fetchone() == ("rollout_tester",)
+    finally:
+        with psycopg.connect(db_admin, autocommit=True) as conn:
+            conn.execute("DROP ROLE rollout_online_narrow")

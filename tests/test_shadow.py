@@ -189,9 +189,10 @@ def test_store_dsn_keeps_the_toolkit_state_elsewhere(
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     name = f"rollout_store_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     params = {k: str(v) for k, v in conninfo_to_dict(shop).items() if v is not None}
+    with psycopg.connect(server_dsn, autocommit=True) as conn:  # owned by the test login
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(name), sql.Identifier(params["user"])))
     store = make_conninfo(**{**params, "dbname": name})
     root = make_workspace({"eq": EQUIVALENT})
     try:

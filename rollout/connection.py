@@ -60,16 +60,6 @@ def resolve(
     return Target(uri, embedded=True)
 
 
-def resolve_dsn(
-    dsn: str | None,
-    workspace: Path,
-    env: Mapping[str, str] | None = None,
-    announce: Callable[[str], None] | None = None,
-) -> str:
-    """The connection string to use, starting the embedded server when nothing is given."""
-    return resolve(dsn, workspace, env, announce).dsn
-
-
 def _check(dsn: str) -> None:
     try:
         conninfo_to_dict(dsn)

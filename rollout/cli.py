@@ -198,50 +198,50 @@ def _flag_list(session: commands.Session, args: argparse.Namespace) -> int:
 def _flag_show(session: commands.Session, args: argparse.Namespace) -> int:
     view = commands.flag_show(session, args.flag)
     flag, st = view.flag, view.state
-    print(f"{flag.name}: {flag.description}".rstrip(": "))
-    print(f"owner {flag.owner or '-'}, kind {flag.kind}; {_describe_state(st)}")
-    print("stages:")
+    _out(f"{flag.name}: {flag.description}".rstrip(": "))
+    _out(f"owner {flag.owner or '-'}, kind {flag.kind}; {_describe_state(st)}")
+    _out("stages:")
     for stage in flag.stages:
         mark = "▶" if stage.name == st.stage else " "
         parts = [f"serve {stage.serve.describe()}" if stage.serve else "",
                  f"shadow {stage.shadow.describe()}" if stage.shadow else ""]
-        print(f"  {mark} {stage.name}: {'; '.join(p for p in parts if p) or 'nobody'}")
+        _out(f"  {mark} {stage.name}: {'; '.join(p for p in parts if p) or 'nobody'}")
     for path, tenants in sorted(view.targeted.items()):
-        print(f"targeted now ({path}): {', '.join(tenants)}")
+        _out(f"targeted now ({path}): {', '.join(tenants)}")
     if view.events:
-        print("last events:")
+        _out("last events:")
     for e in view.events:
         parts = [e.at.isoformat(timespec="seconds"), e.actor,
                  e.action + (" (forced)" if e.forced else "")]
         if e.from_stage != e.to_stage:
             parts.append(f"{e.from_stage or '-'} → {e.to_stage}")
-        print("  " + " ".join(parts) + f" — {e.reason}")
+        _out("  " + " ".join(parts) + f" — {e.reason}")
     return 0
 
 
 def _flag_set(session: commands.Session, args: argparse.Namespace) -> int:
     st = commands.flag_set(session, args.flag, args.stage, actor=_actor(args),
                            reason=args.reason or "")
-    print(f"{args.flag}: {_describe_state(st)}")
+    _out(f"{args.flag}: {_describe_state(st)}")
     return 0
 
 
 def _flag_kill(session: commands.Session, args: argparse.Namespace) -> int:
     st = commands.flag_kill(session, args.flag, actor=_actor(args), reason=args.reason or "")
-    print(f"{args.flag}: {_describe_state(st)}")
+    _out(f"{args.flag}: {_describe_state(st)}")
     return 0
 
 
 def _flag_resume(session: commands.Session, args: argparse.Namespace) -> int:
     st = commands.flag_resume(session, args.flag, actor=_actor(args), reason=args.reason or "")
-    print(f"{args.flag}: {_describe_state(st)}")
+    _out(f"{args.flag}: {_describe_state(st)}")
     return 0
 
 
 def _advance(session: commands.Session, args: argparse.Namespace) -> int:
     st = commands.advance(session, args.flag, actor=_actor(args), force=args.force,
                           reason=args.reason)
-    print(f"{args.flag}: {_describe_state(st)}" + (" (forced)" if args.force else ""))
+    _out(f"{args.flag}: {_describe_state(st)}" + (" (forced)" if args.force else ""))
     return 0
 
 
@@ -249,13 +249,13 @@ def _server(session: commands.Session, args: argparse.Namespace) -> int:
     data = session.workspace / ".rollout" / "pgdata"
     status = embedded_status(data)
     if status is None:
-        print("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
+        _out("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
         return 0
     if args.action == "stop":
-        print("embedded PostgreSQL stopped" if stop_embedded(data) else
+        _out("embedded PostgreSQL stopped" if stop_embedded(data) else
               "embedded PostgreSQL was not running")
         return 0
-    print(f"embedded PostgreSQL in .rollout/pgdata: {status}")
+    _out(f"embedded PostgreSQL in .rollout/pgdata: {status}")
     return 0
 
 
@@ -263,18 +263,18 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
     flag = session.load().flag(args.flag)
     rb = flag.rollback
     if rb.none_reason:
-        print(f"{flag.name}: no rollback script: {rb.none_reason}")
+        _out(f"{flag.name}: no rollback script: {rb.none_reason}")
         return 0
     if rb.script is None:
         raise InputError(f"flag '{flag.name}' has no rollback script (rollback.script)")
     if args.verify or args.dry_run:
         result = commands.rollback_verify(session, flag.name, say=_err)
-        print(f"{flag.name}: {result['status']}")
+        _out(f"{flag.name}: {result['status']}")
         for line in result.get("differences") or []:
-            print(f"  - {line}")
+            _out(f"  - {line}")
         _print_hazards(result.get("hazards") or [], only="rollback" if args.dry_run else None)
         if args.dry_run:
-            print(f"would kill {flag.name}, then run {rb.script_path}"
+            _out(f"would kill {flag.name}, then run {rb.script_path}"
                   + (" in one transaction" if all(h["transactional"] for h in
                                                   result.get("hazards") or [] if
                                                   h["script"] == "rollback")
@@ -282,10 +282,10 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
         if not args.apply:
             return 0 if result["verified"] or args.dry_run else 1
     if not args.apply:
-        print(f"{flag.name}: rollback script {rb.script_path}"
+        _out(f"{flag.name}: rollback script {rb.script_path}"
               + (f", undoing {rb.migration_path}" if rb.migration_path else ""))
-        print(f"  verify: rollout rollback {flag.name} --verify")
-        print(f"  apply:  rollout rollback {flag.name} --apply  (kills the flag first)")
+        _out(f"  verify: rollout rollback {flag.name} --verify")
+        _out(f"  apply:  rollout rollback {flag.name} --apply  (kills the flag first)")
         return 0
     if args.dry_run:
         return 0
@@ -295,7 +295,7 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
         answer = input(f"Kill {flag.name} and run {rb.script_path} on "
                        f"{redact(session.target_dsn)}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
-            print("nothing done")
+            _out("nothing done")
             return 1
 
     def step(number: int, total: int, stmt: Any) -> None:
@@ -304,7 +304,7 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
     outcome = commands.rollback_apply(session, flag.name, actor=_actor(args),
                                       reason=args.reason, progress=step)
     if outcome.ok:
-        print(f"{flag.name}: killed; {rb.script_path} applied ({outcome.statements} "
+        _out(f"{flag.name}: killed; {rb.script_path} applied ({outcome.statements} "
               f"statement(s){', one transaction' if outcome.transactional else ''})")
         return 0
     kept = ("nothing was applied (one transaction)" if outcome.transactional
@@ -329,24 +329,24 @@ def _print_hazards(hazards: list[dict[str, Any]], only: str | None = None) -> No
             notes.append(h["beyond_database"])
         if h.get("sequences_not_rewound"):
             notes.append("sequence values are not rewound")
-        print(f"  {h['script']} #{h['statement_number']} (line {h['line']}): {h['statement']}"
+        _out(f"  {h['script']} #{h['statement_number']} (line {h['line']}): {h['statement']}"
               + (f"  [{'; '.join(notes)}]" if notes else ""))
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _init(session: commands.Session, args: argparse.Namespace) -> int:
     target = Path(args.dir) if args.dir else session.workspace
     written = commands.init(target, role=args.role)
     for path in written:
-        print(f"created {path}")
-    print(f"workspace ready in {target}: edit flags/example.yaml, then `rollout check`")
+        _out(f"created {path}")
+    _out(f"workspace ready in {target}: edit flags/example.yaml, then `rollout check`")
     if args.role:
-        print(f"least-privilege login: run rollout-role.sql as an administrator, then connect "
+        _out(f"least-privilege login: run rollout-role.sql as an administrator, then connect "
               f"as {args.role} (--dsn)")
     return 0
 
@@ -358,7 +358,7 @@ def _check(session: commands.Session, args: argparse.Namespace) -> int:
     if problems:
         return EXIT_USAGE
     names = args.flags or sorted(session.load().flags)
-    print(f"ok: {len(names)} flag(s) valid" + ("" if args.offline else ", queries prepare"))
+    _out(f"ok: {len(names)} flag(s) valid" + ("" if args.offline else ", queries prepare"))
     return 0
 
 
@@ -372,7 +372,7 @@ def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
                                   options=options, progress=bar)
     tenants = ", ".join(str(t) if t is not None else "(none)" for t in summary.tenants)
     kind = "A/A calibration" if args.aa else "samples"
-    print(f"{summary.flag} / {summary.stage}: {summary.samples} {kind} over {tenants}; "
+    _out(f"{summary.flag} / {summary.stage}: {summary.samples} {kind} over {tenants}; "
           f"{summary.mismatches} mismatches, {summary.new_failures} new-path failures, "
           f"{summary.legacy_failures} legacy failures (run {summary.run_id})")
     return 0
@@ -382,11 +382,11 @@ def _report(session: commands.Session, args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     written = commands.report(session, args.flag, stage=args.stage, formats=formats,
                               out=Path(args.out) if args.out else None)
-    print(f"{args.flag} / {written.body['stage']}: {written.verdict}")
+    _out(f"{args.flag} / {written.body['stage']}: {written.verdict}")
     for reason in written.body["reasons"]:
-        print(f"  - {reason}")
+        _out(f"  - {reason}")
     for path in written.files:
-        print(f"  {path}")
+        _out(f"  {path}")
     return verdict_exit_code(written.verdict)
 
 
@@ -429,8 +429,26 @@ def _progress(label: str) -> Iterator[Progress | None]:
         yield update
 
 
+def _out(message: str) -> None:
+    """One line on stdout, with the data in it made harmless for a terminal."""
+    print(printable(message))
+
+
 def _err(message: str) -> None:
-    print(message, file=sys.stderr)
+    """One line on stderr, likewise."""
+    print(printable(message), file=sys.stderr)
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {
+    c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), *range(0x202A, 0x202F),
+                                 *range(0x2066, 0x206A))}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, carriage returns, escape sequences, bidi
+    overrides) shown as escapes: tenant names, server messages and reasons are data, and a
+    terminal must not be told by them to rewrite or hide what the toolkit printed."""
+    return text.translate(_CONTROLS)
 
 
 if __name__ == "__main__":

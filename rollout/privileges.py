@@ -28,11 +28,19 @@ POWERS = ("pg_execute_server_program", "pg_write_server_files", "pg_read_server_
 """Predefined roles whose members reach the server's host (programs, files)."""
 
 ROLE_SQL = """
-SELECT session_user::text, current_user::text, r.rolsuper, r.rolcreaterole,
+SELECT session_user::text, current_user::text,
+       ARRAY(SELECT r.rolname::text FROM pg_roles r WHERE r.rolsuper
+             AND pg_has_role(session_user, r.oid, 'MEMBER') ORDER BY r.rolname <> session_user,
+             r.rolname),
+       ARRAY(SELECT r.rolname::text FROM pg_roles r WHERE r.rolcreaterole
+             AND pg_has_role(session_user, r.oid, 'MEMBER') ORDER BY r.rolname <> session_user,
+             r.rolname),
        ARRAY(SELECT p FROM unnest(%s::text[]) AS p
              WHERE pg_has_role(session_user, p, 'MEMBER'))
-FROM pg_roles r WHERE r.rolname = session_user
 """
+"""The login and every role it is a member of, directly or through other roles, whatever the
+grant's INHERIT and SET options: a member can become the role (``set_config('role', ...)``)
+or may be granted that option later, so membership itself is the power."""
 
 SETUP_HINT = ("connect as a login without those powers (`rollout init --role NAME` writes the "
               "SQL that creates one; docs/safety.md), or pass --allow-superuser to accept "
@@ -49,18 +57,28 @@ class Role:
 
     login: str
     current: str
-    superuser: bool
-    createrole: bool
+    superusers: tuple[str, ...]
+    """Superuser roles the login is or is a member of."""
+    createroles: tuple[str, ...]
+    """Roles with CREATEROLE the login is or is a member of."""
     powers: tuple[str, ...]
+
+    @property
+    def superuser(self) -> bool:
+        return bool(self.superusers)
 
     @property
     def dangers(self) -> list[str]:
         """In words, each way this login reaches past the database; empty when none."""
         out = []
-        if self.superuser:
-            out.append("is a superuser (can run shell commands with COPY ... TO PROGRAM)")
-        if self.createrole:
-            out.append("has CREATEROLE (can create and grant roles for the whole cluster)")
+        for name in self.superusers:
+            out.append("is a superuser (can run shell commands with COPY ... TO PROGRAM)"
+                       if name == self.login else
+                       f"is a member of the superuser role '{name}' (and can become it)")
+        for name in self.createroles:
+            out.append("has CREATEROLE (can create and grant roles for the whole cluster)"
+                       if name == self.login else
+                       f"is a member of '{name}', which has CREATEROLE")
         out.extend(f"is a member of {p}" for p in self.powers)
         return out
 
@@ -79,8 +97,9 @@ async def inspect_async(conn: psycopg.AsyncConnection[Any]) -> Role:
 def _role(row: Any) -> Role:
     if row is None:  # a login always has a pg_roles row; be explicit rather than crash
         raise InputError("cannot read the connecting role from pg_roles")
-    login, current, superuser, createrole, powers = row
-    return Role(login, current, bool(superuser), bool(createrole), tuple(powers or ()))
+    login, current, superusers, createroles, powers = row
+    return Role(login, current, tuple(superusers or ()), tuple(createroles or ()),
+                tuple(powers or ()))
 
 
 def require_least_privilege(conn: psycopg.Connection[Any], *, allow: bool, what: str

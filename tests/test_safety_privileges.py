@@ -69,6 +69,39 @@ def test_logins_with_cluster_powers_are_refused(
             conn.execute(sql.SQL("DROP ROLE {}").format(ident))
 
 
+@pytest.mark.parametrize("grant", ["", " WITH INHERIT FALSE", " WITH INHERIT FALSE, SET FALSE"])
+def test_membership_in_a_powerful_role_is_refused_like_the_power_itself(
+        shop: str, db_admin: str, make_workspace: WorkspaceMaker,
+        capsys: pytest.CaptureFixture[str], grant: str) -> None:
+    """A login that can become a superuser (``set_config('role', ...)`` inside its SQL) is as
+    dangerous as one: found through memberships, whatever the grant's options."""
+    with psycopg.connect(db_admin, autocommit=True) as conn:
+        for role in ("rollout_hidden_admin", "rollout_middle", "rollout_sneaky"):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+        conn.execute("CREATE ROLE rollout_hidden_admin SUPERUSER NOLOGIN")
+        conn.execute("CREATE ROLE rollout_middle NOLOGIN")
+        conn.execute(f"GRANT rollout_hidden_admin TO rollout_middle{grant}".encode())
+        conn.execute("CREATE ROLE rollout_sneaky LOGIN")
+        conn.execute("GRANT rollout_middle TO rollout_sneaky")
+        conn.execute("GRANT pg_read_all_data, pg_write_all_data TO rollout_sneaky")
+    escape = ("SELECT id, val FROM items, (SELECT set_config('role', 'rollout_hidden_admin', true)"
+              " AS r) s WHERE tenant = %(tenant)s AND grp = %(grp)s AND s.r IS NOT NULL"
+              " ORDER BY id")
+    root = make_workspace({"eq": flag_yaml("eq", READ, escape)})
+    dsn = psycopg.conninfo.make_conninfo(db_admin, user="rollout_sneaky")
+    try:
+        r = run_cli(capsys, "shadow", "eq", "--samples", "4", "--workspace", root,
+                    "--dsn", dsn, "--store-dsn", db_admin)
+        assert r.code == 2, r.out + r.err
+        assert "member of the superuser role 'rollout_hidden_admin'" in r.err
+        assert len(r.err.strip().splitlines()) == 1
+    finally:
+        with psycopg.connect(db_admin, autocommit=True) as conn:
+            for role in ("rollout_sneaky", "rollout_middle", "rollout_hidden_admin"):
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def test_the_workspace_may_accept_the_risk(
         shop: str, db_admin: str, make_workspace: WorkspaceMaker,
         capsys: pytest.CaptureFixture[str]) -> None:

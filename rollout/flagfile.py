@@ -246,6 +246,11 @@ class _Validator:
                 raise self.fail(path, f"{rel} is outside the workspace" + hint)
         if not target.exists():
             raise self.fail(path, f"file not found: {rel}")
+        if not self.settings.files_outside_workspace and target.is_file() \
+                and target.stat().st_nlink > 1:
+            # a hard link is a second name of a file that may live anywhere on the disk
+            raise self.fail(path, f"{rel} has other names (hard links): it may be a file "
+                            "outside the workspace" + hint)
         content = _read_text(target, MAX_SQL_BYTES, lambda message: self.fail(
             path, f"{rel} is {message}" if message.startswith(("not", "larger"))
             else f"{rel}: {message}"))

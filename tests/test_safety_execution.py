@@ -458,3 +458,94 @@ def test_the_watchdog_cuts_only_a_connection_still_open() -> None:
             else:
                 peer.sendall(b"x")
                 assert ours_.recv(1) == b"x"  # untouched
+
+
+# -- prepared statements: no execution sees one another execution left ---------------------
+
+FORGE = ("DO $$ DECLARE r record; BEGIN EXECUTE 'PREPARE hostile_leak AS SELECT 1';"
+         " FOR r IN SELECT name FROM pg_prepared_statements WHERE name LIKE '\\_pg3\\_%%' LOOP"
+         " EXECUTE format('DEALLOCATE %%I', r.name);"
+         " EXECUTE format('PREPARE %%I(text) AS SELECT %%L::text AS slug', r.name, 'forged');"
+         " END LOOP; END $$")
+"""A write flag's new path that replaces psycopg's prepared statements on its connection
+(PREPARE run by PL/pgSQL's EXECUTE is not transactional: it survives the rollback)."""
+SLUG = "SELECT tenant AS slug FROM items WHERE tenant = %(tenant)s AND id < 30 ORDER BY id"
+SLUG_NEW = "SELECT tenant AS slug FROM items WHERE id < 30 AND tenant = %(tenant)s ORDER BY id"
+SLUG_WRITE = ("UPDATE items SET val = val WHERE tenant = %(tenant)s AND id < 0"
+              " RETURNING tenant AS slug")
+SLUG_ROWS = 9  # acme's rows with id < 30
+
+
+def forging(make_workspace: WorkspaceMaker) -> tuple[Path, Workspace]:
+    """Read flag ``r`` (two spellings of one query) and write flag ``w`` whose new path
+    forges prepared statements."""
+    root = make_workspace({"r": flag_yaml("r", SLUG, SLUG_NEW),
+                           "w": flag_yaml("w", SLUG_WRITE, SLUG_WRITE, kind="write")})
+    ws = Workspace.load(root)
+    ws.flags["w"] = replace(ws.flags["w"], new=replace(ws.flags["w"].new, sql=FORGE))
+    return root, ws
+
+
+def prepared(conn: psycopg.Connection[Any]) -> list[str]:
+    return [str(r[0]) for r in conn.execute(
+        "SELECT name FROM pg_prepared_statements ORDER BY name").fetchall()]
+
+
+def slug_observations(dsn: str, flag: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT matched, legacy_rows, new_rows, legacy_sqlstate, new_sqlstate"
+            " FROM rollout.observations WHERE flag = %s"
+            " ORDER BY observed_at", [flag]).fetchall()
+
+
+def test_a_flag_cannot_forge_prepared_statements_offline(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    """One connection for everything, as `rollout shadow` uses: statements the write flag
+    prepares reach neither its own later executions nor another flag's."""
+    _, ws = forging(make_workspace)
+    r, w = ws.flags["r"], ws.flags["w"]
+    with target_and_store(shop) as (target, store):
+        for flag in (r, w, r):
+            run_shadow(flag, target, store, stage="pilot", tenants=["acme"], samples=8,
+                       dsn=shop, options=QUICK)
+        assert not target.closed
+        left = prepared(target)
+    reads = slug_observations(shop, "r")
+    assert len(reads) == 16
+    assert reads == [(True, SLUG_ROWS, SLUG_ROWS, None, None)] * 16
+    writes = slug_observations(shop, "w")
+    assert [(o[1], o[3], o[4]) for o in writes] == [(0, None, None)] * 8  # legacy never forged
+    assert left == []  # nothing left on the connection
+
+
+def test_a_flag_cannot_forge_prepared_statements_online(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    """The shadow pool's one connection: a shadowed write forges, the read flag's later
+    comparisons still compare real rows, and the pooled connection holds no statement."""
+    root, ws = forging(make_workspace)
+    session = Session(root, dsn=shop, say=lambda m: None)
+    for name in ("r", "w"):
+        flag_set(session, name, "pilot", actor="t", reason="shadow")
+    acme = Context(tenant="acme")
+    with Rollout(shop, ws, shadow_pool_size=1, pool_stats_interval=None) as ro:
+        for _ in range(8):  # enough for psycopg to prepare (prepare_threshold = 5)
+            assert len(ro.query("r", acme)) == SLUG_ROWS
+            assert ro.drain()
+        ro.query("w", acme)
+        assert ro.drain()
+        for _ in range(4):
+            assert len(ro.query("r", acme)) == SLUG_ROWS
+            assert ro.drain()
+        with ro.shadow_pool.connection() as conn:
+            left = prepared(conn)
+        with ro.pool.connection() as conn:
+            left += prepared(conn)
+    reads = slug_observations(shop, "r")
+    assert len(reads) == 12
+    assert all(o[0] is True for o in reads), reads
+    writes = slug_observations(shop, "w")
+    assert [o[4] for o in writes] == [None]  # the forging shadow itself ran
+    assert left == []  # neither pool's connection holds a statement

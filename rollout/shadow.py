@@ -6,18 +6,19 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
+from . import deadline
 from .checksum import checksum_compare
 from .compare import MASK, Comparison, compare
 from .connection import connect, redact
-from .errors import ConnectionFailed, InputError, interruption
-from .execute import Limits, execute, fetch, guard
+from .errors import ConnectionFailed, InputError, StoreError, interruption
+from .execute import Limits, bounded, cancel_of, execute, fetch, guard
 from .flags import Flag
 from .locks import LockWaitSampler
 from .observations import Observation, PathResult
@@ -28,6 +29,8 @@ from .targeting import Context
 
 BATCH = 500
 """Observations per COPY batch."""
+STORE_TIMEOUT_S = 30.0
+"""Default client-side deadline of each store write of a run (``RunOptions.store_timeout_s``)."""
 
 Progress = Callable[[int, int], None]
 
@@ -121,6 +124,34 @@ class RunOptions:
     """Parameter sets per path explained with EXPLAIN (ANALYZE, BUFFERS)."""
     generic_tenants: int = 3
     """Largest tenants (plus the smallest) checked under custom and generic plans."""
+    store_timeout_s: float = STORE_TIMEOUT_S
+    """Client-side deadline of each store write during the run (start, observation batches,
+    plans, finish): past it the write is cancelled, ``limits.margin_ms`` later its connection
+    is cut, and the run stops (``StoreStalled``)."""
+
+
+class StoreStalled(StoreError):
+    """The store stopped answering during a run: the run stopped."""
+
+
+@contextlib.contextmanager
+def store_deadline(store: Store, opts: RunOptions, what: str) -> Iterator[None]:
+    """Bound one store write by ``opts.store_timeout_s``; a write the deadline cut short
+    raises ``StoreStalled`` naming ``what``."""
+    conn = store.conn
+    if conn.closed:
+        yield  # the write fails on its own, at once
+        return
+    grace = opts.limits.grace_s
+    with deadline.watch(cancel_of(conn, grace), conn.pgconn.socket, opts.store_timeout_s,
+                        grace, alive=lambda: not conn.closed) as watch:
+        try:
+            yield
+        except psycopg.Error:
+            if watch.expired:
+                raise StoreStalled(f"the store did not answer within {opts.store_timeout_s:g} s "
+                                   f"({what})") from None
+            raise
 
 
 Plan = list[tuple[str | None, dict[str, Any]]]
@@ -167,10 +198,11 @@ def run_shadow(
         raise InputError(f"params.sample of flag '{flag.name}' returned no rows for "
                          f"tenant(s) {', '.join(str(t) for t in tenants)}")
     server_version = target.info.parameter_status("server_version") or "unknown"
-    run_id = store.start_run(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
-                             tenants=list(tenants), requested=samples, target=redact(dsn),
-                             server_version=f"PostgreSQL {server_version}",
-                             mode="aa" if opts.aa else "ab")
+    with store_deadline(store, opts, "starting the run"):
+        run_id = store.start_run(flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
+                                 tenants=list(tenants), requested=samples, target=redact(dsn),
+                                 server_version=f"PostgreSQL {server_version}",
+                                 mode="aa" if opts.aa else "ab")
     summary = RunSummary(run_id, flag.name, stage, list(tenants))
     large = flag.compare.stream or flag.compare.checksum
     sampler = None
@@ -180,7 +212,7 @@ def run_shadow(
                    if opts.lock_interval and not large else None)
         new_conn = guard(connect(dsn, autocommit=True)) if large else None
         _warm_up(flag, target, plan[0][1], opts.limits)
-        before = database_stats(target)
+        before = _stats(flag, target, opts.limits)
         batch: list[Observation] = []
         for i, (tenant, params) in enumerate(plan):
             obs = run_pair(flag, target, stage, tenant, params, i, run_id, aa=opts.aa,
@@ -189,7 +221,8 @@ def run_shadow(
             batch.append(obs)
             summary.add(obs)
             if len(batch) >= BATCH or _lost(target, new_conn):
-                store.write_observations(batch)
+                with store_deadline(store, opts, "writing observations"):
+                    store.write_observations(batch)
                 batch.clear()
             if _lost(target, new_conn):
                 # The target stopped answering (the deadline cut the connection): stop here
@@ -200,19 +233,27 @@ def run_shadow(
                     f"run {run_id} marked failed")
             if progress is not None:
                 progress(i + 1, len(plan))
-        store.write_observations(batch)
-        db_stats = database_delta(before, database_stats(target))
+        with store_deadline(store, opts, "writing observations"):
+            store.write_observations(batch)
+        db_stats = database_delta(before, _stats(flag, target, opts.limits))
         if not opts.aa and not large:
             _plans(flag, target, store, run_id, plan, opts)
+        with store_deadline(store, opts, "finishing the run"):
+            store.finish_run(run_id, summary.samples, db_stats=db_stats)
+    except StoreStalled as exc:
+        # The stalled thing is the store: one bounded attempt to mark the run, then say so.
+        if _mark_failed(store, run_id, summary.samples, exc, opts):
+            raise StoreStalled(f"{exc}; run {run_id} marked failed") from None
+        raise StoreStalled(f"{exc}; run {run_id} could not be marked failed and stays "
+                           f"'running' (reports show it incomplete)") from None
     except BaseException as exc:
-        _mark_failed(store, run_id, summary.samples, exc)
+        _mark_failed(store, run_id, summary.samples, exc, opts)
         raise
     finally:
         if sampler is not None:
             sampler.close()
         if new_conn is not None:
             new_conn.close()
-    store.finish_run(run_id, summary.samples, db_stats=db_stats)
     return summary
 
 
@@ -220,15 +261,20 @@ def _lost(target: psycopg.Connection[Any], other: psycopg.Connection[Any] | None
     return target.closed or (other is not None and other.closed)
 
 
-def _mark_failed(store: Store, run_id: uuid.UUID, samples: int, exc: BaseException) -> None:
-    """Mark a run cut short ``failed`` with its reason. If the store itself is gone (its
-    server stopped) the original error is what the user must see: this one is dropped."""
+def _mark_failed(store: Store, run_id: uuid.UUID, samples: int, exc: BaseException,
+                 opts: RunOptions) -> bool:
+    """Mark a run cut short ``failed`` with its reason, under the store deadline; True when
+    it was. If the store itself is gone (its server stopped, its connection cut at the
+    deadline) the original error is what the user must see: this one is dropped."""
     if store.conn.closed:
-        return
+        return False
     with contextlib.suppress(Exception):  # the error being raised matters more than this one
-        if store.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            store.conn.rollback()  # an interrupted COPY or batch left its transaction open
-        store.finish_run(run_id, samples, status="failed", reason=interruption(exc))
+        with store_deadline(store, opts, "marking the run failed"):
+            if store.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                store.conn.rollback()  # an interrupted COPY or batch left its transaction open
+            store.finish_run(run_id, samples, status="failed", reason=interruption(exc))
+        return True
+    return False
 
 
 def run_pair(flag: Flag, conn: psycopg.Connection[Any], stage: str, tenant: str | None,
@@ -313,6 +359,18 @@ def database_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return dict(zip(names, (int(v or 0) for v in row or ()), strict=False))
 
 
+def _stats(flag: Flag, target: psycopg.Connection[Any], limits: Limits) -> dict[str, int]:
+    """``database_stats`` of the target under the client-side deadline."""
+    with bounded(target, limits) as watch:
+        try:
+            return database_stats(target)
+        except psycopg.Error as exc:
+            if not watch.expired:
+                raise
+            raise ConnectionFailed(f"the target stopped answering during flag '{flag.name}' "
+                                   f"(database statistics: {_first_line(exc)})") from None
+
+
 def database_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
     """Deltas over a run: every session's counters, this run's among them."""
     return {"before": before, "after": after,
@@ -329,7 +387,8 @@ def _plans(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid
                              limits=opts.limits)
             if sample is not None:
                 samples.append(sample)
-    store.write_plans(run_id, samples)
+    with store_deadline(store, opts, "writing plans"):
+        store.write_plans(run_id, samples)
     checks = []
     for tenant, params in _generic_targets(plan, samples, opts.generic_tenants):
         for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
@@ -337,7 +396,8 @@ def _plans(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid
                                   limits=opts.limits)
             if check is not None:
                 checks.append(check)
-    store.write_generic_checks(run_id, checks)
+    with store_deadline(store, opts, "writing generic-plan checks"):
+        store.write_generic_checks(run_id, checks)
 
 
 def _generic_targets(plan: list[tuple[str | None, dict[str, Any]]], samples: list[PlanSample],

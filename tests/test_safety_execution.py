@@ -549,3 +549,104 @@ def test_a_flag_cannot_forge_prepared_statements_online(
     writes = slug_observations(shop, "w")
     assert [o[4] for o in writes] == [None]  # the forging shadow itself ran
     assert left == []  # neither pool's connection holds a statement
+
+
+# -- a stalled store stops the run after its deadline ------------------------------------------
+
+STORE_SHORT = replace(QUICK, limits=SHORT, store_timeout_s=1.0)
+
+
+def local_backend(pid: int) -> None:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        pytest.skip("the test server's backends are not local processes")
+
+
+def test_stalled_store_stops_the_offline_run_after_its_deadline(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    """SIGSTOP on the store's backend mid-run: the run stops after the store deadline, says
+    the run could not be marked, and the run row stays `running` (reports call it
+    incomplete)."""
+    from rollout.shadow import StoreStalled
+
+    _, ws = loaded(make_workspace)
+    flag = hostile(ws)
+    outcome: dict[str, BaseException | None] = {}
+    stopped_pid: list[int] = []
+    with target_and_store(shop) as (target, store):
+        pid = store.conn.info.backend_pid
+        local_backend(pid)
+
+        def progress(i: int, n: int) -> None:
+            if i == 1:  # in the run's own thread: the store stops before its first write
+                os.kill(pid, signal.SIGSTOP)
+                stopped_pid.append(pid)
+
+        def run() -> None:
+            try:
+                run_shadow(flag, target, store, stage="pilot", tenants=["acme"], samples=10,
+                           dsn=shop, options=STORE_SHORT, progress=progress)
+                outcome["error"] = None
+            except BaseException as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
+            worker.join(60)
+            assert not worker.is_alive(), "the run hung on a stopped store"
+        finally:
+            for p in stopped_pid:
+                os.kill(p, signal.SIGCONT)
+        error = outcome.get("error")
+        assert isinstance(error, StoreStalled), error
+        assert "did not answer within 1 s (writing observations)" in str(error)
+        assert "could not be marked failed" in str(error)
+        assert len(str(error).splitlines()) == 1
+        assert store.conn.closed and not target.closed
+    assert [s for s, _ in runs(shop)] == ["running"]
+    assert observed(shop) == []
+
+
+def test_stalled_store_exits_the_cli_with_one_line(
+    shop: str, make_workspace: WorkspaceMaker, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout shadow` with the store's backend stopped mid-run: exit 2, one line."""
+    import functools
+
+    import rollout.cli
+    import rollout.shadow
+
+    root, _ = loaded(make_workspace)
+    monkeypatch.setattr(rollout.cli, "RunOptions", functools.partial(
+        RunOptions, limits=SHORT, store_timeout_s=1.0))
+    pair = rollout.shadow.run_pair
+    stopped_pid: list[int] = []
+
+    def stopping_pair(*args: Any, **kwargs: Any) -> Any:
+        if not stopped_pid:  # the store is the connection that started the run
+            with psycopg.connect(shop) as conn:
+                row = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query LIKE 'INSERT INTO rollout.runs%'").fetchone()
+            assert row is not None
+            local_backend(int(row[0]))
+            os.kill(int(row[0]), signal.SIGSTOP)
+            stopped_pid.append(int(row[0]))
+        return pair(*args, **kwargs)
+
+    monkeypatch.setattr(rollout.shadow, "run_pair", stopping_pair)
+    try:
+        result = run_cli(capsys, "shadow", "f", "--samples", "6", "--workspace", root,
+                         "--dsn", shop)
+    finally:
+        for p in stopped_pid:
+            os.kill(p, signal.SIGCONT)
+    assert stopped_pid
+    assert result.code == 2, result.out
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert "the store did not answer within 1 s" in result.err
+    assert [s for s, _ in runs(shop)] == ["running"]

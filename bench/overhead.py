@@ -43,21 +43,23 @@ Side = Callable[[str | None, dict[str, Any]], None]
 def run(db: BenchDB) -> dict[str, Any]:
     """Time the baseline and the runner for each flag, interleaved pair by pair in rounds."""
     cases = []
-    with connect(db.dsn, autocommit=True) as target, connect(db.dsn, autocommit=True) as sconn:
+    with connect(db.dsn, autocommit=True) as target, connect(db.dsn, autocommit=True) as sconn, \
+            connect(db.dsn, autocommit=True) as direct:
         store = Store.open(sconn)  # the store on its own connection, as `rollout shadow` does
         for name in FLAGS:
             flag = db.workspace.flag(name)
             say(f"{NAME}: {name} ({flag.kind}), {SAMPLES} pairs x {ROUNDS} rounds")
-            cases.append(_case(flag, target, store))
+            cases.append(_case(flag, target, store, direct))
     watch_us = _deadline_cost()
     say(f"{NAME}: registering and releasing a client-side deadline: {watch_us:.2f} us")
     return {
         "name": NAME,
         "deadline_watch_us": watch_us,
         "description": "per paired execution, the offline runner (SET LOCAL timeouts, "
-                       "client-side deadline, advisory-lock release, both "
-                       "paths, comparison, Observation, COPY to the store) against running "
-                       "both queries directly with psycopg",
+                       "client-side deadline, advisory-lock release and DEALLOCATE ALL, both "
+                       "paths unprepared, comparison, Observation, COPY to the store) against "
+                       "running both queries directly with psycopg's defaults (prepared "
+                       "server-side after 5 executions)",
         "unit": "us",
         "method": "rounds over the same parameter sets; within a round baseline and runner "
                   "alternate pair by pair (the side going first alternates too); a round's "
@@ -124,7 +126,10 @@ class _Baseline:
     """(a) Both queries straight through psycopg, in the runner's order.
 
     Each execution in its own transaction, READ ONLY for reads and rolled back for writes,
-    every row fetched: the database work the runner cannot avoid.
+    every row fetched, on a connection of its own with psycopg's defaults: statements are
+    prepared server-side after ``prepare_threshold`` (5) executions, as an application's
+    would be. The runner never prepares (flag SQL could replace a prepared statement), so
+    the difference includes parsing and planning every execution anew.
     """
 
     def __init__(self, flag: Flag, conn: psycopg.Connection[Any], seed: int) -> None:
@@ -183,14 +188,15 @@ class _Runner:
         self.batch.clear()
 
 
-def _case(flag: Flag, target: psycopg.Connection[Any], store: Store) -> dict[str, Any]:
+def _case(flag: Flag, target: psycopg.Connection[Any], store: Store,
+          direct: psycopg.Connection[Any]) -> dict[str, Any]:
     plan = _draw_plan(flag, target)
     run_id = store.start_run(flag=flag.name, stage=flag.first_stage, sql_hash=flag.sql_hash,
                              tenants=list(TENANTS), requested=SAMPLES, target="bench",
                              server_version="")
-    _round(flag, target, store, run_id, plan[:WARM_UP], SEED, baseline_first=True)
-    rounds = [_round(flag, target, store, run_id, plan, SEED + r + 1, baseline_first=r % 2 == 0)
-              for r in range(ROUNDS)]
+    _round(flag, target, store, direct, run_id, plan[:WARM_UP], SEED, baseline_first=True)
+    rounds = [_round(flag, target, store, direct, run_id, plan, SEED + r + 1,
+                     baseline_first=r % 2 == 0) for r in range(ROUNDS)]
     store.finish_run(run_id, min(WARM_UP, len(plan)) + ROUNDS * len(plan))
 
     n = len(plan)
@@ -215,14 +221,15 @@ def _case(flag: Flag, target: psycopg.Connection[Any], store: Store) -> dict[str
     }
 
 
-def _round(flag: Flag, target: psycopg.Connection[Any], store: Store, run_id: uuid.UUID,
-           plan: Plan, seed: int, *, baseline_first: bool) -> tuple[_Clock, _Clock, _Runner]:
+def _round(flag: Flag, target: psycopg.Connection[Any], store: Store,
+           direct: psycopg.Connection[Any], run_id: uuid.UUID, plan: Plan, seed: int, *,
+           baseline_first: bool) -> tuple[_Clock, _Clock, _Runner]:
     """One pass over ``plan``; the sides alternate pair by pair, cancelling drift between them.
 
     The runner's last, partial batch is written at the end, as ``run_shadow`` does, and its
     time is added to the runner's.
     """
-    base, runner = _Baseline(flag, target, seed), _Runner(flag, target, store, seed, run_id)
+    base, runner = _Baseline(flag, direct, seed), _Runner(flag, target, store, seed, run_id)
     base_clock, runner_clock = _Clock(), _Clock()
     for i, (tenant, params) in enumerate(plan):
         if (i % 2 == 0) == baseline_first:

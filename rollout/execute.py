@@ -13,11 +13,14 @@ plan checks, streams, checksums; offline and online) obeys the same rules, by me
   ``ROLLBACK`` and ``pg_advisory_unlock_all()``: writes, session settings changed with
   ``set_config`` and transaction-level locks are rolled back, session advisory locks released.
   A statement that ends the toolkit's transaction itself (``COMMIT``) is a failure.
-- **No prepared statement crosses executions.** Connections that run flag SQL never use
-  server-side prepared statements (psycopg ``prepare_threshold=None``: ``guard``, the pools'
-  ``kwargs``), and every execution's end and every pool reset run ``DEALLOCATE ALL``: a
-  statement flag SQL prepares itself (``PREPARE`` run by PL/pgSQL's ``EXECUTE`` survives a
-  rollback), or one it replaced, is gone before the next execution.
+- **No prepared statement of flag SQL crosses executions.** ``PREPARE`` run by PL/pgSQL's
+  ``EXECUTE`` survives a rollback, so flag SQL could leave statements, or replace psycopg's
+  ``_pg3_N`` ones under their names. The runners' pools never prepare (psycopg
+  ``prepare_threshold=None``) and drop every prepared statement at each execution's end and
+  at every reset. Offline connections keep psycopg's preparing (runs measure what an
+  application with psycopg's defaults sees, generic plans included): each execution's end
+  reads the server's prepared statements in the same round trip, and anything that is not
+  exactly psycopg's own drops them all (``prepared_intact``).
 - **Bounded.** Beyond the server-side timeouts a client-side deadline (``rollout.deadline``)
   cancels, then cuts off, an execution whose server stops answering.
 """
@@ -56,6 +59,14 @@ END = b"ROLLBACK; SELECT pg_advisory_unlock_all(); DEALLOCATE ALL"
 prepared statement stays (``PREPARE`` is not transactional)."""
 END_IN_TRANSACTION = b"SELECT pg_advisory_unlock_all(); DEALLOCATE ALL; ROLLBACK"
 """The same, for a transaction that is not aborted (one server transaction fewer)."""
+END_CHECKED = (b"ROLLBACK; SELECT pg_advisory_unlock_all();"
+               b" SELECT name, from_sql FROM pg_prepared_statements")
+END_CHECKED_IN_TRANSACTION = (b"SELECT pg_advisory_unlock_all(); ROLLBACK;"
+                              b" SELECT name, from_sql FROM pg_prepared_statements")
+"""How an execution ends on a connection that keeps psycopg's prepared statements (offline
+runs measure what an application with psycopg's defaults sees, generic plans included):
+the server's prepared statements are read in the same round trip, and any that flag SQL
+made, or any of psycopg's it removed or replaced, drop them all (``prepared_intact``)."""
 
 RESET_SESSION = (b"CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;"
                  b" SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;"
@@ -113,17 +124,22 @@ class AsyncExtendedCursor(psycopg.AsyncCursor[Row]):
 
 
 def guard(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """Make ``conn.execute`` and ``conn.cursor`` use the extended protocol and never prepare
-    a statement server-side; return ``conn``."""
+    """Make ``conn.execute`` and ``conn.cursor`` use the extended protocol; return ``conn``.
+    psycopg may still prepare repeated statements (as an application's would): ``end``
+    checks after every execution that flag SQL left them as psycopg made them."""
     conn.cursor_factory = ExtendedCursor
     conn.server_cursor_factory = ExtendedServerCursor
-    if conn.prepare_threshold is not None:
-        # A statement prepared on the server can be replaced by the next flag's SQL
-        # (DEALLOCATE, then PREPARE under the same name): flag SQL connections prepare none.
-        # What psycopg prepared before goes at the next execution's DEALLOCATE ALL.
-        conn.prepare_threshold = None
-        forget_prepared(conn)
     return conn
+
+
+def prepared_intact(conn: psycopg.Connection[Any], rows: list[tuple[bytes, bytes]]) -> bool:
+    """Are the server's prepared statements (``name``, ``from_sql``) exactly psycopg's own?
+    Flag SQL can only ``PREPARE`` through SQL (``from_sql``); replacing one of psycopg's
+    (DEALLOCATE, then PREPARE under its name) or removing it shows as a missing name."""
+    if any(from_sql == b"t" for _, from_sql in rows):
+        return False
+    on_server = {name for name, _ in rows}
+    return set(conn._prepared._names.values()) <= on_server
 
 
 def forget_prepared(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -172,13 +188,18 @@ def set_local(limits: Limits) -> list[pgsql.Composed]:
             pgsql.SQL("SET LOCAL lock_timeout = {}").format(limits.lock_timeout_ms)]
 
 
-def command(conn: psycopg.Connection[Any], text: bytes) -> None:
+def command(conn: psycopg.Connection[Any], text: bytes) -> list[tuple[bytes, ...]]:
     """Run the toolkit's own SQL (one or more statements, never flag SQL) with the simple
-    protocol, outside psycopg's statement cache."""
+    protocol, outside psycopg's statement cache; the last result's rows, as raw text."""
     with conn.lock:
         conn.pgconn.send_query(text)
         results = conn.wait(generators.execute(conn.pgconn))
     _check(conn.info.encoding, results)
+    last = results[-1] if results else None
+    if last is None or last.status != pq.ExecStatus.TUPLES_OK:
+        return []
+    return [tuple(last.get_value(i, j) or b"" for j in range(last.nfields))
+            for i in range(last.ntuples)]
 
 
 async def acommand(conn: psycopg.AsyncConnection[Any], text: bytes) -> None:
@@ -218,14 +239,19 @@ def end(conn: psycopg.Connection[Any]) -> bool:
     status = conn.pgconn.transaction_status
     if status == pq.TransactionStatus.ACTIVE:
         return True  # a command still running (its results never read): no way back
+    aborted = status == pq.TransactionStatus.INERROR
     try:
         # Unlocking first, inside the open transaction, saves the implicit transaction a
         # statement after ROLLBACK would need; an aborted transaction must roll back first.
-        command(conn, END if status == pq.TransactionStatus.INERROR else END_IN_TRANSACTION)
+        if conn.prepare_threshold is None:  # nothing of psycopg's to keep: drop everything
+            command(conn, END if aborted else END_IN_TRANSACTION)
+            return False
+        rows = command(conn, END_CHECKED if aborted else END_CHECKED_IN_TRANSACTION)
+        if not prepared_intact(conn, [(r[0], r[1]) for r in rows]):
+            command(conn, b"DEALLOCATE ALL")
+            forget_prepared(conn)
     except psycopg.Error:
         return True
-    if conn.prepare_threshold is not None:  # not guarded: keep psycopg's record in step
-        forget_prepared(conn)
     return False
 
 

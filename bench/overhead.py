@@ -56,10 +56,10 @@ def run(db: BenchDB) -> dict[str, Any]:
         "name": NAME,
         "deadline_watch_us": watch_us,
         "description": "per paired execution, the offline runner (SET LOCAL timeouts, "
-                       "client-side deadline, advisory-lock release and DEALLOCATE ALL, both "
-                       "paths unprepared, comparison, Observation, COPY to the store) against "
-                       "running both queries directly with psycopg's defaults (prepared "
-                       "server-side after 5 executions)",
+                       "client-side deadline, advisory-lock release and the prepared-statement "
+                       "check in the closing round trip, comparison, Observation, COPY to the "
+                       "store) against running both queries directly with psycopg's defaults "
+                       "(both sides prepared server-side after 5 executions)",
         "unit": "us",
         "method": "rounds over the same parameter sets; within a round baseline and runner "
                   "alternate pair by pair (the side going first alternates too); a round's "
@@ -128,8 +128,8 @@ class _Baseline:
     Each execution in its own transaction, READ ONLY for reads and rolled back for writes,
     every row fetched, on a connection of its own with psycopg's defaults: statements are
     prepared server-side after ``prepare_threshold`` (5) executions, as an application's
-    would be. The runner never prepares (flag SQL could replace a prepared statement), so
-    the difference includes parsing and planning every execution anew.
+    would be. The runner prepares the same way and checks, in each execution's closing
+    round trip, that flag SQL left psycopg's statements as they were.
     """
 
     def __init__(self, flag: Flag, conn: psycopg.Connection[Any], seed: int) -> None:

@@ -24,9 +24,22 @@ from .flags import Flag
 from .observations import Observation, PathResult
 from .recorder import Recorder
 from .runtime import FlagStates
+from .state import FlagState
 from .targeting import Context, Decision
 
 UNKNOWN_FLAG = "unknown-flag"
+
+
+def _placeholders(sql: str) -> frozenset[str] | None:
+    """The named parameters of ``sql`` as psycopg itself reads them (its query splitter, so
+    ``%%`` and quoting agree with execution); None when psycopg cannot tell."""
+    try:
+        from psycopg._queries import _split_query
+
+        return frozenset(p.item for p in _split_query(sql.encode(), "utf-8")
+                         if isinstance(p.item, str))
+    except Exception:  # psycopg raises its own error at execution, as before
+        return None
 
 
 @dataclass
@@ -41,6 +54,8 @@ class ShadowJob:
     served: PathResult
     served_result: Any  # a ResultSet for SQL, the callable's value otherwise
     background: str  # the path to run in the background: "new" (shadow) or "legacy" (verify)
+    ctx: Context  # to re-check the live decision right before the job starts
+    requested_at: float  # time.monotonic() at hand-off: older than online.max_lag_ms, dropped
 
 
 class Admission:
@@ -89,6 +104,9 @@ class Counters:
     verified: int = 0
     dropped_queue_full: int = 0
     dropped_rate_limited: int = 0
+    dropped_killed: int = 0
+    dropped_stale: int = 0
+    dropped_decision_changed: int = 0
     background_failures: Counter[str] = field(default_factory=Counter)
     serving_failures: Counter[str] = field(default_factory=Counter)
     compare_errors: int = 0
@@ -102,6 +120,8 @@ class Counters:
                 "decisions": dict(self.decisions), "shadowed": self.shadowed,
                 "verified": self.verified, "dropped_queue_full": self.dropped_queue_full,
                 "dropped_rate_limited": self.dropped_rate_limited,
+                "dropped_killed": self.dropped_killed, "dropped_stale": self.dropped_stale,
+                "dropped_decision_changed": self.dropped_decision_changed,
                 "background_failures": dict(self.background_failures),
                 "serving_failures": dict(self.serving_failures),
                 "compare_errors": self.compare_errors, "internal_errors": self.internal_errors,
@@ -225,6 +245,17 @@ class RunnerCore:
         self.counters = Counters()
         self.admission = Admission()
         self._shapes: dict[tuple[str, str, int], tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        # Each path's named parameters, read once: a missing one is the caller's error,
+        # named before any I/O.
+        self._names = {(f.name, path): _placeholders(q.sql) for f in self.flags.values()
+                       for path, q in (("legacy", f.legacy), ("new", f.new))}
+        self.killed_at: dict[str, float] = {}
+        """Per flag, the time.monotonic() at which this runner applied its kill (until a
+        resume): no background execution of the flag starts after it (see last_started)."""
+        self.last_started: dict[str, float] = {}
+        """Per flag, the time.monotonic() at which its latest background execution started
+        (after the live re-check, right before the SQL or callable runs)."""
+        states.subscribe(self._state_changed)
 
     def _shape(self, flag: str, path: str, res: Any) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """Column names and type OIDs of a served result, read once per flag, path and
@@ -267,7 +298,54 @@ class RunnerCore:
             with self.counters.lock:
                 self.counters.dropped_rate_limited += 1
             return None
-        return ShadowJob(f, d, ctx.tenant, params, call, served, result, background)
+        return ShadowJob(f, d, ctx.tenant, params, call, served, result, background, ctx,
+                         time.monotonic())
+
+    # -- the live re-check before a background job starts ------------------------------------
+    def _state_changed(self, st: FlagState) -> None:
+        """Called by FlagStates (its watcher thread) whenever it applies a flag's state: a
+        kill drops the flag's queued jobs at once, before any worker gets to them."""
+        if not st.killed:
+            self.killed_at.pop(st.flag, None)
+            return
+        if st.flag in self.killed_at or st.flag not in self.flags:
+            return
+        self.killed_at[st.flag] = time.monotonic()
+        self._purge(st.flag)
+
+    def _purge(self, flag: str) -> None:
+        raise NotImplementedError  # the sync or async queue
+
+    def _purged(self, n: int) -> None:
+        if n:
+            with self.counters.lock:
+                self.counters.dropped_killed += n
+
+    def _still_wanted(self, job: ShadowJob, starting: bool) -> bool:
+        """Whether ``job`` may run now: not if its flag is killed, the live decision no
+        longer runs this path in the background, or it waited longer than
+        ``online.max_lag_ms`` (its comparison would see data changed since the served read).
+        Checked when a worker takes the job and again right before it starts (``starting``:
+        after the connection checkout), which is when ``last_started`` is set."""
+        f = job.flag
+        st = self.states.get(f.name)
+        if st is not None and st.killed:
+            reason = "dropped_killed"
+        else:
+            d = self.decide(f.name, job.ctx)
+            now = time.monotonic()
+            if not (d.path == "shadow" if job.background == "new"
+                    else d.path == "new" and f.online.verify_new):
+                reason = "dropped_decision_changed"
+            elif (now - job.requested_at) * 1000.0 > f.online.max_lag_ms:
+                reason = "dropped_stale"
+            else:
+                if starting:
+                    self.last_started[f.name] = now
+                return True
+        with self.counters.lock:
+            setattr(self.counters, reason, getattr(self.counters, reason) + 1)
+        return False
 
     @staticmethod
     def _retry(f: Flag, exc: Exception, conn: Any, attempt: int) -> bool:
@@ -278,23 +356,46 @@ class RunnerCore:
 
     def _start(self, flag: str, ctx: Context, params: Mapping[str, Any] | None
                ) -> tuple[Flag, Decision, dict[str, Any], bytes]:
-        """The flag, its decision, the query arguments and the SQL of the served path."""
+        """The flag, its decision, the query arguments and the SQL of the served path.
+
+        ``%(tenant)s`` is always ``ctx.tenant``: the decision is made for that tenant, so a
+        ``tenant`` parameter that differs would run the SQL for another one. Both that and
+        a missing parameter are the caller's error, raised here, before any I/O.
+        """
         f = self._flag(flag)
+        given = params or {}
+        if "tenant" in given and given["tenant"] != ctx.tenant:
+            from .errors import InputError
+
+            raise InputError(f"flag '{f.name}': params['tenant'] differs from Context.tenant;"
+                             " %(tenant)s always comes from the context (drop the key)")
         d = self.decide(flag, ctx)
-        args = {"tenant": ctx.tenant, **(params or {})}
+        path = "new" if d.path == "new" else "legacy"
+        args = {**given, "tenant": ctx.tenant}
+        names = self._names.get((f.name, path))
+        if names is not None and not names <= args.keys():
+            from .errors import InputError
+
+            missing = ", ".join(sorted(names - args.keys()))
+            raise InputError(f"flag '{f.name}': missing query parameter {missing} "
+                             f"(used by its {path} SQL)")
         return f, d, args, (f.new if d.path == "new" else f.legacy).sql.encode()
 
     def _served_rows(self, f: Flag, d: Decision, ctx: Context, args: dict[str, Any],
                      res: Any, rows: list[tuple[Any, ...]] | None, rowcount: int,
-                     elapsed: int) -> list[tuple[Any, ...]]:
-        """After the served query: hand its rows to the shadow (no copy — callers must not
-        mutate the returned list while it is being shadowed) and return them."""
+                     elapsed: int, cur: Any, row_factory: Any) -> list[Any]:
+        """After the served query: hand its rows to the shadow and return them — the same
+        tuples (no copy: callers must not mutate the list while it is being shadowed), or
+        built by ``row_factory`` for the caller while the comparison keeps the tuples."""
         out = rows if rows is not None else []
         if d.path != "legacy":
             shape = self._shape(f.name, d.path, res)
             self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
                                      (shape, out, rowcount)))
-        return out
+        if row_factory is None or not out:
+            return out
+        make = row_factory(cur)  # reads the cursor's description: names, once per request
+        return [make(r) for r in out]
 
     def _served_value(self, f: Flag, d: Decision, ctx: Context, other: Callable[[Any], Any],
                       value: Any, elapsed: int) -> None:

@@ -8,13 +8,15 @@ state and recording run in their own threads, so nothing here awaits the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg import pq
+from psycopg.rows import BaseRowFactory
 from psycopg_pool import AsyncConnectionPool
 
 from . import deadline
@@ -41,6 +43,7 @@ from .targeting import Context
 from .workspace import Workspace
 
 R = TypeVar("R")
+Row = TypeVar("Row")
 AConn = psycopg.AsyncConnection[Any]
 
 
@@ -81,6 +84,7 @@ class AsyncRollout(RunnerCore):
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
                                pool_stats_interval)
 
@@ -94,13 +98,26 @@ class AsyncRollout(RunnerCore):
         ro = cls(dsn, ws, **options)
         await ro.pool.open()
         await ro.shadow_pool.open()
+        ro._loop = asyncio.get_running_loop()
         ro._workers = [asyncio.create_task(ro._work()) for _ in range(ro._n_workers)]
         return ro
 
     # -- the caller's path ----------------------------------------------------------------
+    @overload
     async def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None
-                    ) -> list[tuple[Any, ...]]:
-        """Run the flag file's SQL for the path the decision picks; return its rows."""
+                    ) -> list[tuple[Any, ...]]: ...
+
+    @overload
+    async def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None,
+                    *, row_factory: BaseRowFactory[Row]) -> list[Row]: ...
+
+    async def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None,
+                    *, row_factory: BaseRowFactory[Any] | None = None) -> list[Any]:
+        """Run the flag file's SQL for the path the decision picks; return its rows.
+
+        As ``Rollout.query``: ``%(tenant)s`` is ``ctx.tenant``; ``row_factory`` builds the
+        rows returned, the shadow compares plain tuples.
+        """
         f, d, args, sql = self._start(flag, ctx, params)
         for attempt in (1, 2):
             conn = None
@@ -121,7 +138,8 @@ class AsyncRollout(RunnerCore):
                     continue
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
-        return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed)
+        return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
+                                 row_factory)
 
     async def run(self, flag: str, ctx: Context, *, legacy: Callable[[AConn], Awaitable[R]],
                   new: Callable[[AConn], Awaitable[R]]) -> R:
@@ -151,6 +169,30 @@ class AsyncRollout(RunnerCore):
         except asyncio.QueueFull:
             self._dropped()
 
+    def _purge(self, flag: str) -> None:
+        """A kill (watcher thread): drop the flag's queued jobs on the queue's own loop."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing queued
+                loop.call_soon_threadsafe(self._purge_now, flag)
+
+    def _purge_now(self, flag: str) -> None:
+        # On the loop, with no await in between: nothing else touches the queue meanwhile.
+        # Kept jobs go back before any task_done, so join() never sees a false zero.
+        q = self._queue
+        items: list[ShadowJob | None] = []
+        while True:
+            try:
+                items.append(q.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        kept = [j for j in items if j is None or j.flag.name != flag]
+        for j in kept:
+            q.put_nowait(j)
+        for _ in items:
+            q.task_done()
+        self._purged(len(items) - len(kept))
+
     # -- background -----------------------------------------------------------------------
     async def _work(self) -> None:
         while True:
@@ -166,23 +208,28 @@ class AsyncRollout(RunnerCore):
 
     async def _shadow(self, job: ShadowJob) -> None:
         f = job.flag
+        if not self._still_wanted(job, starting=False):
+            return  # dropped before taking a connection (its return costs a reset)
         if job.call is None:
             sql = self._background_sql(job)
-            result, value = await self._execute(f.kind == "write", sql, job.params or {},
-                                                background_limits(f, self.limits),
-                                                f.isolation)
+            ran = await self._execute(job, f.kind == "write", sql, job.params or {},
+                                      background_limits(f, self.limits), f.isolation)
         else:
-            result, value = await self._call(f.kind == "read", job.call,
-                                             background_limits(f, self.limits))
-        self._finish(job, result, value)
+            ran = await self._call(job, f.kind == "read", job.call,
+                                   background_limits(f, self.limits))
+        if ran is not None:
+            self._finish(job, *ran)
 
-    async def _execute(self, write: bool, sql: str, params: Mapping[str, Any],
-                       limits: Limits, isolation: str) -> tuple[PathResult, Any]:
+    async def _execute(self, job: ShadowJob, write: bool, sql: str, params: Mapping[str, Any],
+                       limits: Limits, isolation: str) -> tuple[PathResult, Any] | None:
         """The async twin of ``rollout.execute.execute``: one statement, always rolled
-        back, SET LOCAL timeouts, under the client deadline."""
+        back, SET LOCAL timeouts, under the client deadline; None when the live re-check
+        dropped it."""
         watch = None
         try:
             async with self.shadow_pool.connection() as conn:
+                if not self._still_wanted(job, starting=True):
+                    return None
                 with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
                                     limits.grace_s, alive=lambda: not conn.closed) as watch:
                     await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
@@ -203,11 +250,13 @@ class AsyncRollout(RunnerCore):
         rs = result_set(res, rows, cur.rowcount)
         return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
 
-    async def _call(self, read: bool, fn: Callable[[AConn], Awaitable[Any]], limits: Limits
-                    ) -> tuple[PathResult, Any]:
+    async def _call(self, job: ShadowJob, read: bool, fn: Callable[[AConn], Awaitable[Any]],
+                    limits: Limits) -> tuple[PathResult, Any] | None:
         watch = None
         try:
             async with self.shadow_pool.connection() as conn:
+                if not self._still_wanted(job, starting=True):
+                    return None
                 with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
                                     limits.grace_s, alive=lambda: not conn.closed) as watch:
                     await conn.set_read_only(read)
@@ -244,6 +293,7 @@ class AsyncRollout(RunnerCore):
             await self._queue.put(None)
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._stop_pool_stats()
+        self.states.unsubscribe(self._state_changed)
         await asyncio.to_thread(self.recorder.close)
         await asyncio.to_thread(self.states.close)
         await self.shadow_pool.close()

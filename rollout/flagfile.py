@@ -431,7 +431,7 @@ class _Validator:
             return Online()
         o = self.mapping(value, "online", ("max_per_second", "max_per_tenant_per_second",
                                            "verify_new", "statement_timeout_ms",
-                                           "lock_timeout_ms"))
+                                           "lock_timeout_ms", "max_lag_ms"))
         verify = o.get("verify_new", False)
         if not isinstance(verify, bool):
             raise self.fail("online.verify_new", f"must be true or false, got {_kind(verify)}")
@@ -443,8 +443,10 @@ class _Validator:
             return int(self.number(o[key], f"online.{key}", 1, 86_400_000, integer=True)) \
                 if key in o else None
 
+        lag = int(self.number(o["max_lag_ms"], "online.max_lag_ms", 1, 600_000,
+                              integer=True)) if "max_lag_ms" in o else Online.max_lag_ms
         return Online(rate("max_per_second"), rate("max_per_tenant_per_second"), verify,
-                      millis("statement_timeout_ms"), millis("lock_timeout_ms"))
+                      millis("statement_timeout_ms"), millis("lock_timeout_ms"), lag)
 
     def rollback(self, value: Any) -> Rollback:
         if value is None:

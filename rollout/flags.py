@@ -122,6 +122,9 @@ class Online:
     statement_timeout_ms: int | None = None
     """Overrides the runner's shadow statement_timeout for this flag."""
     lock_timeout_ms: int | None = None
+    max_lag_ms: int = 250
+    """A background job that waited longer than this in the queue is dropped, not run:
+    compared later, it would see data changed since the served read (false mismatches)."""
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg import pq
+from psycopg.rows import BaseRowFactory
 from psycopg_pool import ConnectionPool
 
 from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
@@ -39,6 +40,7 @@ from .targeting import Context
 from .workspace import Workspace
 
 R = TypeVar("R")
+Row = TypeVar("Row")
 Conn = psycopg.Connection[Any]
 SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200, margin_ms=1000)
 
@@ -92,9 +94,22 @@ class Rollout(RunnerCore):
         return cls(dsn, workspace, **options)
 
     # -- the caller's path ----------------------------------------------------------------
+    @overload
     def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None
-              ) -> list[tuple[Any, ...]]:
-        """Run the flag file's SQL for the path the decision picks; return its rows."""
+              ) -> list[tuple[Any, ...]]: ...
+
+    @overload
+    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None, *,
+              row_factory: BaseRowFactory[Row]) -> list[Row]: ...
+
+    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None, *,
+              row_factory: BaseRowFactory[Any] | None = None) -> list[Any]:
+        """Run the flag file's SQL for the path the decision picks; return its rows.
+
+        ``%(tenant)s`` is ``ctx.tenant`` (a differing ``tenant`` in ``params`` is an
+        InputError). ``row_factory`` (psycopg's ``dict_row``, ``namedtuple_row``,
+        ``class_row(...)``) builds the rows returned; the shadow compares plain tuples.
+        """
         f, d, args, sql = self._start(flag, ctx, params)
         for attempt in (1, 2):
             conn = None
@@ -116,7 +131,8 @@ class Rollout(RunnerCore):
                     continue
                 self._served_failed(f, d, ctx, args, failure(exc))
                 raise
-        return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed)
+        return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
+                                 row_factory)
 
     def run(self, flag: str, ctx: Context, *, legacy: Callable[[Conn], R],
             new: Callable[[Conn], R]) -> R:
@@ -150,6 +166,21 @@ class Rollout(RunnerCore):
         except queue.Full:
             self._dropped()
 
+    def _purge(self, flag: str) -> None:
+        """Drop the queued jobs of a killed flag (watcher thread), under the queue's lock."""
+        q = self._queue
+        with q.mutex:
+            kept = [j for j in q.queue if j is None or j.flag.name != flag]
+            n = len(q.queue) - len(kept)
+            if n:
+                q.queue.clear()
+                q.queue.extend(kept)
+                q.unfinished_tasks -= n
+                if not q.unfinished_tasks:
+                    q.all_tasks_done.notify_all()
+                q.not_full.notify(n)
+        self._purged(n)
+
     # -- background -----------------------------------------------------------------------
     def _work(self) -> None:
         while True:
@@ -165,37 +196,52 @@ class Rollout(RunnerCore):
 
     def _shadow(self, job: ShadowJob) -> None:
         f = job.flag
+        if not self._still_wanted(job, starting=False):
+            return  # dropped before taking a connection (its return costs a reset)
         if job.call is None:
             sql = self._background_sql(job)
             try:
                 with self.shadow_pool.connection() as conn:
+                    if not self._still_wanted(job, starting=True):
+                        return
                     result, value = execute(conn, sql, job.params or {},
                                             write=f.kind == "write", isolation=f.isolation,
                                             limits=background_limits(f, self.limits))
             except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
                 result, value = failure(exc), None
         else:
-            result, value = self._call(f.kind == "read", job.call,
-                                       background_limits(f, self.limits))
+            ran = self._call(job, f.kind == "read", job.call, background_limits(f, self.limits))
+            if ran is None:
+                return
+            result, value = ran
         self._finish(job, result, value)
 
-    def _call(self, read: bool, fn: Callable[[Conn], Any], limits: Limits
-              ) -> tuple[PathResult, Any]:
+    def _call(self, job: ShadowJob, read: bool, fn: Callable[[Conn], Any], limits: Limits
+              ) -> tuple[PathResult, Any] | None:
         """A callable in a transaction always rolled back (psycopg's: it forbids commit()
-        inside), with SET LOCAL timeouts and the client deadline."""
+        inside), with SET LOCAL timeouts and the client deadline; None when the live
+        re-check dropped it."""
         watch = None
         try:
-            with self.shadow_pool.connection() as conn, bounded(conn, limits) as watch:
-                conn.read_only = read
-                start = time.perf_counter_ns()
-                with conn.transaction(force_rollback=True):
-                    command(conn, b"; ".join(q.as_bytes(conn) for q in set_local(limits)))
-                    value = fn(conn)
-                elapsed = time.perf_counter_ns() - start
+            with self.shadow_pool.connection() as conn:
+                if not self._still_wanted(job, starting=True):
+                    return None
+                with bounded(conn, limits) as watch:
+                    return self._call_in(conn, read, fn, limits)
         except psycopg.Error as exc:
             return failure(exc, watch), None
         except Exception as exc:
             return callable_failure(exc), None
+
+    @staticmethod
+    def _call_in(conn: Conn, read: bool, fn: Callable[[Conn], Any], limits: Limits
+                 ) -> tuple[PathResult, Any]:
+        conn.read_only = read
+        start = time.perf_counter_ns()
+        with conn.transaction(force_rollback=True):
+            command(conn, b"; ".join(q.as_bytes(conn) for q in set_local(limits)))
+            value = fn(conn)
+        elapsed = time.perf_counter_ns() - start
         return PathResult(elapsed, count(value)), value
 
     # -- housekeeping ---------------------------------------------------------------------
@@ -217,6 +263,7 @@ class Rollout(RunnerCore):
         for w in self._workers:
             w.join(timeout=5)
         self._stop_pool_stats()
+        self.states.unsubscribe(self._state_changed)
         self.recorder.close()
         self.states.close()
         self.shadow_pool.close()

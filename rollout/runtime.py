@@ -32,6 +32,10 @@ class FlagStates:
                  reconnect_delay: float = 0.5, max_delay: float = 10.0) -> None:
         self._dsn = dsn
         self._on_change = on_change
+        # Runners subscribe to act on a change at once (a kill drops their queued shadow
+        # jobs); a tuple replaced whole, so the watcher iterates it without a lock.
+        self._listeners: tuple[Callable[[FlagState], None], ...] = ()
+        self._listeners_lock = threading.Lock()
         self._states: dict[str, FlagState] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -49,6 +53,15 @@ class FlagStates:
         if wait:
             self._ready.wait(wait)
         return self
+
+    def subscribe(self, fn: Callable[[FlagState], None]) -> None:
+        """Call ``fn(state)`` in the watcher thread after each state it applies."""
+        with self._listeners_lock:
+            self._listeners = (*self._listeners, fn)
+
+    def unsubscribe(self, fn: Callable[[FlagState], None]) -> None:
+        with self._listeners_lock:
+            self._listeners = tuple(f for f in self._listeners if f != fn)
 
     def get(self, flag: str) -> FlagState | None:
         return self._states.get(flag)
@@ -100,6 +113,6 @@ class FlagStates:
         if known is not None and known.version >= st.version:
             return
         self._states[st.flag] = st  # one dict store: atomic under the GIL
-        if self._on_change is not None:
+        for fn in (*self._listeners, *(() if self._on_change is None else (self._on_change,))):
             with contextlib.suppress(Exception):  # a callback must not stop the watcher
-                self._on_change(st)
+                fn(st)

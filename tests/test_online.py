@@ -25,15 +25,21 @@ def flag(name: str, new: str, **kw: Any) -> str:
     return flag_yaml(name, LEGACY, new, **kw)
 
 
+# These tests count every shadow job, also on a loaded machine: online.max_lag_ms would
+# drop the ones that wait (tests/test_online_runner_safety.py tests that).
+PATIENT = "online:\n  max_lag_ms: 600000\n"
+
 FLAGS = {
-    "eq": EQUIVALENT,
-    "wrong": flag("wrong", LEGACY.replace("ORDER BY id", "AND val > 0 ORDER BY id")),
-    "boom": flag("boom", "SELECT id, val / 0 AS val FROM items WHERE grp = %(grp)s"),
+    "eq": EQUIVALENT + PATIENT,
+    "wrong": flag("wrong", LEGACY.replace("ORDER BY id", "AND val > 0 ORDER BY id"),
+                  extra=PATIENT),
+    "boom": flag("boom", "SELECT id, val / 0 AS val FROM items WHERE grp = %(grp)s",
+                 extra=PATIENT),
     "slow": flag("slow", "SELECT id, val FROM items, pg_sleep(5) WHERE tenant = %(tenant)s"
-                         " AND grp = %(grp)s ORDER BY id"),
+                         " AND grp = %(grp)s ORDER BY id", extra=PATIENT),
     "nap": flag("nap", "SELECT id, val FROM items, pg_sleep(0.05) WHERE tenant = %(tenant)s"
-                       " AND grp = %(grp)s ORDER BY id"),
-    "capped": flag("capped", LEGACY + " ", extra="online:\n  max_per_second: 5\n"),
+                       " AND grp = %(grp)s ORDER BY id", extra=PATIENT),
+    "capped": flag("capped", LEGACY + " ", extra=PATIENT + "  max_per_second: 5\n"),
 }
 
 
@@ -173,7 +179,7 @@ def test_kill_switch_reaches_a_running_runner(online: tuple[str, Path]) -> None:
 def test_shadowed_writes_never_persist(shop: str, make_workspace: WorkspaceMaker) -> None:
     failing = WRITE.replace("name: bump", "name: bump2").replace(
         "WHERE i.id = s.id RETURNING", "WHERE i.id = s.id AND 1 / (i.id %% 7) > 0 RETURNING")
-    root = make_workspace({"bump": WRITE, "bump2": failing})
+    root = make_workspace({"bump": WRITE + PATIENT, "bump2": failing + PATIENT})
     session = Session(root, dsn=shop)
     flag_set(session, "bump", "pilot", actor="t", reason="x")
     flag_set(session, "bump2", "pilot", actor="t", reason="x")

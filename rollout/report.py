@@ -28,7 +28,7 @@ from .render import render_html, render_index, render_markdown
 from .rollback import verification_for
 from .state import events, read_all, read_state
 from .store import Store
-from .summaries import failure_class
+from .summaries import ENVIRONMENT_WINDOW, PoolSignal, failure_class
 from .verdict import judge
 from .workspace import Workspace
 
@@ -60,7 +60,8 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                  noise=store.observations(flag.name, stage, flag.sql_hash, mode="aa"),
                  plans=store.plans(flag.name, stage, flag.sql_hash),
                  generic=store.generic_checks(flag.name, stage, flag.sql_hash),
-                 rollback=verification, runs=runs)
+                 rollback=verification, runs=runs,
+                 pool_signals=pool_signals(store, flag.name, observations))
     versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -97,6 +98,22 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                                for r in runs if r["finished_at"] is not None),
         },
     }
+
+
+def pool_signals(store: Store, flag: str, observations: Sequence[Observation]
+                 ) -> list[PoolSignal]:
+    """The runners' pool-statistics snapshots, around the stage's online observations, that
+    saw connections lost, returned broken or checkouts fail."""
+    online = [o.observed_at for o in observations if o.source == "online"]
+    if not online:
+        return []
+    with store.conn.cursor() as cur:
+        cur.execute(
+            "SELECT at, pool, errors + returns_bad + connections_lost FROM rollout.pool_stats"
+            " WHERE %s = ANY(flags) AND at >= %s AND at <= %s"
+            " AND errors + returns_bad + connections_lost > 0 ORDER BY at",
+            [flag, min(online) - ENVIRONMENT_WINDOW, max(online) + ENVIRONMENT_WINDOW])
+        return [PoolSignal(at, str(pool), int(n)) for at, pool, n in cur]
 
 
 def timeline(store: Store, flag: Flag, limit: int = 20) -> dict[str, Any]:

@@ -4,8 +4,11 @@ generic-plan checks and tenants, each summarised from observations into JSON-rea
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,14 @@ MIN_LATENCY_PAIRS = 20
 """Below this many timed executions per path the latency gate does not judge."""
 GENERIC_MIN_MS = 1.0
 """A generic plan must also be this much slower (absolute) to count as far worse."""
+ENVIRONMENT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+"""Admin shutdown, crash shutdown, cannot connect now, too many connections; with every
+connection exception (class 08: the runners record a lost connection or a pool timeout as
+08000 and their client-side deadline as 08006) these are environment failures."""
+ENVIRONMENT_WINDOW = timedelta(seconds=60)
+"""How close to an environment failure of one path the other path's executions must be to
+count as "at the same moment": wide enough to span a restart and a runner's pool-statistics
+interval (10 s by default)."""
 
 
 def failure_class(sqlstate: str | None, error: str | None = None) -> str | None:
@@ -24,14 +35,99 @@ def failure_class(sqlstate: str | None, error: str | None = None) -> str | None:
     if sqlstate is None:
         return "client" if error else None
     named = {"40001": "serialization_failure", "40P01": "deadlock", "55P03": "lock_timeout",
-             "57014": "statement_timeout", "57P01": "connection"}
+             "57014": "statement_timeout"}
     if sqlstate in named:
         return named[sqlstate]
     if sqlstate.startswith("23"):
         return "constraint_violation"
-    if sqlstate.startswith("08"):
+    if is_environment_failure(sqlstate):
         return "connection"
     return "other"
+
+
+def is_environment_failure(sqlstate: str | None) -> bool:
+    """A failure of the server or the network, not of the query: see ENVIRONMENT_STATES."""
+    return sqlstate is not None and (sqlstate.startswith("08") or sqlstate in ENVIRONMENT_STATES)
+
+
+@dataclass(frozen=True)
+class PoolSignal:
+    """A runner's pool-statistics snapshot that saw connections lost, returned broken or
+    checkouts fail: the outage hit the path that pool serves."""
+
+    at: datetime
+    pool: str  # "requests" (the served path) or "shadow" (the background path)
+    count: int
+
+
+@dataclass(frozen=True)
+class EnvironmentVerdict:
+    """Which environment failures count against their path and which are excused."""
+
+    counted: frozenset[tuple[int, str]]
+    """(observation index, path) of environment failures that hit the path alone."""
+    excused: frozenset[tuple[int, str]]
+    events: list[dict[str, Any]]
+
+
+def environment_failures(observations: Sequence[Observation],
+                         pool_signals: Sequence[PoolSignal] = (),
+                         window: timedelta = ENVIRONMENT_WINDOW) -> EnvironmentVerdict:
+    """Sort the environment failures of ``observations`` into counted and excused.
+
+    The rule: an environment failure of one path at time t counts against that path only
+    when, within t ± ``window``, (1) the other path succeeded at least once (the same
+    observation included: an online observation's served and background executions are one
+    moment), (2) the other path had no environment failure, and (3) for online
+    observations, the pool that ran the other path recorded no lost connection, broken
+    return or checkout error (a read retried on a fresh connection hides the outage from
+    the observation, not from its pool). Otherwise the outage hit both paths, or nothing
+    ran beside it to say otherwise, and the failure is excused: an environment event.
+
+    ``events`` group every environment failure by minute, path and SQLSTATE:
+    ``{at, path, sqlstate, count, counted}``, ``counted`` being how many of them count."""
+    ok: dict[str, list[datetime]] = {"legacy": [], "new": []}
+    env: dict[str, list[datetime]] = {"legacy": [], "new": []}
+    hits: list[tuple[int, str, datetime, str]] = []
+    for i, o in enumerate(observations):
+        for path in ("legacy", "new"):
+            state = getattr(o, f"{path}_sqlstate")
+            if is_environment_failure(state):
+                env[path].append(o.observed_at)
+                hits.append((i, path, o.observed_at, state))
+            elif not getattr(o, f"{path}_failed") and getattr(o, f"{path}_ns") is not None:
+                ok[path].append(o.observed_at)
+    for times in (*ok.values(), *env.values()):
+        times.sort()
+    signals: dict[str, list[datetime]] = {"requests": [], "shadow": []}
+    for s in pool_signals:
+        if s.count > 0:
+            signals.setdefault(s.pool, []).append(s.at)
+    for times in signals.values():
+        times.sort()
+
+    def near(times: list[datetime], at: datetime) -> bool:
+        return bisect_right(times, at + window) > bisect_left(times, at - window)
+
+    counted: set[tuple[int, str]] = set()
+    excused: set[tuple[int, str]] = set()
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, path, at, state in hits:
+        o = observations[i]
+        other = "new" if path == "legacy" else "legacy"
+        # online, the served path (first_path) ran on the request pool, the other on the
+        # shadow pool; a served failure (no first_path) leaves the other to the shadow pool
+        other_pool = "requests" if o.first_path == other else "shadow"
+        alone = (near(ok[other], at) and not near(env[other], at)
+                 and not (o.source == "online" and near(signals.get(other_pool, []), at)))
+        (counted if alone else excused).add((i, path))
+        minute = at.replace(second=0, microsecond=0).isoformat(timespec="minutes")
+        groups.setdefault((minute, path, state), [0, 0])
+        groups[(minute, path, state)][0] += 1
+        groups[(minute, path, state)][1] += int(alone)
+    events = [{"at": m, "path": p, "sqlstate": s, "count": n, "counted": c}
+              for (m, p, s), (n, c) in sorted(groups.items())]
+    return EnvironmentVerdict(frozenset(counted), frozenset(excused), events)
 
 
 def latency_summary(observations: Sequence[Observation], quantile: float, confidence: float,
@@ -190,12 +286,19 @@ def generic_summary(checks: Sequence[Mapping[str, Any]], limit: float) -> dict[s
             "worst_new_ratio": max(new_ratios) if new_ratios else None}
 
 
-def tenants_summary(observations: Sequence[Observation]) -> list[dict[str, Any]]:
+def tenants_summary(observations: Sequence[Observation],
+                    excused: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    """Per tenant; ``excused`` are indices of observations whose new-path failure was an
+    environment failure that does not count (``environment_failures``)."""
     groups: dict[str | None, list[Observation]] = {}
-    for o in observations:
+    failed: dict[str | None, list[Observation]] = {}
+    for i, o in enumerate(observations):
         groups.setdefault(o.tenant, []).append(o)
+        if o.new_failed and not o.legacy_failed and i not in excused:
+            failed.setdefault(o.tenant, []).append(o)
     rows = []
     for tenant, obs in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or "")):
+        bad = failed.get(tenant, [])
         leg = [o.legacy_ns for o in obs if o.legacy_ns is not None]
         new = [o.new_ns for o in obs if o.new_ns is not None]
         rows.append({
@@ -203,9 +306,8 @@ def tenants_summary(observations: Sequence[Observation]) -> list[dict[str, Any]]
             "mismatches": sum(o.matched is False for o in obs),
             "legacy_p50_ms": float(np.median(leg)) / 1e6 if leg else None,
             "new_p50_ms": float(np.median(new)) / 1e6 if new else None,
-            "new_failures": sum(o.new_failed and not o.legacy_failed for o in obs),
+            "new_failures": len(bad),
             "new_failures_by_class": dict(Counter(
-                failure_class(o.new_sqlstate, o.new_error) or "other"
-                for o in obs if o.new_failed and not o.legacy_failed)),
+                failure_class(o.new_sqlstate, o.new_error) or "other" for o in bad)),
         })
     return rows

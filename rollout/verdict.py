@@ -22,6 +22,8 @@ from .flags import Flag
 from .observations import Observation
 from .summaries import (
     MIN_LATENCY_PAIRS,
+    PoolSignal,
+    environment_failures,
     failures_summary,
     generic_summary,
     latency_summary,
@@ -59,7 +61,8 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
           noise: Sequence[Observation] = (), plans: Sequence[Mapping[str, Any]] = (),
           generic: Sequence[Mapping[str, Any]] = (),
           rollback: Mapping[str, Any] | None = None,
-          runs: Sequence[Mapping[str, Any]] = (), seed: int = 0) -> dict[str, Any]:
+          runs: Sequence[Mapping[str, Any]] = (), pool_signals: Sequence[PoolSignal] = (),
+          seed: int = 0) -> dict[str, Any]:
     """The verdict and every figure behind it, as the JSON-ready core of a report.
 
     Requests that only served the new path (no comparison) do not count as samples. Every
@@ -69,13 +72,23 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
     ``runs`` are the stage's shadow runs (``Store.runs``). Runs that did not finish are
     listed under ``incomplete_runs``; their observations are judged like any other (each one
     is a complete pair), but while the latest A/B run is cut short the verdict is at best
-    INCONCLUSIVE: the run did not measure what it was asked to."""
+    INCONCLUSIVE: the run did not measure what it was asked to.
+
+    Environment failures (connection exceptions, shutdowns, too many connections) count
+    against the new path only when they hit it alone while legacy ran fine at the same
+    moments (``summaries.environment_failures``, with ``pool_signals`` from the runners'
+    pool statistics); the others are listed as ``environment_events``."""
     incomplete = incomplete_runs(runs, [*observations, *noise])
     observations = [o for o in observations if not o.served_only]
     g = flag.gates
     compared = [o for o in observations if o.matched is not None]
     mismatched = [o for o in compared if o.matched is False]
-    new_only = [o for o in observations if o.new_failed and not o.legacy_failed]
+    env = environment_failures(observations, pool_signals)
+    excused_new = frozenset(i for i, path in env.excused if path == "new")
+    new_only = [o for i, o in enumerate(observations)
+                if o.new_failed and not o.legacy_failed and i not in excused_new]
+    excused = [o for i, o in enumerate(observations)
+               if i in excused_new and not o.legacy_failed]
     noise_fig = noise_summary(noise, g.latency.confidence)
     latency = latency_summary(observations, g.latency.quantile, g.latency.confidence,
                               g.latency.max_regression, noise_fig, seed)
@@ -88,7 +101,7 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
                   g.latency.confidence),
         _latency(latency, g.latency.max_regression),
         _new_failures(new_only, g.max_new_failures, g.max_new_failures_by_class,
-                      len(observations)),
+                      len(observations), len(excused)),
         _lock_wait(locks, g.max_lock_wait_regression_ms),
         _buffers(plans_fig, g.max_buffers_ratio),
         _generic_gate(generic_fig, g.generic_plan_max_ratio),
@@ -139,11 +152,16 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
             "new_only": len(new_only),
             "new_only_by_class": dict(Counter(
                 failure_class(o.new_sqlstate, o.new_error) or "other" for o in new_only)),
+            "environment": {
+                path: {"count": sum(p == path for _, p in env.counted | env.excused),
+                       "counted": sum(p == path for _, p in env.counted)}
+                for path in ("legacy", "new")},
         },
+        "environment_events": env.events,
         "locks": locks,
         "plans": plans_fig,
         "generic_plans": generic_fig,
-        "tenants": tenants_summary(observations),
+        "tenants": tenants_summary(observations, excused_new),
     }
 
 
@@ -296,8 +314,13 @@ def _mismatch(bad: int, compared: int, limit: float, noise: Mapping[str, Any],
 
 
 def _new_failures(new_only: Sequence[Observation], limit: int,
-                  by_class_limits: Mapping[str, int], executions: int = 0) -> Gate:
+                  by_class_limits: Mapping[str, int], executions: int = 0,
+                  excused: int = 0) -> Gate:
     count = len(new_only)
+    aside = (f"; {excused} environment failure{'s' if excused != 1 else ''} of the new path "
+             "not counted (the outage hit legacy too, or legacy did not run beside them)"
+             if excused else "")
+    extra = {"environment_excused": excused} if excused else {}
     classes = Counter(failure_class(o.new_sqlstate, o.new_error) or "other" for o in new_only)
     over = {c: n for c, n in classes.items()
             if c in by_class_limits and n > by_class_limits[c]}
@@ -311,12 +334,13 @@ def _new_failures(new_only: Sequence[Observation], limit: int,
                 if count == executions else
                 f"new path failed in {count} executions where legacy succeeded")
         return Gate("max_new_failures", "fail", count, limit, f"{count} > {limit} ({what})",
-                    f"{head} ({what}); most often: {said}",
+                    f"{head} ({what}); most often: {said}{aside}",
                     details={"by_class": dict(classes),
-                             "most_common_error": {"sqlstate": state, "message": message}})
+                             "most_common_error": {"sqlstate": state, "message": message},
+                             **extra})
     return Gate("max_new_failures", "pass", count, limit, f"{count} ≤ {limit}",
-                "no new failures" if count == 0 else f"{count} new failures ({detail}), "
-                "within limit", details={"by_class": dict(classes)})
+                ("no new failures" if count == 0 else f"{count} new failures ({detail}), "
+                 "within limit") + aside, details={"by_class": dict(classes), **extra})
 
 
 def _first_line(error: str | None) -> str:

@@ -687,6 +687,9 @@ def hostile_report() -> dict[str, Any]:
         }
     ]
     report["environment"].update(database=f"host='{XSS}' dbname={QUOTES!r}", server_version=XSS)
+    report["environment_events"] = [
+        {"at": XSS, "path": f"path {XSS}", "sqlstate": XSS, "count": 2, "counted": 1}
+    ]
     return report
 
 
@@ -1497,6 +1500,58 @@ def test_markdown_latency_samples_needed_and_no_noise() -> None:
     }
     md = render_markdown(report)
     assert "· about 1,840 samples per path would decide · no A/A calibration run" in md
+
+
+OUTAGE = [
+    {"at": "2026-03-02T10:14+00:00", "path": "legacy", "sqlstate": "57P01", "count": 3,
+     "counted": 0},
+    {"at": "2026-03-02T10:14+00:00", "path": "new", "sqlstate": "08000", "count": 4,
+     "counted": 0},
+    {"at": "2026-03-02T10:31+00:00", "path": "new", "sqlstate": "53300", "count": 2,
+     "counted": 2},
+]
+
+
+def test_html_environment_events_after_the_failures() -> None:
+    page = render_html(make_report(environment_events=OUTAGE))
+    text = section(page, "failures", "locks")
+    assert text.index("Failure class") < text.index("Environment events")
+    assert ("9 environment failures (connection lost, server shut down or restarting, too many "
+            "connections): 7 not counted against a gate") in text
+    assert "2 counted, because they hit one path alone" in text
+    table = page[page.index('id="environment-events"') : page.index('id="locks"')]
+    rows = re.findall(r"<tr class=\"[^\"]*\">.*?</tr>", table, flags=re.S)
+    assert [" ".join(visible_text(r).split()) for r in rows] == [
+        "2026-03-02T10:14+00:00 legacy 57P01 admin_shutdown 3 0",
+        "2026-03-02T10:14+00:00 new 08000 connection_exception 4 0",
+        "2026-03-02T10:31+00:00 new 53300 too_many_connections 2 2",
+    ]
+    assert rows[2].startswith('<tr class="failed">') and not rows[1].startswith(
+        '<tr class="failed">')
+    assert "Environment events" not in render_html(make_report())  # none: no section
+
+
+def test_markdown_environment_events() -> None:
+    md = render_markdown(make_report(environment_events=OUTAGE))
+    line = next(x for x in md.splitlines() if x.startswith("**Environment events:**"))
+    assert line == (
+        "**Environment events:** 7 not counted, 2 counted (counted: one path alone while the "
+        "other ran fine) · 2026-03-02T10:14+00:00 legacy `57P01` admin\\_shutdown ×3; "
+        "2026-03-02T10:14+00:00 new `08000` connection\\_exception ×4; "
+        "2026-03-02T10:31+00:00 new `53300` too\\_many\\_connections ×2 (2 counted)")
+    assert md.index("**Failures:**") < md.index("**Environment events:**")
+    assert "Environment events" not in render_markdown(make_report(environment_events=[]))
+
+
+def test_environment_events_validate_against_the_schema() -> None:
+    body = complete_report()
+    body["environment_events"] = copy.deepcopy(OUTAGE)
+    body["failures"]["environment"] = {"legacy": {"count": 3, "counted": 0},
+                                       "new": {"count": 6, "counted": 2}}
+    assert schema_errors(body) == []
+    body["environment_events"][0]["path"] = "both"
+    del body["environment_events"][1]["counted"]
+    assert len(schema_errors(body)) == 2
 
 
 def test_markdown_no_failures() -> None:

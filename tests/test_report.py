@@ -48,6 +48,7 @@ def test_go_report_has_contract_keys_and_rollback(
     assert rollback["script"] == "-- undo of eq\nSELECT 1;\n"
     assert rollback["flag_command"].startswith("rollout flag kill eq --reason")
     assert body["latency"]["ratio_ci"] is not None
+    assert body["environment_events"] == []  # no outage, nothing to excuse
     for suffix in ("html", "md"):
         text = (root / "reports" / "eq" / f"pilot.{suffix}").read_text()
         assert "GO" in text

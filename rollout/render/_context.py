@@ -7,7 +7,7 @@ from typing import Any
 
 from ._diffs import mismatches_view
 from ._environment import database_stats_view, environment_view
-from ._failures import failures_view
+from ._failures import environment_events_view, failures_view
 from ._format import as_list, as_map, as_str, counts_text, number
 from ._gates import gates_view, noise_view
 from ._latency import latency_view
@@ -50,6 +50,7 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "mismatches": mismatches_view(report.get("mismatches")),
         "latency": latency_view(report.get("latency")),
         "failures": failures_view(report.get("failures")),
+        "environment_events": environment_events_view(report.get("environment_events")),
         "locks": locks_view(report.get("locks")),
         "plans": plans_view(report.get("plans")),
         "generic_plans": generic_plans_view(

@@ -10,7 +10,10 @@ from ._format import as_int, as_map, as_str, counts_text, number
 
 # Condition names for the SQLSTATEs a shadow run is most likely to meet.
 SQLSTATE_NAMES = {
+    "08000": "connection_exception",
+    "08001": "sqlclient_unable_to_establish_sqlconnection",
     "08003": "connection_does_not_exist",
+    "08004": "sqlserver_rejected_establishment_of_sqlconnection",
     "08006": "connection_failure",
     "22003": "numeric_value_out_of_range",
     "22012": "division_by_zero",
@@ -33,6 +36,8 @@ SQLSTATE_NAMES = {
     "55P03": "lock_not_available",
     "57014": "query_canceled",
     "57P01": "admin_shutdown",
+    "57P02": "crash_shutdown",
+    "57P03": "cannot_connect_now",
     # failures without a SQLSTATE are counted under this key
     "client": "client-side error, no SQLSTATE",
 }
@@ -127,3 +132,21 @@ def failures_view(raw: Any) -> dict[str, Any] | None:
             for code in codes
         ],
     }
+
+
+def environment_events_view(raw: Any) -> dict[str, Any] | None:
+    """Environment failures (connection exceptions, shutdowns, too many connections) by
+    minute, path and SQLSTATE, and how many of them counted against their path's gate."""
+    if not isinstance(raw, list):
+        return None
+    rows = []
+    for item in raw:
+        e = as_map(item)
+        code = as_str(e.get("sqlstate"))
+        count, counted = as_int(e.get("count")) or 0, as_int(e.get("counted")) or 0
+        rows.append({"at": as_str(e.get("at"), "—"), "path": as_str(e.get("path"), "—"),
+                     "code": code, "name": SQLSTATE_NAMES.get(code, ""), "count": count,
+                     "counted": counted, "excused": max(count - counted, 0)})
+    return {"rows": rows, "count": sum(r["count"] for r in rows),
+            "counted": sum(r["counted"] for r in rows),
+            "excused": sum(r["excused"] for r in rows)}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .aio import AsyncRollout  # noqa: E402
 from .errors import (  # noqa: E402
     ConnectionFailed,
     FlagFileError,
@@ -12,10 +13,42 @@ from .errors import (  # noqa: E402
     RolloutError,
     StoreError,
 )
-from .flags import Flag  # noqa: E402
-from .runner import Rollout  # noqa: E402
-from .targeting import Context, Decision  # noqa: E402
-from .workspace import Workspace  # noqa: E402
+
+if TYPE_CHECKING:
+    from .aio import AsyncRollout
+    from .flags import Flag
+    from .runner import Rollout
+    from .targeting import Context, Decision
+    from .workspace import Workspace
+
+# Public names imported on first use (PEP 562): `rollout flag kill` must not pay for the
+# runners (psycopg_pool, the online core) or anything they pull in; in an incident the kill
+# is as late as the slowest import.
+_LAZY = {
+    "AsyncRollout": "aio",
+    "Flag": "flags",
+    "Rollout": "runner",
+    "Context": "targeting",
+    "Decision": "targeting",
+    "Workspace": "workspace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        # AttributeError lets `from rollout import scratch` fall back to the submodule.
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AsyncRollout",

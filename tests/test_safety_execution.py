@@ -617,11 +617,11 @@ def test_stalled_store_exits_the_cli_with_one_line(
     """`rollout shadow` with the store's backend stopped mid-run: exit 2, one line."""
     import functools
 
-    import rollout.cli
     import rollout.shadow
 
     root, _ = loaded(make_workspace)
-    monkeypatch.setattr(rollout.cli, "RunOptions", functools.partial(
+    # the CLI builds its RunOptions from rollout.shadow when the command runs
+    monkeypatch.setattr(rollout.shadow, "RunOptions", functools.partial(
         RunOptions, limits=SHORT, store_timeout_s=1.0))
     pair = rollout.shadow.run_pair
     stopped_pid: list[int] = []

@@ -29,7 +29,7 @@ from .rollback import verification_for
 from .state import events, read_all, read_state
 from .store import Store
 from .summaries import ENVIRONMENT_WINDOW, PoolSignal, failure_class
-from .verdict import judge
+from .verdict import judge, pool_attention
 from .workspace import Workspace
 
 SCHEMA_VERSION = 2
@@ -62,6 +62,10 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                  generic=store.generic_checks(flag.name, stage, flag.sql_hash),
                  rollback=verification, runs=runs,
                  pool_signals=pool_signals(store, flag.name, observations))
+    pools = stage_pools(store, flag.name, stage, observations)
+    attention = pool_attention(pools)
+    if attention:
+        core["reasons"].append(attention)
     versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
     return {
         "schema_version": SCHEMA_VERSION,
@@ -80,6 +84,7 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                     "legacy_source": flag.legacy.source, "new_source": flag.new.source},
         "rollback": rollback_plan(flag, stage, verification),
         "stage_impact": stage_impact(store, flag, stage),
+        "pools": pools,
         "timeline": timeline(store, flag),
         "database_stats": _database_stats(runs),
         "environment": {
@@ -151,14 +156,52 @@ def stage_impact(store: Store, flag: Flag, stage: str,
             "note": "served path per request; pools: every runner serving the flag"}
 
 
+def stage_pools(store: Store, flag: str, stage: str, observations: Sequence[Observation],
+                now: datetime | None = None) -> dict[str, Any]:
+    """The running services' pool figures for the stage's window, whether or not the stage
+    changed: from when the flag entered ``stage`` (else the stage's first observation) to
+    when it left it (else now). Summed in the database, per pool; a pool no service recorded
+    is None, and ``recorded`` says whether any did."""
+    now = now or datetime.now(UTC)
+    entered = store.stage_entered(flag, stage)
+    if entered is not None:
+        start: datetime | None = entered["at"]
+        since = "stage_entered"
+    elif observations:
+        start, since = observations[0].observed_at, "first_observation"
+    else:
+        start, since = None, None
+    end = (store.stage_left(flag, stage, start) if start is not None else None) or now
+    rows = store.pool_window(flag, start, end) if start is not None else {}
+    figures = _pools(rows)
+    return {
+        "window": {"start": start.isoformat(timespec="seconds") if start else None,
+                   "end": end.isoformat(timespec="seconds"), "since": since},
+        "recorded": bool(figures),
+        "requests": figures.get("requests"),
+        "shadow": figures.get("shadow"),
+        "note": "requests: the served path's pool; shadow: the background path's pool; "
+                "every running service serving the flag",
+    }
+
+
 def _pools(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Checkout waits and errors per pool from the runners' recorded pool statistics."""
-    return {name: {"requests": int(r["requests"] or 0), "wait_ms": int(r["wait_ms"] or 0),
-                   "mean_wait_ms": (r["wait_ms"] or 0) / r["requests"] if r["requests"]
-                   else None, "errors": int(r["errors"] or 0),
-                   "returns_bad": int(r["returns_bad"] or 0),
-                   "connections_lost": int(r["connections_lost"] or 0)}
+    return {name: {"requests": _int(r["requests"]),
+                   "requests_queued": _int(r.get("requests_queued")),
+                   "wait_ms": _int(r["wait_ms"]),
+                   "mean_wait_ms": _int(r["wait_ms"]) / r["requests"] if r["requests"]
+                   else None, "errors": _int(r["errors"]),
+                   "returns_bad": _int(r["returns_bad"]),
+                   "connections_lost": _int(r["connections_lost"]),
+                   "peak_pool_size": (int(r["peak_pool_size"])
+                                      if r.get("peak_pool_size") is not None else None),
+                   "snapshots": _int(r.get("snapshots")), "runners": _int(r.get("runners"))}
             for name, r in rows.items()}
+
+
+def _int(value: Any) -> int:
+    return int(value or 0)
 
 
 def _window(observations: Sequence[Observation]) -> dict[str, Any]:

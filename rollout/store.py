@@ -178,6 +178,14 @@ class Store:
                 " ORDER BY id DESC LIMIT 1", [flag, stage])
             return cur.fetchone()
 
+    def stage_left(self, flag: str, stage: str, after: datetime) -> datetime | None:
+        """When ``flag`` first moved out of ``stage`` to another stage after ``after``."""
+        row = self.conn.execute(
+            "SELECT at FROM rollout.flag_events WHERE flag = %s AND from_stage = %s"
+            " AND to_stage IS DISTINCT FROM from_stage AND at > %s ORDER BY at, id LIMIT 1",
+            [flag, stage, after]).fetchone()
+        return row[0] if row else None
+
     def write_pool_stats(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows of (at, runner, flags, pool, requests, requests_queued, wait_ms, errors,
         returns_bad, connections_lost, pool_size)."""
@@ -189,14 +197,21 @@ class Store:
                 copy.write_row(row)
 
     def pool_window(self, flag: str, start: datetime, end: datetime) -> dict[str, Any]:
-        """Pool statistics of the runners serving ``flag`` in ``[start, end)``, per pool."""
+        """Pool statistics of the runners serving ``flag`` in ``[start, end)``, per pool:
+        the sums of every counter, the peak pool size, how many snapshots and runners, and
+        the first and last snapshot's time. One aggregate query: the rows stay in the
+        database, however many intervals the services recorded."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
-                "SELECT pool, sum(requests)::bigint AS requests, sum(wait_ms)::bigint AS wait_ms,"
+                "SELECT pool, sum(requests)::bigint AS requests,"
+                " sum(requests_queued)::bigint AS requests_queued,"
+                " sum(wait_ms)::bigint AS wait_ms,"
                 " sum(errors)::bigint AS errors, sum(returns_bad)::bigint AS returns_bad,"
-                " sum(connections_lost)::bigint AS connections_lost"
+                " sum(connections_lost)::bigint AS connections_lost,"
+                " max(pool_size) AS peak_pool_size, count(*) AS snapshots,"
+                " count(DISTINCT runner) AS runners, min(at) AS first_at, max(at) AS last_at"
                 " FROM rollout.pool_stats WHERE %s = ANY(flags) AND at >= %s AND at < %s"
-                " GROUP BY pool", [flag, start, end])
+                " GROUP BY pool ORDER BY pool", [flag, start, end])
             return {r["pool"]: r for r in cur.fetchall()}
 
     def has_batch(self, batch_id: uuid.UUID) -> bool:

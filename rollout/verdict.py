@@ -237,6 +237,28 @@ def rollback_attention(verification: Mapping[str, Any] | None) -> str | None:
             f"{more}; verification cannot undo that on the target")
 
 
+def pool_attention(pools: Mapping[str, Any] | None) -> str | None:
+    """Lost connections or checkout errors in the stage's pools (``report.stage_pools``):
+    not a gate (an outage is nobody's fault), but the release manager must know."""
+    if not pools:
+        return None
+    parts = []
+    for name, label in (("requests", "requests pool (served path)"),
+                        ("shadow", "shadow pool (background path)")):
+        p = pools.get(name)
+        if not isinstance(p, Mapping):
+            continue
+        lost, errors = int(p.get("connections_lost") or 0), int(p.get("errors") or 0)
+        found = [f"{n} {what}{'' if n == 1 else 's'}"
+                 for n, what in ((lost, "lost connection"), (errors, "checkout error")) if n]
+        if found:
+            parts.append(f"{label}: {' and '.join(found)}")
+    if not parts:
+        return None
+    return (f"attention: the running services' pools recorded {'; '.join(parts)} during "
+            "this stage; not a gate, but look for an outage or exhausted connections")
+
+
 # -- latency --------------------------------------------------------------------------------
 
 

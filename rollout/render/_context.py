@@ -13,6 +13,7 @@ from ._gates import gates_view, noise_view
 from ._latency import latency_view
 from ._locks import locks_view
 from ._plans import generic_plans_view, plans_view
+from ._pools import pools_view
 from ._rollback import rollback_view
 from ._runs import incomplete_runs_view
 from ._timeline import stage_impact_view, timeline_view
@@ -56,6 +57,7 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "generic_plans": generic_plans_view(
             report.get("generic_plans"), gate_limits.get("generic_plan")
         ),
+        "pools": pools_view(report.get("pools")),
         "stage_impact": stage_impact_view(report.get("stage_impact"), stage["stage"]),
         "tenants": _tenants(report.get("tenants")),
         "queries": _queries(report.get("queries")),

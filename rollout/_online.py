@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from .compare import MASK, ResultSet, compare
 from .execute import Limits
@@ -28,6 +29,67 @@ from .state import FlagState
 from .targeting import Context, Decision
 
 UNKNOWN_FLAG = "unknown-flag"
+
+REQUEST_TIMEOUT_S = 5.0
+"""Default bound on a caller's request: pool checkout plus the served query."""
+REQUEST_GRACE_S = 0.5
+"""Past its deadline a served query is cancelled; this much later its socket is cut (a
+server that does not answer the cancel either)."""
+RECONNECT_TIMEOUT_S = 1.0
+"""psycopg_pool retries a failed connection attempt with a backoff that starts at 1 s and
+doubles up to ``reconnect_timeout`` (5 min by default), so a pool that saw an outage can take
+many seconds to notice the server is back. Capped here, an attempt chain gives up within this
+time and the next request starts a new one at once: recovery within about a second."""
+CONNECT_TIMEOUT_S = 3
+"""libpq's ``connect_timeout`` for the pools' connections (psycopg's default is 130 s): a
+connection attempt to an unreachable host cannot hold a pool worker for minutes."""
+
+POOL_OPTIONS = frozenset({"timeout", "max_waiting", "reconnect_timeout", "reconnect_failed",
+                          "max_lifetime", "max_idle", "num_workers", "check", "configure",
+                          "min_size"})
+"""psycopg_pool options a caller may pass (``pool_options=``); the others (``reset``,
+``kwargs``, ``name``, ``open``, ``max_size``) carry the runner's safety or are its own
+parameters."""
+OWN_KWARGS = frozenset({"cursor_factory", "prepare_threshold", "autocommit", "row_factory",
+                        "application_name"})
+"""Connection arguments the runner sets itself: one statement per execution, no server-side
+prepared statements, autocommit on the shadow pool (docs/online.md)."""
+POOL_GAUGES = frozenset({"pool_min", "pool_max", "pool_size", "pool_available",
+                         "requests_waiting"})
+"""psycopg_pool statistics that are current values; every other one is a counter that
+``pop_stats`` resets."""
+
+
+class RequestTimeout(PoolTimeout):
+    """A request outlived its deadline (``request_timeout``): no connection in time, or the
+    served query was cancelled at the deadline. A ``PoolTimeout`` (so a
+    ``psycopg.OperationalError``): code that catches those keeps working."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        """The deadline that bounded the request, in seconds (the runner's
+        ``request_timeout``)."""
+
+
+def pool_config(base: Mapping[str, Any], pool_options: Mapping[str, Any] | None,
+                connect_kwargs: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """The keyword arguments of one of the runner's pools: ``base`` (its own, including the
+    connection ``kwargs``), fail-fast defaults, then the caller's options. Raises ValueError
+    for an option that would lift a safety mechanism or is unknown."""
+    bad = sorted(set(pool_options or ()) - POOL_OPTIONS)
+    if bad:
+        raise ValueError(f"pool_options: {', '.join(bad)} cannot be set (allowed: "
+                         f"{', '.join(sorted(POOL_OPTIONS))})")
+    own = sorted(set(connect_kwargs or ()) & OWN_KWARGS)
+    if own:
+        raise ValueError(f"connect_kwargs: {', '.join(own)} is set by the runner itself")
+    if timeout <= 0:
+        raise ValueError(f"request_timeout must be positive, not {timeout!r}")
+    kwargs = {"connect_timeout": CONNECT_TIMEOUT_S, **(connect_kwargs or {}),
+              **base["kwargs"]}
+    return {**base, "timeout": timeout, "reconnect_timeout": RECONNECT_TIMEOUT_S,
+            **(pool_options or {}), "kwargs": kwargs}
 
 
 def _placeholders(sql: str) -> frozenset[str] | None:
@@ -127,6 +189,71 @@ class Counters:
                 "compare_errors": self.compare_errors, "internal_errors": self.internal_errors,
                 "left_open": self.left_open,
             }
+
+
+@dataclass(frozen=True)
+class RunnerStats:
+    """What ``get_stats()`` returns: the runner's counters since it started, its queue, its
+    pools' statistics and its recorder's. ``stats["shadowed"]`` reads a field too.
+
+    ``pool`` and ``shadow_pool`` hold psycopg_pool's current gauges (``pool_size``,
+    ``pool_available``, ``requests_waiting`` ...) and its counters as totals since the runner
+    started: the periodic snapshot to ``rollout.pool_stats`` (``pop_stats``) resets the
+    pool's own counters, the runner adds what it popped.
+    """
+
+    decisions: dict[str, int]
+    shadowed: int
+    verified: int
+    dropped_queue_full: int
+    dropped_rate_limited: int
+    dropped_killed: int
+    dropped_stale: int
+    dropped_decision_changed: int
+    background_failures: dict[str, int]
+    serving_failures: dict[str, int]
+    compare_errors: int
+    internal_errors: int
+    left_open: int
+    queue_size: int
+    pool: dict[str, int]
+    shadow_pool: dict[str, int]
+    recorder: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.__dataclass_fields__)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class PoolTotals:
+    """Running totals of what ``pop_stats`` took from each pool, under one lock with the pop,
+    so ``get_stats()`` never sees figures popped and not yet added (or added twice)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.totals: dict[str, Counter[str]] = {}
+
+    def pop(self, name: str, pool: Any) -> dict[str, int]:
+        with self.lock:
+            s: dict[str, int] = pool.pop_stats()
+            self.totals.setdefault(name, Counter()).update(
+                {k: v for k, v in s.items() if k not in POOL_GAUGES})
+        return s
+
+    def current(self, name: str, pool: Any) -> dict[str, int]:
+        with self.lock:
+            s: dict[str, int] = pool.get_stats()
+            out = {k: v for k, v in s.items() if k in POOL_GAUGES}
+            total = Counter(self.totals.get(name, Counter()))
+            total.update({k: v for k, v in s.items() if k not in POOL_GAUGES})
+        return {**out, **dict(sorted(total.items()))}
 
 
 def background_limits(flag: Flag, default: Limits) -> Limits:
@@ -244,6 +371,7 @@ class RunnerCore:
         self.recorder = recorder
         self.counters = Counters()
         self.admission = Admission()
+        self._pool_totals = PoolTotals()
         self._shapes: dict[tuple[str, str, int], tuple[tuple[str, ...], tuple[int, ...]]] = {}
         # Each path's named parameters, read once: a missing one is the caller's error,
         # named before any I/O.
@@ -347,12 +475,52 @@ class RunnerCore:
             setattr(self.counters, reason, getattr(self.counters, reason) + 1)
         return False
 
+    request_timeout: float
+
+    def _left(self, until: float) -> float:
+        """Seconds left before the request's deadline ``until`` (time.monotonic())."""
+        return max(0.0, until - time.monotonic())
+
+    def _request_watch(self, conn: Any, until: float) -> contextlib.AbstractContextManager[Any]:
+        """The served query under the request deadline (the process watchdog): cancelled at
+        ``until``, its connection cut ``REQUEST_GRACE_S`` later."""
+        from . import deadline
+
+        return deadline.watch(conn.cancel, conn.pgconn.socket, self._left(until),
+                              REQUEST_GRACE_S, alive=lambda: not conn.closed)
+
+    def _timed_out(self, f: Flag, exc: Exception, watch: Any) -> Exception | None:
+        """The caller's error when ``exc`` is the request deadline at work: the pool's
+        checkout timeout, or the watchdog cancelling (or cutting) the served query."""
+        t = self.request_timeout
+        if isinstance(exc, PoolTimeout) and not isinstance(exc, RequestTimeout):
+            return RequestTimeout(f"flag '{f.name}': no connection from the request pool within"
+                                  f" the request deadline of {t:g} s ({exc})", t)
+        if watch is not None and watch.expired:
+            return RequestTimeout(f"flag '{f.name}': the served query outlived the request "
+                                  f"deadline of {t:g} s and was cancelled", t)
+        return None
+
+    def _checkout_failed(self, f: Flag, d: Decision, ctx: Context, exc: psycopg.Error
+                         ) -> Exception:
+        """``run()`` got no connection: recorded, and the caller's error (the request
+        deadline's when that is what bounded it)."""
+        from .execute import failure
+
+        self._served_failed(f, d, ctx, None, failure(exc))
+        return self._timed_out(f, exc, None) or exc
+
     @staticmethod
-    def _retry(f: Flag, exc: Exception, conn: Any, attempt: int) -> bool:
+    def _dead(exc: Exception, conn: Any) -> bool:
+        """The pooled connection turned out dead (server restart, failover, terminated)."""
+        return isinstance(exc, psycopg.OperationalError) and conn is not None and conn.closed
+
+    def _retry(self, f: Flag, exc: Exception, conn: Any, attempt: int, watch: Any) -> bool:
         """Retry once a read whose pooled connection turned out dead: nothing ran, and the
-        pool has already replaced it. Writes are never retried."""
-        return (attempt == 1 and f.kind == "read" and isinstance(exc, psycopg.OperationalError)
-                and conn is not None and conn.closed)
+        pool has already replaced it. Writes are never retried, nor a query the request
+        deadline cut."""
+        return (attempt == 1 and f.kind == "read" and self._dead(exc, conn)
+                and not (watch is not None and watch.expired))
 
     def _start(self, flag: str, ctx: Context, params: Mapping[str, Any] | None
                ) -> tuple[Flag, Decision, dict[str, Any], bytes]:
@@ -451,7 +619,7 @@ class RunnerCore:
     def _start_pool_stats(self, pools: Mapping[str, Any], interval: float | None) -> None:
         """Every ``interval`` seconds, record each pool's statistics since the last time
         (psycopg_pool's ``pop_stats``): checkout waits and errors over time, for the stage
-        impact view. ``get_stats()`` then shows counters since the last snapshot."""
+        impact view. ``get_stats()`` adds what was popped to its totals."""
         self._pools = dict(pools)
         self._runner_id = uuid.uuid4()
         self._pool_stats_stop = threading.Event()
@@ -469,7 +637,7 @@ class RunnerCore:
         flags = sorted(self.flags)
         for name, pool in self._pools.items():
             with contextlib.suppress(Exception):  # statistics must never hurt the service
-                s = pool.pop_stats()
+                s = self._pool_totals.pop(name, pool)
                 self.recorder.record_pool_stats((
                     now, self._runner_id, flags, name, s.get("requests_num", 0),
                     s.get("requests_queued", 0), s.get("requests_wait_ms", 0),
@@ -480,13 +648,13 @@ class RunnerCore:
         self._pool_stats_stop.set()
         self._snapshot_pools()
 
-    def _stats(self, queued: int, pool: Any, shadow_pool: Any) -> dict[str, Any]:
-        stats = self.counters.snapshot()
-        stats["queue_size"] = queued
-        stats["pool"] = pool.get_stats()
-        stats["shadow_pool"] = shadow_pool.get_stats()
-        stats["recorder"] = vars(self.recorder.stats).copy()
-        return stats
+    def _stats(self, queued: int) -> RunnerStats:
+        """The counters, the queue, pools (totals and gauges) and the recorder."""
+        return RunnerStats(
+            **self.counters.snapshot(), queue_size=queued,
+            pool=self._pool_totals.current("requests", self._pools["requests"]),
+            shadow_pool=self._pool_totals.current("shadow", self._pools["shadow"]),
+            recorder=vars(self.recorder.stats).copy())
 
 
 def count(value: Any) -> int | None:

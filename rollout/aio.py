@@ -20,7 +20,16 @@ from psycopg.rows import BaseRowFactory
 from psycopg_pool import AsyncConnectionPool
 
 from . import deadline
-from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
+from ._online import (
+    REQUEST_TIMEOUT_S,
+    RunnerCore,
+    RunnerStats,
+    ShadowJob,
+    background_limits,
+    callable_failure,
+    count,
+    pool_config,
+)
 from .execute import (
     END,
     AsyncExtendedCursor,
@@ -58,29 +67,36 @@ class AsyncRollout(RunnerCore):
                  shadow_workers: int = 2, queue_size: int = 1000,
                  shadow_limits: Limits | None = None, states: FlagStates | None = None,
                  recorder: Recorder | None = None,
-                 pool_stats_interval: float | None = 10.0) -> None:
-        """Use ``await AsyncRollout.connect(...)``: it checks the login first."""
+                 pool_stats_interval: float | None = 10.0,
+                 request_timeout: float = REQUEST_TIMEOUT_S,
+                 pool_options: Mapping[str, Any] | None = None,
+                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
+        """Use ``await AsyncRollout.connect(...)``: it checks the login first. The options
+        are ``Rollout``'s (``request_timeout``, ``pool_options``, ``connect_kwargs``)."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store))
         self.limits = shadow_limits or SHADOW_LIMITS
+        self.request_timeout = request_timeout
         # Both pools hand a connection back only after areset_session and never prepare
-        # statements server-side (docs/online.md).
-        self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
-            dsn, min_size=1, max_size=pool_size, open=False, name="rollout-requests",
-            kwargs={"application_name": "pg-rollout-requests",
-                    "cursor_factory": AsyncExtendedCursor,
-                    "prepare_threshold": None},
-            reset=areset_session)
-        self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
-            shadow_dsn, min_size=1, max_size=shadow_pool_size, open=False,
-            name="rollout-shadow",
-            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
-                    "cursor_factory": AsyncExtendedCursor,
-                    "prepare_threshold": None},
-            reset=areset_session)
+        # statements server-side (docs/online.md); they fail fast and recover fast
+        # (pool_config).
+        requests = pool_config(
+            {"min_size": 1, "max_size": pool_size, "open": False, "name": "rollout-requests",
+             "kwargs": {"application_name": "pg-rollout-requests",
+                        "cursor_factory": AsyncExtendedCursor, "prepare_threshold": None},
+             "reset": areset_session}, pool_options, connect_kwargs, request_timeout)
+        shadow = pool_config(
+            {"min_size": 1, "max_size": shadow_pool_size, "open": False,
+             "name": "rollout-shadow",
+             "kwargs": {"application_name": "pg-rollout-shadow", "autocommit": True,
+                        "cursor_factory": AsyncExtendedCursor, "prepare_threshold": None},
+             "reset": areset_session}, None, connect_kwargs, request_timeout)
+        self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(dsn, **requests)
+        self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(shadow_dsn,
+                                                                           **shadow)
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
@@ -119,24 +135,33 @@ class AsyncRollout(RunnerCore):
         rows returned, the shadow compares plain tuples.
         """
         f, d, args, sql = self._start(flag, ctx, params)
+        until = time.monotonic() + self.request_timeout
         for attempt in (1, 2):
-            conn = None
+            conn = watch = None
             try:
-                async with self.pool.connection() as conn:
-                    start = time.perf_counter_ns()
-                    async with conn.transaction():
-                        cur = await AsyncExtendedCursor(conn).execute(sql, args)
-                        res = cur.pgresult
-                        rows = await cur.fetchall() if res is not None and res.nfields else None
-                    elapsed = time.perf_counter_ns() - start
+                async with self.pool.connection(timeout=self._left(until)) as conn:
+                    # the request deadline (the watchdog thread): cancel the served query
+                    # at it, cut the connection REQUEST_GRACE_S later
+                    with self._request_watch(conn, until) as watch:
+                        start = time.perf_counter_ns()
+                        async with conn.transaction():
+                            cur = await AsyncExtendedCursor(conn).execute(sql, args)
+                            res = cur.pgresult
+                            rows = (await cur.fetchall() if res is not None and res.nfields
+                                    else None)
+                        elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:
-                if self._retry(f, exc, conn, attempt):
+                if self._dead(exc, conn) and not (watch is not None and watch.expired):
                     # a pooled connection the server dropped (restart, failover): the others
-                    # are likely dead too; let the pool test and replace them, then retry
+                    # are likely dead too; let the pool test and replace them
                     await self.pool.check()
-                    continue
-                self._served_failed(f, d, ctx, args, failure(exc))
+                if self._retry(f, exc, conn, attempt, watch):
+                    continue  # a read: nothing ran on the dead connection
+                self._served_failed(f, d, ctx, args, failure(exc, watch))
+                timed_out = self._timed_out(f, exc, watch)
+                if timed_out is not None:
+                    raise timed_out from exc
                 raise
         return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
                                  row_factory)
@@ -147,7 +172,12 @@ class AsyncRollout(RunnerCore):
         f = self._flag(flag)
         d = self.decide(flag, ctx)
         fn = new if d.path == "new" else legacy
-        async with self.pool.connection() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                conn = await stack.enter_async_context(
+                    self.pool.connection(timeout=self.request_timeout))
+            except psycopg.Error as exc:
+                raise self._checkout_failed(f, d, ctx, exc) from exc
             start = time.perf_counter_ns()
             try:
                 value = await fn(conn)
@@ -273,9 +303,9 @@ class AsyncRollout(RunnerCore):
         return PathResult(elapsed, count(value)), value
 
     # -- housekeeping ---------------------------------------------------------------------
-    def get_stats(self) -> dict[str, Any]:
-        """Counters of this runner, its queue, pools and recorder."""
-        return self._stats(self._queue.qsize(), self.pool, self.shadow_pool)
+    def get_stats(self) -> RunnerStats:
+        """Counters of this runner since it started, its queue, pools and recorder."""
+        return self._stats(self._queue.qsize())
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued shadow job ran and its observation was written."""

@@ -9,6 +9,7 @@ The logic shared with ``AsyncRollout`` lives in ``rollout._online``; this module
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -21,7 +22,16 @@ from psycopg import pq
 from psycopg.rows import BaseRowFactory
 from psycopg_pool import ConnectionPool
 
-from ._online import RunnerCore, ShadowJob, background_limits, callable_failure, count
+from ._online import (
+    REQUEST_TIMEOUT_S,
+    RunnerCore,
+    RunnerStats,
+    ShadowJob,
+    background_limits,
+    callable_failure,
+    count,
+    pool_config,
+)
 from .execute import (
     ExtendedCursor,
     Limits,
@@ -53,8 +63,14 @@ class Rollout(RunnerCore):
                  pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
                  queue_size: int = 1000, shadow_limits: Limits | None = None,
                  states: FlagStates | None = None, recorder: Recorder | None = None,
-                 pool_stats_interval: float | None = 10.0, allow_superuser: bool = False
-                 ) -> None:
+                 pool_stats_interval: float | None = 10.0, allow_superuser: bool = False,
+                 request_timeout: float = REQUEST_TIMEOUT_S,
+                 pool_options: Mapping[str, Any] | None = None,
+                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
+        """``request_timeout`` bounds each ``query()`` (pool checkout and served query) and
+        each ``run()``'s checkout; ``pool_options`` are psycopg_pool options of the request
+        pool (``timeout``, ``max_waiting``, ``reconnect_timeout``, ``check`` ...);
+        ``connect_kwargs`` extra connection arguments of both pools (docs/online.md)."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         # Shadows run flag SQL as this login: refuse one that reaches past the database
         # (docs/safety.md) before anything starts.
@@ -65,21 +81,26 @@ class Rollout(RunnerCore):
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store))
         self.limits = shadow_limits or SHADOW_LIMITS
+        self.request_timeout = request_timeout
         self._own_pool = pool is None
         # Pools we create hand a connection back only after reset_session (run by the pool's
         # worker, off the caller's path); a pool passed in keeps its own reset. They never
-        # prepare statements server-side: flag SQL could replace them (docs/online.md).
-        self.pool: ConnectionPool[Conn] = pool or ConnectionPool(
-            dsn, min_size=1, max_size=pool_size, open=True, name="rollout-requests",
-            kwargs={"application_name": "pg-rollout-requests", "cursor_factory": ExtendedCursor,
-                    "prepare_threshold": None},
-            reset=reset_session)
-        self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
-            shadow_dsn, min_size=1, max_size=shadow_pool_size, open=True, name="rollout-shadow",
-            kwargs={"application_name": "pg-rollout-shadow", "autocommit": True,
-                    "cursor_factory": ExtendedCursor,
-                    "prepare_threshold": None},
-            reset=reset_session)
+        # prepare statements server-side: flag SQL could replace them (docs/online.md). They
+        # fail fast (checkout timeout = the request deadline) and recover fast (a short
+        # reconnect backoff): pool_config.
+        requests = pool_config(
+            {"min_size": 1, "max_size": pool_size, "open": True, "name": "rollout-requests",
+             "kwargs": {"application_name": "pg-rollout-requests",
+                        "cursor_factory": ExtendedCursor, "prepare_threshold": None},
+             "reset": reset_session}, pool_options, connect_kwargs, request_timeout)
+        shadow = pool_config(
+            {"min_size": 1, "max_size": shadow_pool_size, "open": True,
+             "name": "rollout-shadow",
+             "kwargs": {"application_name": "pg-rollout-shadow", "autocommit": True,
+                        "cursor_factory": ExtendedCursor, "prepare_threshold": None},
+             "reset": reset_session}, None, connect_kwargs, request_timeout)
+        self.pool: ConnectionPool[Conn] = pool or ConnectionPool(dsn, **requests)
+        self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(shadow_dsn, **shadow)
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
                                           daemon=True) for i in range(shadow_workers)]
@@ -111,10 +132,14 @@ class Rollout(RunnerCore):
         ``class_row(...)``) builds the rows returned; the shadow compares plain tuples.
         """
         f, d, args, sql = self._start(flag, ctx, params)
+        until = time.monotonic() + self.request_timeout
         for attempt in (1, 2):
-            conn = None
+            conn = watch = None
             try:
-                with self.pool.connection() as conn:
+                # the request deadline: the checkout's timeout, then the served query is
+                # cancelled at it and its connection cut REQUEST_GRACE_S later
+                with self.pool.connection(timeout=self._left(until)) as conn, \
+                        self._request_watch(conn, until) as watch:
                     start = time.perf_counter_ns()
                     with conn.transaction():
                         # our cursor, whatever the pool: one statement, extended protocol
@@ -124,12 +149,17 @@ class Rollout(RunnerCore):
                     elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:
-                if self._retry(f, exc, conn, attempt):
+                if self._dead(exc, conn) and not (watch is not None and watch.expired):
                     # a pooled connection the server dropped (restart, failover): the others
-                    # are likely dead too; let the pool test and replace them, then retry
+                    # are likely dead too; let the pool test and replace them (not when the
+                    # deadline cut it: a hung server would hang the check too)
                     self.pool.check()
-                    continue
-                self._served_failed(f, d, ctx, args, failure(exc))
+                if self._retry(f, exc, conn, attempt, watch):
+                    continue  # a read: nothing ran on the dead connection
+                self._served_failed(f, d, ctx, args, failure(exc, watch))
+                timed_out = self._timed_out(f, exc, watch)
+                if timed_out is not None:
+                    raise timed_out from exc
                 raise
         return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
                                  row_factory)
@@ -144,7 +174,11 @@ class Rollout(RunnerCore):
         f = self._flag(flag)
         d = self.decide(flag, ctx)
         fn = new if d.path == "new" else legacy
-        with self.pool.connection() as conn:
+        with contextlib.ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.pool.connection(timeout=self.request_timeout))
+            except psycopg.Error as exc:
+                raise self._checkout_failed(f, d, ctx, exc) from exc
             start = time.perf_counter_ns()
             try:
                 value = fn(conn)
@@ -245,9 +279,9 @@ class Rollout(RunnerCore):
         return PathResult(elapsed, count(value)), value
 
     # -- housekeeping ---------------------------------------------------------------------
-    def get_stats(self) -> dict[str, Any]:
-        """Counters of this runner, its queue, pools and recorder."""
-        return self._stats(self._queue.qsize(), self.pool, self.shadow_pool)
+    def get_stats(self) -> RunnerStats:
+        """Counters of this runner since it started, its queue, pools and recorder."""
+        return self._stats(self._queue.qsize())
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued shadow job ran and its observation was written."""

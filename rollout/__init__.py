@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
+    from ._online import RequestTimeout, RunnerStats
     from .aio import AsyncRollout
     from .flags import Flag
     from .runner import Rollout
@@ -28,6 +29,8 @@ _LAZY = {
     "AsyncRollout": "aio",
     "Flag": "flags",
     "Rollout": "runner",
+    "RequestTimeout": "_online",
+    "RunnerStats": "_online",
     "Context": "targeting",
     "Decision": "targeting",
     "Workspace": "workspace",
@@ -58,8 +61,10 @@ __all__ = [
     "Flag",
     "FlagFileError",
     "InputError",
+    "RequestTimeout",
     "Rollout",
     "RolloutError",
+    "RunnerStats",
     "StoreError",
     "Workspace",
     "__version__",

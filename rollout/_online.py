@@ -92,6 +92,30 @@ def pool_config(base: Mapping[str, Any], pool_options: Mapping[str, Any] | None,
             **(pool_options or {}), "kwargs": kwargs}
 
 
+def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
+                 reset: Callable[[Any], Any], open: bool,
+                 pool_options: Mapping[str, Any] | None,
+                 connect_kwargs: Mapping[str, Any] | None, timeout: float
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request pool's and the shadow pool's keyword arguments, the same for ``Rollout``
+    and ``AsyncRollout`` but for the cursor class, the reset and when they open: both hand a
+    connection back only after ``reset``, never prepare statements server-side (flag SQL
+    could replace them, docs/online.md), fail fast and recover fast (``pool_config``)."""
+    def kwargs(name: str, **more: Any) -> dict[str, Any]:
+        return {"application_name": f"pg-rollout-{name}", "cursor_factory": cursor_factory,
+                "prepare_threshold": None, **more}
+
+    requests = pool_config(
+        {"min_size": 1, "max_size": pool_size, "open": open, "name": "rollout-requests",
+         "kwargs": kwargs("requests"), "reset": reset},
+        pool_options, connect_kwargs, timeout)
+    shadow = pool_config(
+        {"min_size": 1, "max_size": shadow_pool_size, "open": open, "name": "rollout-shadow",
+         "kwargs": kwargs("shadow", autocommit=True), "reset": reset},
+        None, connect_kwargs, timeout)
+    return requests, shadow
+
+
 def _placeholders(sql: str) -> frozenset[str] | None:
     """The named parameters of ``sql`` as psycopg itself reads them (its query splitter, so
     ``%%`` and quoting agree with execution); None when psycopg cannot tell."""

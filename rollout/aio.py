@@ -28,7 +28,7 @@ from ._online import (
     background_limits,
     callable_failure,
     count,
-    pool_config,
+    pool_configs,
 )
 from .execute import (
     END,
@@ -80,20 +80,11 @@ class AsyncRollout(RunnerCore):
                         recorder or Recorder(store))
         self.limits = shadow_limits or SHADOW_LIMITS
         self.request_timeout = request_timeout
-        # Both pools hand a connection back only after areset_session and never prepare
-        # statements server-side (docs/online.md); they fail fast and recover fast
-        # (pool_config).
-        requests = pool_config(
-            {"min_size": 1, "max_size": pool_size, "open": False, "name": "rollout-requests",
-             "kwargs": {"application_name": "pg-rollout-requests",
-                        "cursor_factory": AsyncExtendedCursor, "prepare_threshold": None},
-             "reset": areset_session}, pool_options, connect_kwargs, request_timeout)
-        shadow = pool_config(
-            {"min_size": 1, "max_size": shadow_pool_size, "open": False,
-             "name": "rollout-shadow",
-             "kwargs": {"application_name": "pg-rollout-shadow", "autocommit": True,
-                        "cursor_factory": AsyncExtendedCursor, "prepare_threshold": None},
-             "reset": areset_session}, None, connect_kwargs, request_timeout)
+        requests, shadow = pool_configs(
+            pool_size=pool_size, shadow_pool_size=shadow_pool_size,
+            cursor_factory=AsyncExtendedCursor, reset=areset_session, open=False,
+            pool_options=pool_options, connect_kwargs=connect_kwargs,
+            timeout=request_timeout)
         self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(dsn, **requests)
         self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(shadow_dsn,
                                                                            **shadow)

@@ -30,7 +30,7 @@ from ._online import (
     background_limits,
     callable_failure,
     count,
-    pool_config,
+    pool_configs,
 )
 from .execute import (
     ExtendedCursor,
@@ -83,22 +83,13 @@ class Rollout(RunnerCore):
         self.limits = shadow_limits or SHADOW_LIMITS
         self.request_timeout = request_timeout
         self._own_pool = pool is None
-        # Pools we create hand a connection back only after reset_session (run by the pool's
-        # worker, off the caller's path); a pool passed in keeps its own reset. They never
-        # prepare statements server-side: flag SQL could replace them (docs/online.md). They
-        # fail fast (checkout timeout = the request deadline) and recover fast (a short
-        # reconnect backoff): pool_config.
-        requests = pool_config(
-            {"min_size": 1, "max_size": pool_size, "open": True, "name": "rollout-requests",
-             "kwargs": {"application_name": "pg-rollout-requests",
-                        "cursor_factory": ExtendedCursor, "prepare_threshold": None},
-             "reset": reset_session}, pool_options, connect_kwargs, request_timeout)
-        shadow = pool_config(
-            {"min_size": 1, "max_size": shadow_pool_size, "open": True,
-             "name": "rollout-shadow",
-             "kwargs": {"application_name": "pg-rollout-shadow", "autocommit": True,
-                        "cursor_factory": ExtendedCursor, "prepare_threshold": None},
-             "reset": reset_session}, None, connect_kwargs, request_timeout)
+        # Pools we create reset connections in the pool's worker, off the caller's path; a
+        # pool passed in keeps its own reset (pool_configs, docs/online.md).
+        requests, shadow = pool_configs(
+            pool_size=pool_size, shadow_pool_size=shadow_pool_size,
+            cursor_factory=ExtendedCursor, reset=reset_session, open=True,
+            pool_options=pool_options, connect_kwargs=connect_kwargs,
+            timeout=request_timeout)
         self.pool: ConnectionPool[Conn] = pool or ConnectionPool(dsn, **requests)
         self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(shadow_dsn, **shadow)
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)

@@ -57,6 +57,9 @@ class Observation:
     legacy_lock_wait_ns: int | None = None
     new_lock_wait_ns: int | None = None
     locks: dict[str, Any] | None = None
+    served_ns: int | None = None
+    """Online: the latency the caller saw on the request pool (stage impact). ``legacy_ns``
+    and ``new_ns`` of an online pair are both measured on the shadow pool."""
 
     @property
     def served_only(self) -> bool:

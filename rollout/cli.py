@@ -171,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "no server runs), for scripts")
     p.set_defaults(run=_server)
 
+    p = sub.add_parser("prune", parents=[common],
+                       help="drop observations older than an age, whole days at a time")
+    p.add_argument("--older-than", required=True, metavar="AGE",
+                   help="drop the days wholly older than this: 30d, 4w")
+    p.add_argument("--force", action="store_true",
+                   help="drop also the evidence behind the latest report of a flag's stage")
+    p.add_argument("--dry-run", action="store_true", help="say what would be dropped, drop nothing")
+    p.set_defaults(run=_prune)
+
     p = sub.add_parser("rollback", parents=[common, actor],
                        help="show, verify or apply a flag's schema rollback")
     p.add_argument("flag", metavar="FLAG")
@@ -342,6 +351,29 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
             else f"{outcome.applied} statement(s) before it stayed applied")
     _err(f"rollout: error: rollback failed at {outcome.position}: {outcome.error}; {kept}")
     return 1
+
+
+def _prune(session: commands.Session, args: argparse.Namespace) -> int:
+    from .prune import parse_age, prune
+
+    age = parse_age(args.older_than)  # before any connection: bad input changes nothing
+    with session.store() as store:
+        result = prune(store.conn, age, force=args.force, dry_run=args.dry_run)
+    verb = "would drop" if args.dry_run else "dropped"
+    cutoff = result.cutoff.isoformat(timespec="seconds")
+    for part in result.dropped:
+        _out(f"{verb} {part.name} ({part.day}, ~{part.rows:,} rows)")
+    for kept in result.kept:
+        rows = f", ~{kept.partition.rows:,} rows" if kept.partition.rows >= 0 else ""
+        _out(f"kept {kept.partition.name} ({kept.partition.day}{rows}): {kept.why}")
+    if result.default_rows or result.default_kept:
+        _out(f"default partition: {'would delete' if args.dry_run else 'deleted'} "
+             f"{result.default_rows:,} rows older than {cutoff}"
+             + (f", kept {result.default_kept:,} (evidence; --force deletes them)"
+                if result.default_kept else ""))
+    if not (result.dropped or result.kept or result.default_rows or result.default_kept):
+        _out(f"nothing older than {cutoff} to drop")
+    return 0
 
 
 def _print_hazards(hazards: list[dict[str, Any]], only: str | None = None) -> None:

@@ -71,6 +71,7 @@ class Recorder:
         self._idle.set()
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
+        self._store: Store | None = None  # one per connection: it remembers ready partitions
         self.stats = RecorderStats()
         self._thread = threading.Thread(target=self._run, name="rollout-recorder", daemon=True)
         self._thread.start()
@@ -170,7 +171,7 @@ class Recorder:
         stats = list(self._pool_stats)
         try:
             self._connect()
-            Store(self._store_conn()).write_pool_stats(stats)
+            self._the_store().write_pool_stats(stats)
         except (psycopg.Error, OSError):
             self.stats.store_errors += 1
             self._reset()
@@ -178,30 +179,35 @@ class Recorder:
         for _ in stats:
             self._pool_stats.popleft()
 
-    def _store_conn(self) -> psycopg.Connection[Any]:
-        assert self._conn is not None
-        return self._conn
+    def _the_store(self) -> Store:
+        assert self._store is not None
+        return self._store
 
     def _connect(self) -> bool:
         """Open the store connection if needed; True when it is new."""
         if self._conn is not None and not self._conn.closed:
             return False
+        self._store = None
         self._conn = psycopg.connect(self._dsn, autocommit=True,
                                      application_name="pg-rollout-recorder")
-        Store.open(self._conn)
+        self._store = Store.open(self._conn)
         return True
 
     def _write(self, batch_id: uuid.UUID, rows: list[Observation]) -> None:
-        if self._connect() and self.stats.store_errors and Store(
-                self._store_conn()).has_batch(batch_id):
+        if self._connect() and self.stats.store_errors and self._the_store().has_batch(
+                batch_id, min(o.observed_at for o in rows), max(o.observed_at for o in rows)):
             # The last attempt committed but its acknowledgement was lost.
             self.stats.duplicates_skipped += 1
             return
-        Store(self._store_conn()).write_observations(rows, batch_id=batch_id)
+        # Writing prepares the partitions of the rows' days (and of the days ahead) first:
+        # a batch that crosses midnight, or a service's first batch of a new day, has its
+        # partition; a row a wrong clock dates far off lands in the default partition.
+        self._the_store().write_observations(rows, batch_id=batch_id)
         self.stats.written += len(rows)
         self.stats.batches += 1
 
     def _reset(self) -> None:
+        self._store = None
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):  # already broken

@@ -1,4 +1,7 @@
-"""Run every benchmark, print a table per benchmark and write ``bench/results/<name>.json``."""
+"""Run the benchmarks, print their tables and write ``bench/results/<name>.json``.
+
+``python -m bench`` runs them all; ``python -m bench NAME ...`` only those named.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ import psycopg
 
 import rollout
 
-from . import compare, decision, kill_switch, online, overhead, recorder
+from . import compare, decision, kill_switch, online, overhead, recorder, service
 from .database import BenchDB, bench_database, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 Run = Callable[[BenchDB], dict[str, Any]]
-Table = Callable[[dict[str, Any]], tuple[list[str], list[list[str]]]]
+Rows = tuple[list[str], list[list[str]]]
+"""A table: its header and its rows."""
+Table = Callable[[dict[str, Any]], Rows | list[Rows]]
+"""One table, or several (printed one after the other)."""
 
 BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (overhead.NAME, overhead.run, overhead.table),
@@ -30,25 +36,40 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (online.NAME, online.run, online.table),
     (recorder.NAME, recorder.run, recorder.table),
     (compare.NAME, compare.run, compare.table),
+    # last: it stops and starts the benchmark's database server
+    (service.NAME, service.run, service.table),
 )
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    known = [decision.NAME, *(name for name, _, _ in BENCHMARKS)]
+    unknown = [a for a in argv if a not in known]
+    if unknown:
+        print(f"bench: unknown benchmark {unknown[0]!r} (known: {', '.join(known)})",
+              file=sys.stderr)
+        return 2
+    wanted = set(argv or known)
     started = time.perf_counter()
-    # Pure CPU first, on a quiet machine: no server running yet.
-    say("decision: ours against UnleashClient (its own virtualenv)")
-    decision.run(RESULTS)
-    with bench_database() as db:
-        say(f"database ready in {db.setup_s:.1f} s (PostgreSQL {db.server_version}, {db.source})")
-        for name, run, table in BENCHMARKS:
-            t0 = time.perf_counter()
-            result = run(db)
-            result["environment"] = _environment(db, time.perf_counter() - t0)
-            header, rows = table(result)
-            print("\n" + textwrap.fill(f"{name}: {result.get('description', '')}", width=100))
-            print(_format(header, rows))
-            out = _write(name, result)
-            print(f"results: {out.relative_to(RESULTS.parent.parent)}")
+    if decision.NAME in wanted:
+        # Pure CPU first, on a quiet machine: no server running yet.
+        say("decision: ours against UnleashClient (its own virtualenv)")
+        decision.run(RESULTS)
+    chosen = [b for b in BENCHMARKS if b[0] in wanted]
+    if chosen:
+        with bench_database() as db:
+            say(f"database ready in {db.setup_s:.1f} s "
+                f"(PostgreSQL {db.server_version}, {db.source})")
+            for name, run, table in chosen:
+                t0 = time.perf_counter()
+                result = run(db)
+                result["environment"] = _environment(db, time.perf_counter() - t0)
+                tables = table(result)
+                print("\n" + textwrap.fill(f"{name}: {result.get('description', '')}",
+                                           width=100))
+                print("\n\n".join(_format(h, r)
+                                   for h, r in (tables if isinstance(tables, list) else [tables])))
+                out = _write(name, result)
+                print(f"results: {out.relative_to(RESULTS.parent.parent)}")
     say(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -89,4 +110,4 @@ def _write(name: str, result: dict[str, Any]) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -81,7 +81,7 @@ def prune(conn: psycopg.Connection[Any], older_than: timedelta, *, force: bool =
     older_than`` (DETACH, then DROP, one transaction per day).
 
     A partition holding evidence behind the latest report of a flag's stage is kept unless
-    ``force``; the check is made again inside each day's transaction, once its locks are
+    ``force``; the check is made inside each day's transaction, once its locks are
     held. Rows of the default partition older than the cut-off are deleted on the same
     terms. ``dry_run`` changes nothing and says what would be dropped.
     """

@@ -7,6 +7,7 @@ and the counters behind ``get_stats()``. The sync and async runners only add I/O
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 import uuid
@@ -19,10 +20,12 @@ from typing import Any
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from .compare import MASK, ResultSet, compare
+from ._admission import SHADOW_BUDGET, Admission, Budget
+from ._observe import Ran, ShadowJob, observe, served_observation
+from .compare import ResultSet
 from .execute import Limits
 from .flags import Flag
-from .observations import Observation, PathResult
+from .observations import PathResult
 from .recorder import Recorder
 from .runtime import FlagStates
 from .state import FlagState
@@ -129,59 +132,6 @@ def _placeholders(sql: str) -> frozenset[str] | None:
 
 
 @dataclass
-class ShadowJob:
-    """Work handed from a request to the shadow workers: run ``path`` and compare."""
-
-    flag: Flag
-    decision: Decision
-    tenant: str | None
-    params: Mapping[str, Any] | None
-    call: Callable[[Any], Any] | None  # run(..., legacy=, new=) callables, else None
-    served: PathResult
-    served_result: Any  # a ResultSet for SQL, the callable's value otherwise
-    background: str  # the path to run in the background: "new" (shadow) or "legacy" (verify)
-    ctx: Context  # to re-check the live decision right before the job starts
-    requested_at: float  # time.monotonic() at hand-off: older than online.max_lag_ms, dropped
-
-
-class Admission:
-    """Token buckets per flag and per flag and tenant (``online.max_per_second`` ...).
-
-    Approximate under concurrency by design: a race may admit one extra execution, never
-    block a request.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._buckets: dict[tuple[str, str | None], list[float]] = {}
-
-    def admit(self, flag: Flag, tenant: str | None) -> bool:
-        o = flag.online
-        if o.max_per_second is None and o.max_per_tenant_per_second is None:
-            return True
-        now = self._clock()
-        keys: list[tuple[tuple[str, str | None], float]] = []
-        if o.max_per_second is not None:
-            keys.append(((flag.name, None), o.max_per_second))
-        if o.max_per_tenant_per_second is not None:
-            keys.append(((flag.name, tenant or ""), o.max_per_tenant_per_second))
-        buckets = [self._refill(key, rate, now) for key, rate in keys]
-        if any(b[0] < 1.0 for b in buckets):
-            return False
-        for b in buckets:
-            b[0] -= 1.0
-        return True
-
-    def _refill(self, key: tuple[str, str | None], rate: float, now: float) -> list[float]:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = [max(rate, 1.0), now]
-        bucket[0] = min(max(rate, 1.0), bucket[0] + (now - bucket[1]) * rate)
-        bucket[1] = now
-        return bucket
-
-
-@dataclass
 class Counters:
     """Plain counters, read with ``get_stats()`` (psycopg_pool's model)."""
 
@@ -193,6 +143,7 @@ class Counters:
     dropped_killed: int = 0
     dropped_stale: int = 0
     dropped_decision_changed: int = 0
+    dropped_budget: int = 0
     background_failures: Counter[str] = field(default_factory=Counter)
     serving_failures: Counter[str] = field(default_factory=Counter)
     compare_errors: int = 0
@@ -208,6 +159,7 @@ class Counters:
                 "dropped_rate_limited": self.dropped_rate_limited,
                 "dropped_killed": self.dropped_killed, "dropped_stale": self.dropped_stale,
                 "dropped_decision_changed": self.dropped_decision_changed,
+                "dropped_budget": self.dropped_budget,
                 "background_failures": dict(self.background_failures),
                 "serving_failures": dict(self.serving_failures),
                 "compare_errors": self.compare_errors, "internal_errors": self.internal_errors,
@@ -234,12 +186,16 @@ class RunnerStats:
     dropped_killed: int
     dropped_stale: int
     dropped_decision_changed: int
+    dropped_budget: int
     background_failures: dict[str, int]
     serving_failures: dict[str, int]
     compare_errors: int
     internal_errors: int
     left_open: int
     queue_size: int
+    budget: dict[str, Any]
+    """The shadow budget (``Budget.snapshot``): its share of wall time, the measured cost
+    of a job, the share used so far."""
     pool: dict[str, int]
     shadow_pool: dict[str, int]
     recorder: dict[str, Any]
@@ -290,53 +246,6 @@ def background_limits(flag: Flag, default: Limits) -> Limits:
                   o.lock_timeout_ms or default.lock_timeout_ms, default.margin_ms)
 
 
-def observe(job: ShadowJob, background: PathResult, background_result: Any,
-            counters: Counters) -> Observation:
-    """One online observation from the served and the background execution."""
-    legacy, new = ((job.served, background) if job.background == "new"
-                   else (background, job.served))
-    legacy_result, new_result = ((job.served_result, background_result)
-                                 if job.background == "new"
-                                 else (background_result, job.served_result))
-    matched: bool | None = None
-    diff = None
-    # Online writes are not compared: the background path runs after the served path
-    # committed, against a different state (docs/online.md).
-    if job.flag.kind == "read" and not legacy.failed and not new.failed:
-        try:
-            matched, diff = _compare(job.flag, legacy_result, new_result)
-        except Exception:
-            with counters.lock:
-                counters.compare_errors += 1
-    return Observation(
-        observed_at=datetime.now(UTC), flag=job.flag.name, stage=job.decision.stage or "",
-        sql_hash=job.flag.sql_hash, tenant=job.tenant, decision=job.decision.path,
-        first_path="legacy" if job.background == "new" else "new",
-        params=_params(job.params, job.flag.compare.sensitive), legacy_ns=legacy.ns, new_ns=new.ns,
-        legacy_rows=legacy.row_count, new_rows=new.row_count,
-        legacy_sqlstate=legacy.sqlstate, new_sqlstate=new.sqlstate,
-        legacy_error=legacy.error, new_error=new.error, matched=matched, diff=diff,
-        source="online",
-    )
-
-
-def served_observation(flag: Flag, decision: Decision, tenant: str | None,
-                               params: Mapping[str, Any] | None,
-                               failed: PathResult) -> Observation:
-    """An observation of the served path alone: its failure, or (serving new without
-    verification) its latency — nothing to compare."""
-    legacy = failed if decision.path != "new" else PathResult(None, None)
-    new = failed if decision.path == "new" else PathResult(None, None)
-    return Observation(
-        observed_at=datetime.now(UTC), flag=flag.name, stage=decision.stage or "",
-        sql_hash=flag.sql_hash, tenant=tenant, decision=decision.path, first_path=None,
-        params=_params(params, flag.compare.sensitive), legacy_ns=legacy.ns, new_ns=new.ns,
-        legacy_rows=legacy.row_count, new_rows=new.row_count, legacy_sqlstate=legacy.sqlstate,
-        new_sqlstate=new.sqlstate, legacy_error=legacy.error, new_error=new.error,
-        matched=None, diff=None, source="online",
-    )
-
-
 def decide(flags: Mapping[str, Flag], states: FlagStates, name: str, ctx: Context
            ) -> Decision:
     """Under the live state; an unknown flag gets legacy. Never raises."""
@@ -344,39 +253,6 @@ def decide(flags: Mapping[str, Flag], states: FlagStates, name: str, ctx: Contex
     if flag is None:
         return Decision("legacy", UNKNOWN_FLAG, None)
     return states.decide(flag, ctx)
-
-
-def _compare(flag: Flag, legacy: Any, new: Any) -> tuple[bool, list[dict[str, Any]] | None]:
-    if isinstance(legacy, ResultSet) and isinstance(new, ResultSet):
-        cmp = compare(legacy, new, flag.compare)
-        return cmp.matched, (None if cmp.matched else cmp.diffs)
-    rows_l, rows_n = _as_rows(legacy), _as_rows(new)
-    if rows_l is not None and rows_n is not None:
-        width = max((len(r) for r in rows_l + rows_n), default=0)
-        cols = tuple(f"c{i}" for i in range(width))
-        untyped = (0,) * width  # callables return plain rows: no type OIDs to compare
-        cmp = compare(ResultSet(cols, untyped, rows_l, len(rows_l)),
-                      ResultSet(cols, untyped, rows_n, len(rows_n)), flag.compare)
-        return cmp.matched, (None if cmp.matched else cmp.diffs)
-    if legacy == new:
-        return True, None
-    return False, [{"kind": "value", "legacy": repr(legacy)[:200], "new": repr(new)[:200]}]
-
-
-def _as_rows(value: Any) -> list[tuple[Any, ...]] | None:
-    if isinstance(value, list) and all(isinstance(r, tuple) for r in value):
-        return value
-    return None
-
-
-def _params(params: Mapping[str, Any] | None, sensitive: frozenset[str]
-            ) -> dict[str, Any] | None:
-    """Parameters as JSON, sensitive ones masked, the tenant (its own column) left out."""
-    if params is None:
-        return None
-    return {k: MASK if k in sensitive else
-            v if v is None or isinstance(v, bool | int | float | str) else str(v)
-            for k, v in params.items() if k != "tenant"}
 
 
 class RunnerCore:
@@ -387,14 +263,17 @@ class RunnerCore:
     recorder: Recorder
     counters: Counters
     admission: Admission
+    budget: Budget
 
     def _init_core(self, flags: Mapping[str, Flag], states: FlagStates,
-                   recorder: Recorder) -> None:
+                   recorder: Recorder, shadow_budget: float | None = SHADOW_BUDGET) -> None:
+        self.budget = Budget(shadow_budget)  # first: a bad share fails before anything starts
         self.flags = dict(flags)
         self.states = states
         self.recorder = recorder
         self.counters = Counters()
         self.admission = Admission()
+        self._random = random.Random()
         self._pool_totals = PoolTotals()
         self._shapes: dict[tuple[str, str, int], tuple[tuple[str, ...], tuple[int, ...]]] = {}
         # Each path's named parameters, read once: a missing one is the caller's error,
@@ -436,9 +315,10 @@ class RunnerCore:
                              f"{', '.join(sorted(self.flags)) or 'none'})") from None
 
     def _job(self, f: Flag, d: Decision, ctx: Context, params: Mapping[str, Any] | None,
-             call: Callable[[Any], Any] | None, served: PathResult, result: Any
-             ) -> ShadowJob | None:
-        """The background job for a served request, or None (legacy, sampling limits)."""
+             call: Callable[[Any], Any] | None, again: Callable[[Any], Any] | None,
+             served: PathResult, result: Any) -> ShadowJob | None:
+        """The background job for a served request, or None (legacy, the flag's sampling
+        limits, the runner's shadow budget)."""
         with self.counters.lock:
             self.counters.decisions[d.path] += 1
         background = "new" if d.path == "shadow" else "legacy"
@@ -450,8 +330,13 @@ class RunnerCore:
             with self.counters.lock:
                 self.counters.dropped_rate_limited += 1
             return None
-        return ShadowJob(f, d, ctx.tenant, params, call, served, result, background, ctx,
-                         time.monotonic())
+        charged = self.budget.admit()
+        if charged is None:
+            with self.counters.lock:
+                self.counters.dropped_budget += 1
+            return None
+        return ShadowJob(f, d, ctx.tenant, params, call, again, served, result, background,
+                         ctx, time.monotonic(), charged)
 
     # -- the live re-check before a background job starts ------------------------------------
     def _state_changed(self, st: FlagState) -> None:
@@ -468,10 +353,12 @@ class RunnerCore:
     def _purge(self, flag: str) -> None:
         raise NotImplementedError  # the sync or async queue
 
-    def _purged(self, n: int) -> None:
-        if n:
+    def _purged(self, jobs: list[ShadowJob]) -> None:
+        for job in jobs:
+            self._settle(job, None)
+        if jobs:
             with self.counters.lock:
-                self.counters.dropped_killed += n
+                self.counters.dropped_killed += len(jobs)
 
     def _still_wanted(self, job: ShadowJob, starting: bool) -> bool:
         """Whether ``job`` may run now: not if its flag is killed, the live decision no
@@ -497,6 +384,7 @@ class RunnerCore:
                 return True
         with self.counters.lock:
             setattr(self.counters, reason, getattr(self.counters, reason) + 1)
+        self._settle(job, None)
         return False
 
     request_timeout: float
@@ -582,30 +470,44 @@ class RunnerCore:
         out = rows if rows is not None else []
         if d.path != "legacy":
             shape = self._shape(f.name, d.path, res)
-            self._hand_off(self._job(f, d, ctx, args, None, PathResult(elapsed, len(out)),
-                                     (shape, out, rowcount)))
+            self._hand_off(self._job(f, d, ctx, args, None, None,
+                                     PathResult(elapsed, len(out)), (shape, out, rowcount)))
         if row_factory is None or not out:
             return out
         make = row_factory(cur)  # reads the cursor's description: names, once per request
         return [make(r) for r in out]
 
     def _served_value(self, f: Flag, d: Decision, ctx: Context, other: Callable[[Any], Any],
-                      value: Any, elapsed: int) -> None:
+                      served: Callable[[Any], Any], value: Any, elapsed: int) -> None:
         if d.path != "legacy":
-            self._hand_off(self._job(f, d, ctx, None, other, PathResult(elapsed, count(value)),
-                                     value))
+            self._hand_off(self._job(f, d, ctx, None, other, served,
+                                     PathResult(elapsed, count(value)), value))
 
     def _hand_off(self, job: ShadowJob | None) -> None:
         raise NotImplementedError  # the sync or async queue
 
+    def _order(self, job: ShadowJob) -> list[str]:
+        """The paths the job runs, in order: the background path, and when pairing the
+        served path again, in random order (each path goes first half of the time, so
+        neither is favoured by a warm cache or a connection's state)."""
+        if not job.paired:
+            return [job.background]
+        order = [job.background, job.served_path]
+        self._random.shuffle(order)
+        return order
+
     @staticmethod
-    def _background_sql(job: ShadowJob) -> str:
-        """Turn the served rows into a ResultSet for comparison; the SQL to run beside."""
+    def _served_rows_as_result(job: ShadowJob) -> None:
+        """Turn the served rows the caller handed over into a ResultSet for comparison."""
         (names, oids), rows, rowcount = job.served_result
         job.served_result = ResultSet(names, oids, rows if names else None, rowcount)
-        return (job.flag.new if job.background == "new" else job.flag.legacy).sql
 
-    def _dropped(self) -> None:
+    @staticmethod
+    def _sql(job: ShadowJob, path: str) -> str:
+        return (job.flag.new if path == "new" else job.flag.legacy).sql
+
+    def _dropped(self, job: ShadowJob) -> None:
+        self._settle(job, None)
         with self.counters.lock:
             self.counters.dropped_queue_full += 1
 
@@ -626,17 +528,40 @@ class RunnerCore:
         return InputError(f"{f.name}: the {'new' if served_new else 'legacy'} callable "
                           "returned inside a transaction; it was rolled back")
 
-    def _finish(self, job: ShadowJob, result: PathResult, value: Any) -> None:
+    def _finish(self, job: ShadowJob, ran: Ran, order: list[str], started: float) -> None:
+        """Count and record what the job ran; settle its cost (wall time since ``started``,
+        a time.perf_counter(): executions and comparison) with the shadow budget."""
         with self.counters.lock:
             if job.background == "new":
                 self.counters.shadowed += 1
             else:
                 self.counters.verified += 1
-            if result.failed:
-                self.counters.background_failures[result.sqlstate or "other"] += 1
-        self.recorder.record(observe(job, result, value, self.counters))
+            for result, _ in ran.values():
+                if result.failed:
+                    self.counters.background_failures[result.sqlstate or "other"] += 1
+        try:
+            for o in observe(job, ran, order, self._compare_failed):
+                self.recorder.record(o)
+        finally:
+            self._settle(job, time.perf_counter() - started)
 
-    def _internal_error(self) -> None:
+    def _settle(self, job: ShadowJob, seconds: float | None) -> None:
+        """Settle a job's charge with the shadow budget once: its measured cost, or (None)
+        a refund for a job that never ran."""
+        if job.settled:
+            return
+        job.settled = True
+        if seconds is None:
+            self.budget.refund(job.charged)
+        else:
+            self.budget.spend(job.charged, seconds)
+
+    def _compare_failed(self) -> None:
+        with self.counters.lock:
+            self.counters.compare_errors += 1
+
+    def _internal_error(self, job: ShadowJob) -> None:
+        self._settle(job, None)
         with self.counters.lock:
             self.counters.internal_errors += 1
 
@@ -675,7 +600,7 @@ class RunnerCore:
     def _stats(self, queued: int) -> RunnerStats:
         """The counters, the queue, pools (totals and gauges) and the recorder."""
         return RunnerStats(
-            **self.counters.snapshot(), queue_size=queued,
+            **self.counters.snapshot(), queue_size=queued, budget=self.budget.snapshot(),
             pool=self._pool_totals.current("requests", self._pools["requests"]),
             shadow_pool=self._pool_totals.current("shadow", self._pools["shadow"]),
             recorder=vars(self.recorder.stats).copy())

@@ -20,11 +20,12 @@ from psycopg.rows import BaseRowFactory
 from psycopg_pool import AsyncConnectionPool
 
 from . import deadline
+from ._admission import SHADOW_BUDGET
+from ._observe import Ran, ShadowJob
 from ._online import (
     REQUEST_TIMEOUT_S,
     RunnerCore,
     RunnerStats,
-    ShadowJob,
     background_limits,
     callable_failure,
     count,
@@ -70,14 +71,16 @@ class AsyncRollout(RunnerCore):
                  pool_stats_interval: float | None = 10.0,
                  request_timeout: float = REQUEST_TIMEOUT_S,
                  pool_options: Mapping[str, Any] | None = None,
-                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
+                 connect_kwargs: Mapping[str, Any] | None = None,
+                 shadow_budget: float | None = SHADOW_BUDGET) -> None:
         """Use ``await AsyncRollout.connect(...)``: it checks the login first. The options
-        are ``Rollout``'s (``request_timeout``, ``pool_options``, ``connect_kwargs``)."""
+        are ``Rollout``'s (``request_timeout``, ``pool_options``, ``connect_kwargs``,
+        ``shadow_budget``)."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
-                        recorder or Recorder(store))
+                        recorder or Recorder(store), shadow_budget)
         self.limits = shadow_limits or SHADOW_LIMITS
         self.request_timeout = request_timeout
         requests, shadow = pool_configs(
@@ -179,7 +182,7 @@ class AsyncRollout(RunnerCore):
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 await conn.rollback()
                 raise self._left_open(f, d, ctx, fn is new)
-        self._served_value(f, d, ctx, legacy if d.path == "new" else new, value, elapsed)
+        self._served_value(f, d, ctx, legacy if d.path == "new" else new, fn, value, elapsed)
         return value
 
     def _hand_off(self, job: ShadowJob | None) -> None:
@@ -188,7 +191,7 @@ class AsyncRollout(RunnerCore):
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self._dropped()
+            self._dropped(job)
 
     def _purge(self, flag: str) -> None:
         """A kill (watcher thread): drop the flag's queued jobs on the queue's own loop."""
@@ -212,7 +215,7 @@ class AsyncRollout(RunnerCore):
             q.put_nowait(j)
         for _ in items:
             q.task_done()
-        self._purged(len(items) - len(kept))
+        self._purged([j for j in items if j is not None and j.flag.name == flag])
 
     # -- background -----------------------------------------------------------------------
     async def _work(self) -> None:
@@ -223,47 +226,64 @@ class AsyncRollout(RunnerCore):
                     return
                 await self._shadow(job)
             except Exception:  # never let one job stop a worker
-                self._internal_error()
+                if job is not None:
+                    self._internal_error(job)
             finally:
                 self._queue.task_done()
 
     async def _shadow(self, job: ShadowJob) -> None:
-        f = job.flag
         if not self._still_wanted(job, starting=False):
             return  # dropped before taking a connection (its return costs a reset)
-        if job.call is None:
-            sql = self._background_sql(job)
-            ran = await self._execute(job, f.kind == "write", sql, job.params or {},
-                                      background_limits(f, self.limits), f.isolation)
-        else:
-            ran = await self._call(job, f.kind == "read", job.call,
-                                   background_limits(f, self.limits))
+        order = self._order(job)
+        started = time.perf_counter()
+        ran = await self._run(job, order)
         if ran is not None:
-            self._finish(job, *ran)
+            self._finish(job, ran, order, started)
 
-    async def _execute(self, job: ShadowJob, write: bool, sql: str, params: Mapping[str, Any],
-                       limits: Limits, isolation: str) -> tuple[PathResult, Any] | None:
-        """The async twin of ``rollout.execute.execute``: one statement, always rolled
-        back, SET LOCAL timeouts, under the client deadline; None when the live re-check
-        dropped it."""
-        watch = None
+    async def _run(self, job: ShadowJob, order: list[str]) -> Ran | None:
+        """The paths of ``order`` one after the other on one shadow connection, each in its
+        own transaction always rolled back; None when the live re-check dropped the job."""
+        f = job.flag
+        limits = background_limits(f, self.limits)
+        if job.call is None:
+            self._served_rows_as_result(job)
         try:
             async with self.shadow_pool.connection() as conn:
                 if not self._still_wanted(job, starting=True):
                     return None
-                with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                                    limits.grace_s, alive=lambda: not conn.closed) as watch:
-                    await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
-                    try:
-                        start = time.perf_counter_ns()
-                        cur = await AsyncExtendedCursor(conn).execute(sql.encode(), params)
-                        res = cur.pgresult
-                        rows = await cur.fetchall() if res is not None and res.nfields else None
-                        elapsed = time.perf_counter_ns() - start
-                        left = not ours(conn)
-                    finally:
-                        if not conn.closed:
-                            await acommand(conn, END)
+                ran: dict[str, tuple[PathResult, Any]] = {}
+                for path in order:
+                    if job.call is None:
+                        ran[path] = await self._execute(conn, self._sql(job, path),
+                                                        job.params or {}, f.kind == "write",
+                                                        limits, f.isolation)
+                    else:
+                        ran[path] = await self._call(conn, f.kind == "read",
+                                                     job.callable_for(path), limits)
+                return ran
+        except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
+            return {path: (failure(exc), None) for path in order}
+
+    @staticmethod
+    async def _execute(conn: AConn, sql: str, params: Mapping[str, Any], write: bool,
+                       limits: Limits, isolation: str) -> tuple[PathResult, Any]:
+        """The async twin of ``rollout.execute.execute``: one statement, always rolled
+        back, SET LOCAL timeouts, under the client deadline."""
+        watch = None
+        try:
+            with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
+                                limits.grace_s, alive=lambda: not conn.closed) as watch:
+                await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
+                try:
+                    start = time.perf_counter_ns()
+                    cur = await AsyncExtendedCursor(conn).execute(sql.encode(), params)
+                    res = cur.pgresult
+                    rows = await cur.fetchall() if res is not None and res.nfields else None
+                    elapsed = time.perf_counter_ns() - start
+                    left = not ours(conn)
+                finally:
+                    if not conn.closed:
+                        await acommand(conn, END)
         except psycopg.Error as exc:
             return failure(exc, watch), None
         if left:
@@ -271,22 +291,20 @@ class AsyncRollout(RunnerCore):
         rs = result_set(res, rows, cur.rowcount)
         return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
 
-    async def _call(self, job: ShadowJob, read: bool, fn: Callable[[AConn], Awaitable[Any]],
-                    limits: Limits) -> tuple[PathResult, Any] | None:
+    @staticmethod
+    async def _call(conn: AConn, read: bool, fn: Callable[[AConn], Awaitable[Any]],
+                    limits: Limits) -> tuple[PathResult, Any]:
         watch = None
         try:
-            async with self.shadow_pool.connection() as conn:
-                if not self._still_wanted(job, starting=True):
-                    return None
-                with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                                    limits.grace_s, alive=lambda: not conn.closed) as watch:
-                    await conn.set_read_only(read)
-                    start = time.perf_counter_ns()
-                    async with conn.transaction(force_rollback=True):
-                        await acommand(conn, b"; ".join(q.as_bytes(conn)
-                                                        for q in set_local(limits)))
-                        value = await fn(conn)
-                    elapsed = time.perf_counter_ns() - start
+            with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
+                                limits.grace_s, alive=lambda: not conn.closed) as watch:
+                await conn.set_read_only(read)
+                start = time.perf_counter_ns()
+                async with conn.transaction(force_rollback=True):
+                    await acommand(conn, b"; ".join(q.as_bytes(conn)
+                                                    for q in set_local(limits)))
+                    value = await fn(conn)
+                elapsed = time.perf_counter_ns() - start
         except psycopg.Error as exc:
             return failure(exc, watch), None
         except Exception as exc:

@@ -431,10 +431,11 @@ class _Validator:
             return Online()
         o = self.mapping(value, "online", ("max_per_second", "max_per_tenant_per_second",
                                            "verify_new", "statement_timeout_ms",
-                                           "lock_timeout_ms", "max_lag_ms"))
-        verify = o.get("verify_new", False)
-        if not isinstance(verify, bool):
-            raise self.fail("online.verify_new", f"must be true or false, got {_kind(verify)}")
+                                           "lock_timeout_ms", "max_lag_ms", "pair_latency"))
+        verify, pair = o.get("verify_new", False), o.get("pair_latency", True)
+        for key, flag in (("verify_new", verify), ("pair_latency", pair)):
+            if not isinstance(flag, bool):
+                raise self.fail(f"online.{key}", f"must be true or false, got {_kind(flag)}")
 
         def rate(key: str) -> float | None:
             return float(self.number(o[key], f"online.{key}", 0, 1e9)) if key in o else None
@@ -446,7 +447,7 @@ class _Validator:
         lag = int(self.number(o["max_lag_ms"], "online.max_lag_ms", 1, 600_000,
                               integer=True)) if "max_lag_ms" in o else Online.max_lag_ms
         return Online(rate("max_per_second"), rate("max_per_tenant_per_second"), verify,
-                      millis("statement_timeout_ms"), millis("lock_timeout_ms"), lag)
+                      millis("statement_timeout_ms"), millis("lock_timeout_ms"), lag, pair)
 
     def rollback(self, value: Any) -> Rollback:
         if value is None:

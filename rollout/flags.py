@@ -125,6 +125,11 @@ class Online:
     max_lag_ms: int = 250
     """A background job that waited longer than this in the queue is dropped, not run:
     compared later, it would see data changed since the served read (false mismatches)."""
+    pair_latency: bool = True
+    """The background job runs the served path again beside the other one on the shadow
+    pool, in random order: online latency compared like for like, and an online A/A check of
+    the served result. False halves the background work; online latency is then not
+    judged."""
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,21 @@ class Observation:
                 and self.legacy_error is None and self.new_error is None)
 
     @property
+    def paired_online(self) -> bool:
+        """An online pair measured like for like: both paths ran one after the other on the
+        shadow pool (``first_path`` first); the served execution is only ``served_ns``."""
+        return self.source == "online" and self.served_ns is not None \
+            and self.first_path is not None
+
+    def online_pool(self, path: str) -> str:
+        """Online, the runner's pool that ran ``path``: "requests" for the served path of an
+        unpaired observation, "shadow" otherwise (both paths of a pair)."""
+        if self.paired_online:
+            return "shadow"
+        served = "new" if self.decision == "new" else "legacy"
+        return "requests" if path == served else "shadow"
+
+    @property
     def legacy_failed(self) -> bool:
         return self.legacy_error is not None or self.legacy_sqlstate is not None
 

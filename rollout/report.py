@@ -205,13 +205,20 @@ def _int(value: Any) -> int:
 
 
 def _window(observations: Sequence[Observation]) -> dict[str, Any]:
+    """The served requests of a window: what callers saw (``served_ns``; rows recorded
+    before it existed hold it in the served path's column)."""
+    observations = [o for o in observations if o.mode == "ab"]
     served_ns = []
     waits = []
     classes: Counter[str] = Counter()
     for o in observations:
+        if o.served_ns is not None:
+            served_ns.append(o.served_ns)
+        if o.paired_online:
+            continue  # the served path's columns hold its re-run on the shadow pool
         path = "new" if o.decision == "new" else "legacy"
         ns = getattr(o, f"{path}_ns")
-        if ns is not None:
+        if ns is not None and o.served_ns is None:
             served_ns.append(ns)
         wait = getattr(o, f"{path}_lock_wait_ns")
         if wait is not None:

@@ -22,11 +22,12 @@ from psycopg import pq
 from psycopg.rows import BaseRowFactory
 from psycopg_pool import ConnectionPool
 
+from ._admission import SHADOW_BUDGET
+from ._observe import Ran, ShadowJob
 from ._online import (
     REQUEST_TIMEOUT_S,
     RunnerCore,
     RunnerStats,
-    ShadowJob,
     background_limits,
     callable_failure,
     count,
@@ -66,11 +67,14 @@ class Rollout(RunnerCore):
                  pool_stats_interval: float | None = 10.0, allow_superuser: bool = False,
                  request_timeout: float = REQUEST_TIMEOUT_S,
                  pool_options: Mapping[str, Any] | None = None,
-                 connect_kwargs: Mapping[str, Any] | None = None) -> None:
+                 connect_kwargs: Mapping[str, Any] | None = None,
+                 shadow_budget: float | None = SHADOW_BUDGET) -> None:
         """``request_timeout`` bounds each ``query()`` (pool checkout and served query) and
         each ``run()``'s checkout; ``pool_options`` are psycopg_pool options of the request
         pool (``timeout``, ``max_waiting``, ``reconnect_timeout``, ``check`` ...);
-        ``connect_kwargs`` extra connection arguments of both pools (docs/online.md)."""
+        ``connect_kwargs`` extra connection arguments of both pools; ``shadow_budget`` the
+        share of wall time background work may take (default 0.05, None: no budget;
+        docs/online.md)."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         # Shadows run flag SQL as this login: refuse one that reaches past the database
         # (docs/safety.md) before anything starts.
@@ -79,7 +83,7 @@ class Rollout(RunnerCore):
         shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
-                        recorder or Recorder(store))
+                        recorder or Recorder(store), shadow_budget)
         self.limits = shadow_limits or SHADOW_LIMITS
         self.request_timeout = request_timeout
         self._own_pool = pool is None
@@ -180,7 +184,7 @@ class Rollout(RunnerCore):
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 conn.rollback()
                 raise self._left_open(f, d, ctx, fn is new)
-        self._served_value(f, d, ctx, legacy if d.path == "new" else new, value, elapsed)
+        self._served_value(f, d, ctx, legacy if d.path == "new" else new, fn, value, elapsed)
         return value
 
     def _hand_off(self, job: ShadowJob | None) -> None:
@@ -189,14 +193,15 @@ class Rollout(RunnerCore):
         try:
             self._queue.put_nowait(job)
         except queue.Full:
-            self._dropped()
+            self._dropped(job)
 
     def _purge(self, flag: str) -> None:
         """Drop the queued jobs of a killed flag (watcher thread), under the queue's lock."""
         q = self._queue
         with q.mutex:
             kept = [j for j in q.queue if j is None or j.flag.name != flag]
-            n = len(q.queue) - len(kept)
+            gone = [j for j in q.queue if j is not None and j.flag.name == flag]
+            n = len(gone)
             if n:
                 q.queue.clear()
                 q.queue.extend(kept)
@@ -204,7 +209,7 @@ class Rollout(RunnerCore):
                 if not q.unfinished_tasks:
                     q.all_tasks_done.notify_all()
                 q.not_full.notify(n)
-        self._purged(n)
+        self._purged(gone)
 
     # -- background -----------------------------------------------------------------------
     def _work(self) -> None:
@@ -215,44 +220,57 @@ class Rollout(RunnerCore):
                     return
                 self._shadow(job)
             except Exception:  # never let one job stop a worker
-                self._internal_error()
+                if job is not None:
+                    self._internal_error(job)
             finally:
                 self._queue.task_done()
 
     def _shadow(self, job: ShadowJob) -> None:
-        f = job.flag
         if not self._still_wanted(job, starting=False):
             return  # dropped before taking a connection (its return costs a reset)
-        if job.call is None:
-            sql = self._background_sql(job)
-            try:
-                with self.shadow_pool.connection() as conn:
-                    if not self._still_wanted(job, starting=True):
-                        return
-                    result, value = execute(conn, sql, job.params or {},
-                                            write=f.kind == "write", isolation=f.isolation,
-                                            limits=background_limits(f, self.limits))
-            except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
-                result, value = failure(exc), None
-        else:
-            ran = self._call(job, f.kind == "read", job.call, background_limits(f, self.limits))
-            if ran is None:
-                return
-            result, value = ran
-        self._finish(job, result, value)
+        order = self._order(job)
+        started = time.perf_counter()
+        ran = self._run_sql(job, order) if job.call is None else self._run_calls(job, order)
+        if ran is not None:
+            self._finish(job, ran, order, started)
 
-    def _call(self, job: ShadowJob, read: bool, fn: Callable[[Conn], Any], limits: Limits
-              ) -> tuple[PathResult, Any] | None:
-        """A callable in a transaction always rolled back (psycopg's: it forbids commit()
-        inside), with SET LOCAL timeouts and the client deadline; None when the live
-        re-check dropped it."""
-        watch = None
+    def _run_sql(self, job: ShadowJob, order: list[str]) -> Ran | None:
+        """The paths of ``order`` one after the other on one shadow connection, each in its
+        own transaction (``execute``); None when the live re-check dropped the job."""
+        f = job.flag
+        self._served_rows_as_result(job)
+        limits = background_limits(f, self.limits)
         try:
             with self.shadow_pool.connection() as conn:
                 if not self._still_wanted(job, starting=True):
                     return None
-                with bounded(conn, limits) as watch:
-                    return self._call_in(conn, read, fn, limits)
+                return {path: execute(conn, self._sql(job, path), job.params or {},
+                                      write=f.kind == "write", isolation=f.isolation,
+                                      limits=limits) for path in order}
+        except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
+            return {path: (failure(exc), None) for path in order}
+
+    def _run_calls(self, job: ShadowJob, order: list[str]) -> Ran | None:
+        """Callables in transactions always rolled back (psycopg's: it forbids commit()
+        inside), with SET LOCAL timeouts and the client deadline, one after the other on one
+        shadow connection; None when the live re-check dropped the job."""
+        read = job.flag.kind == "read"
+        limits = background_limits(job.flag, self.limits)
+        try:
+            with self.shadow_pool.connection() as conn:
+                if not self._still_wanted(job, starting=True):
+                    return None
+                return {path: self._call(conn, read, job.callable_for(path), limits)
+                        for path in order}
+        except psycopg.Error as exc:
+            return {path: (failure(exc), None) for path in order}
+
+    def _call(self, conn: Conn, read: bool, fn: Callable[[Conn], Any], limits: Limits
+              ) -> tuple[PathResult, Any]:
+        watch = None
+        try:
+            with bounded(conn, limits) as watch:
+                return self._call_in(conn, read, fn, limits)
         except psycopg.Error as exc:
             return failure(exc, watch), None
         except Exception as exc:

@@ -115,9 +115,9 @@ def environment_failures(observations: Sequence[Observation],
     for i, path, at, state in hits:
         o = observations[i]
         other = "new" if path == "legacy" else "legacy"
-        # online, the served path (first_path) ran on the request pool, the other on the
-        # shadow pool; a served failure (no first_path) leaves the other to the shadow pool
-        other_pool = "requests" if o.first_path == other else "shadow"
+        # online, the served path ran on the request pool and the other on the shadow pool,
+        # or both on the shadow pool (a pair: Observation.online_pool)
+        other_pool = o.online_pool(other)
         alone = (near(ok[other], at) and not near(env[other], at)
                  and not (o.source == "online" and near(signals.get(other_pool, []), at)))
         (counted if alone else excused).add((i, path))

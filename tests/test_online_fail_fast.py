@@ -76,7 +76,7 @@ def test_outage_fails_at_the_request_deadline_then_recovers(
         online: tuple[str, Path], server_dsn: str) -> None:
     dsn, root = online
     before = table_checksums(dsn)
-    with Rollout.connect(dsn, workspace=root, request_timeout=DEADLINE) as ro:
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, request_timeout=DEADLINE) as ro:
         # the pools were built to fail fast and recover fast
         assert ro.pool.timeout == DEADLINE and ro.shadow_pool.timeout == DEADLINE
         assert ro.pool.reconnect_timeout == RECONNECT_TIMEOUT_S
@@ -105,7 +105,8 @@ def test_async_outage_fails_at_the_request_deadline_then_recovers(
     dsn, root = online
 
     async def main() -> tuple[RunnerStats, list[Any]]:
-        ro = await AsyncRollout.connect(dsn, workspace=root, request_timeout=DEADLINE)
+        ro = await AsyncRollout.connect(dsn, workspace=root, shadow_budget=None,
+                                        request_timeout=DEADLINE)
         async with ro:
             assert ro.pool.timeout == DEADLINE
             assert ro.pool.reconnect_timeout == RECONNECT_TIMEOUT_S
@@ -134,7 +135,7 @@ def test_async_outage_fails_at_the_request_deadline_then_recovers(
 def test_a_served_query_that_never_answers_is_cancelled_at_the_deadline(
         online: tuple[str, Path]) -> None:
     dsn, root = online
-    with Rollout.connect(dsn, workspace=root, request_timeout=DEADLINE) as ro:
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, request_timeout=DEADLINE) as ro:
         with pytest.raises(RequestTimeout) as caught:
             ro.query("sleepy", ACME, {"grp": 1})  # legacy sleeps 30 s: served, cancelled
         assert caught.value.seconds == DEADLINE
@@ -145,7 +146,8 @@ def test_a_served_query_that_never_answers_is_cancelled_at_the_deadline(
         assert ro.get_stats().serving_failures == {"57014": 1}
 
     async def main() -> None:
-        ro = await AsyncRollout.connect(dsn, workspace=root, request_timeout=DEADLINE)
+        ro = await AsyncRollout.connect(dsn, workspace=root, shadow_budget=None,
+                                        request_timeout=DEADLINE)
         async with ro:
             with pytest.raises(RequestTimeout) as caught:
                 await ro.query("sleepy", ACME, {"grp": 1})
@@ -157,7 +159,7 @@ def test_a_served_query_that_never_answers_is_cancelled_at_the_deadline(
 def test_pool_options_pass_through_and_safety_options_are_refused(
         online: tuple[str, Path]) -> None:
     dsn, root = online
-    with Rollout.connect(dsn, workspace=root,
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None,
                          pool_options={"max_waiting": 3, "reconnect_timeout": 2.5,
                                        "check": psycopg_pool_check()},
                          connect_kwargs={"connect_timeout": 4}) as ro:
@@ -173,7 +175,7 @@ def test_pool_options_pass_through_and_safety_options_are_refused(
                 {"connect_kwargs": {"cursor_factory": psycopg.ClientCursor}},
                 {"request_timeout": 0}):
         with pytest.raises(ValueError):
-            Rollout.connect(dsn, workspace=root, **bad)
+            Rollout.connect(dsn, workspace=root, shadow_budget=None, **bad)
 
 
 def psycopg_pool_check() -> Any:
@@ -185,7 +187,7 @@ def psycopg_pool_check() -> Any:
 def test_get_stats_is_typed_and_pool_totals_survive_the_snapshot(
         online: tuple[str, Path]) -> None:
     dsn, root = online
-    with Rollout.connect(dsn, workspace=root, pool_stats_interval=0.05) as ro:
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, pool_stats_interval=0.05) as ro:
         for grp in range(6):
             ro.query("eq", ACME, {"grp": grp})
         assert ro.drain()

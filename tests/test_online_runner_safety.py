@@ -70,7 +70,7 @@ SMUGGLED = [
 def test_a_tenant_in_params_never_overrides_the_context(online: tuple[str, Path]) -> None:
     dsn, root = online
     before = table_checksums(dsn)
-    with Rollout.connect(dsn, workspace=root, pool_stats_interval=None) as ro:
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, pool_stats_interval=None) as ro:
         made = requests_made(ro)
         for ctx, params in SMUGGLED:
             with pytest.raises(InputError, match=r"^flag 'eq': params\['tenant'\] differs "
@@ -95,7 +95,7 @@ def test_async_tenant_safety(online: tuple[str, Path]) -> None:
     dsn, root = online
 
     async def main() -> None:
-        async with await AsyncRollout.connect(dsn, workspace=root,
+        async with await AsyncRollout.connect(dsn, workspace=root, shadow_budget=None,
                                               pool_stats_interval=None) as ro:
             made = requests_made(ro)
             for ctx, params in SMUGGLED:
@@ -114,7 +114,7 @@ def test_async_tenant_safety(online: tuple[str, Path]) -> None:
 def test_a_kill_under_load_stops_every_shadow_within_100ms(online: tuple[str, Path]) -> None:
     dsn, root = online
     n = 60  # 0.1 s each on 2 workers: seconds of queued shadow work when the kill lands
-    with Rollout.connect(dsn, workspace=root, shadow_workers=2,
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, shadow_workers=2,
                          pool_stats_interval=None) as ro:
         for i in range(n):
             assert ro.query("nap", ACME, {"grp": i % 10}) == legacy_rows(dsn, "acme", i % 10)
@@ -138,7 +138,7 @@ def test_async_kill_under_load(online: tuple[str, Path]) -> None:
     n = 60
 
     async def main() -> tuple[dict[str, Any], float, float]:
-        async with await AsyncRollout.connect(dsn, workspace=root,
+        async with await AsyncRollout.connect(dsn, workspace=root, shadow_budget=None,
                                               pool_stats_interval=None) as ro:
             for i in range(n):
                 await ro.query("nap", ACME, {"grp": i % 10})
@@ -162,7 +162,7 @@ def test_a_worker_rechecks_the_live_decision_before_it_starts(
     jobs no longer have a reason to run; the workers' re-check drops them."""
     dsn, root = online
     n = 30
-    with Rollout.connect(dsn, workspace=root, shadow_workers=2,
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, shadow_workers=2,
                          pool_stats_interval=None) as ro:
         for i in range(n):
             ro.query("nap", ACME, {"grp": i % 10})
@@ -183,7 +183,7 @@ def test_a_worker_rechecks_the_live_decision_before_it_starts(
 def test_stale_jobs_are_dropped_not_compared(online: tuple[str, Path]) -> None:
     dsn, root = online
     n = 20  # one worker, 0.1 s a shadow: most jobs wait far beyond the default 250 ms
-    with Rollout.connect(dsn, workspace=root, shadow_workers=1,
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, shadow_workers=1,
                          pool_stats_interval=None) as ro:
         ro.query("eq", ACME, {"grp": 1})  # the shadow pool's connection is up: no first wait
         assert ro.drain()
@@ -232,7 +232,7 @@ class Item:
 
 def test_row_factories_for_the_caller_comparison_on_tuples(online: tuple[str, Path]) -> None:
     dsn, root = online
-    with Rollout.connect(dsn, workspace=root, pool_stats_interval=None) as ro:
+    with Rollout.connect(dsn, workspace=root, shadow_budget=None, pool_stats_interval=None) as ro:
         plain = ro.query("eq", ACME, {"grp": 2})
         dicts = ro.query("eq", ACME, {"grp": 2}, row_factory=dict_row)
         named = ro.query("eq", ACME, {"grp": 2}, row_factory=namedtuple_row)
@@ -254,7 +254,7 @@ def test_async_row_factory(online: tuple[str, Path]) -> None:
     dsn, root = online
 
     async def main() -> list[dict[str, Any]]:
-        async with await AsyncRollout.connect(dsn, workspace=root,
+        async with await AsyncRollout.connect(dsn, workspace=root, shadow_budget=None,
                                               pool_stats_interval=None) as ro:
             rows = await ro.query("eq", ACME, {"grp": 3}, row_factory=dict_row)
             assert await ro.drain()

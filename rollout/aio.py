@@ -26,6 +26,7 @@ from ._online import (
     REQUEST_TIMEOUT_S,
     RunnerCore,
     RunnerStats,
+    aregrow,
     background_limits,
     callable_failure,
     count,
@@ -36,6 +37,7 @@ from .execute import (
     AsyncExtendedCursor,
     Limits,
     acommand,
+    acommit_and_reset,
     areset_session,
     begin_sql,
     escaped,
@@ -85,7 +87,8 @@ class AsyncRollout(RunnerCore):
         self.request_timeout = request_timeout
         requests, shadow = pool_configs(
             pool_size=pool_size, shadow_pool_size=shadow_pool_size,
-            cursor_factory=AsyncExtendedCursor, reset=areset_session, open=False,
+            cursor_factory=AsyncExtendedCursor, reset=areset_session, regrow=aregrow,
+            open=False,
             pool_options=pool_options, connect_kwargs=connect_kwargs,
             timeout=request_timeout)
         self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(dsn, **requests)
@@ -138,11 +141,12 @@ class AsyncRollout(RunnerCore):
                     # at it, cut the connection REQUEST_GRACE_S later
                     with self._request_watch(conn, until) as watch:
                         start = time.perf_counter_ns()
-                        async with conn.transaction():
-                            cur = await AsyncExtendedCursor(conn).execute(sql, args)
-                            res = cur.pgresult
-                            rows = (await cur.fetchall() if res is not None and res.nfields
-                                    else None)
+                        # committed with the session reset in one round trip (as Rollout)
+                        cur = await AsyncExtendedCursor(conn).execute(sql, args)
+                        res = cur.pgresult
+                        rows = (await cur.fetchall() if res is not None and res.nfields
+                                else None)
+                        await acommit_and_reset(conn)
                         elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:

@@ -31,6 +31,7 @@ import contextlib
 import functools
 import inspect
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -216,15 +217,57 @@ def _check(encoding: str, results: list[pq.abc.PGresult]) -> None:
             raise psycopg.errors.error_from_result(res, encoding=encoding)
 
 
+COMMIT_AND_RESET = b"COMMIT; " + RESET_SESSION
+"""How the runners end a served query: its transaction committed and the session reset in
+the same round trip (``commit_and_reset``), so the pool's reset has nothing left to do."""
+
+_RESET: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Connections whose session was reset by their last statement (``commit_and_reset``) and
+that ran nothing since: the pool's reset skips its round trip for them, once."""
+
+
+def commit_and_reset(conn: psycopg.Connection[Any]) -> None:
+    """Commit the served query's transaction and reset the session in one round trip. If it
+    fails, the connection is not marked and the pool's reset runs in full."""
+    command(conn, COMMIT_AND_RESET)
+    _reset_done(conn)
+
+
+async def acommit_and_reset(conn: psycopg.AsyncConnection[Any]) -> None:
+    await acommand(conn, COMMIT_AND_RESET)
+    _reset_done(conn)
+
+
+def _reset_done(conn: Any) -> None:
+    if conn.prepare_threshold is not None:
+        forget_prepared(conn)
+    _RESET.add(conn)
+
+
+def _already_reset(conn: Any) -> bool:
+    """Whether ``commit_and_reset`` was the connection's last statement (and forget it:
+    the mark is good for one return to the pool)."""
+    if conn in _RESET and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        _RESET.discard(conn)
+        return True
+    _RESET.discard(conn)
+    return False
+
+
 def reset_session(conn: psycopg.Connection[Any]) -> None:
     """A pool's ``reset=``: drop session state and prepared statements a query may have
-    left (see RESET_SESSION); psycopg's record of its statements is kept in step."""
+    left (see RESET_SESSION); psycopg's record of its statements is kept in step. A served
+    query that ended with ``commit_and_reset`` already did it: no second round trip."""
+    if _already_reset(conn):
+        return
     command(conn, RESET_SESSION)
     if conn.prepare_threshold is not None:  # a pool that prepares (one passed in)
         forget_prepared(conn)
 
 
 async def areset_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    if _already_reset(conn):
+        return
     await acommand(conn, RESET_SESSION)
     if conn.prepare_threshold is not None:
         forget_prepared(conn)

@@ -32,12 +32,14 @@ from ._online import (
     callable_failure,
     count,
     pool_configs,
+    regrow,
 )
 from .execute import (
     ExtendedCursor,
     Limits,
     bounded,
     command,
+    commit_and_reset,
     execute,
     failure,
     reset_session,
@@ -91,7 +93,7 @@ class Rollout(RunnerCore):
         # pool passed in keeps its own reset (pool_configs, docs/online.md).
         requests, shadow = pool_configs(
             pool_size=pool_size, shadow_pool_size=shadow_pool_size,
-            cursor_factory=ExtendedCursor, reset=reset_session, open=True,
+            cursor_factory=ExtendedCursor, reset=reset_session, regrow=regrow, open=True,
             pool_options=pool_options, connect_kwargs=connect_kwargs,
             timeout=request_timeout)
         self.pool: ConnectionPool[Conn] = pool or ConnectionPool(dsn, **requests)
@@ -136,11 +138,13 @@ class Rollout(RunnerCore):
                 with self.pool.connection(timeout=self._left(until)) as conn, \
                         self._request_watch(conn, until) as watch:
                     start = time.perf_counter_ns()
-                    with conn.transaction():
-                        # our cursor, whatever the pool: one statement, extended protocol
-                        cur = ExtendedCursor(conn).execute(sql, args)
-                        res = cur.pgresult
-                        rows = cur.fetchall() if res is not None and res.nfields else None
+                    # our cursor, whatever the pool: one statement, extended protocol; in
+                    # psycopg's transaction, committed with the session reset in one round
+                    # trip (an error leaves it to the pool's rollback and full reset)
+                    cur = ExtendedCursor(conn).execute(sql, args)
+                    res = cur.pgresult
+                    rows = cur.fetchall() if res is not None and res.nfields else None
+                    commit_and_reset(conn)
                     elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scipy import stats
@@ -48,6 +48,9 @@ class Gate:
     reason: str
     confidence: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    lacking: bool = False
+    """Undecided for want of evidence (too few samples, nothing compared), not for doubt:
+    another source's pass outweighs it (``combine``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status,
@@ -57,6 +60,19 @@ class Gate:
                 **({"details": self.details} if self.details else {})}
 
 
+SOURCES = ("offline", "online")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One source's gates and figures: offline shadow runs, or a running service's pairs."""
+
+    source: str
+    observations: list[Observation]
+    gates: list[Gate]
+    figures: dict[str, Any]
+
+
 def judge(flag: Flag, observations: Sequence[Observation], *,
           noise: Sequence[Observation] = (), plans: Sequence[Mapping[str, Any]] = (),
           generic: Sequence[Mapping[str, Any]] = (),
@@ -64,6 +80,13 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
           runs: Sequence[Mapping[str, Any]] = (), pool_signals: Sequence[PoolSignal] = (),
           seed: int = 0) -> dict[str, Any]:
     """The verdict and every figure behind it, as the JSON-ready core of a report.
+
+    Offline evidence (``rollout shadow``) and online evidence (a running service's pairs)
+    are never pooled: each source is judged on its own (``sources``), with its own A/A noise,
+    and each evidence gate combines them (``combine``): it fails when either source fails it,
+    passes when a source passes it and no source has a real doubt, and says which source
+    decided (``details.decided_by``). Online latency is judged only from pairs measured like
+    for like on the shadow pool (``Observation.paired_online``).
 
     Requests that only served the new path (no comparison) do not count as samples. Every
     figure may be missing (no successful execution on a path, nothing compared): the gates
@@ -80,33 +103,16 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
     pool statistics); the others are listed as ``environment_events``."""
     incomplete = incomplete_runs(runs, [*observations, *noise])
     observations = [o for o in observations if not o.served_only]
-    g = flag.gates
-    compared = [o for o in observations if o.matched is not None]
-    mismatched = [o for o in compared if o.matched is False]
-    env = environment_failures(observations, pool_signals)
-    excused_new = frozenset(i for i, path in env.excused if path == "new")
-    new_only = [o for i, o in enumerate(observations)
-                if o.new_failed and not o.legacy_failed and i not in excused_new]
-    excused = [o for i, o in enumerate(observations)
-               if i in excused_new and not o.legacy_failed]
-    noise_fig = noise_summary(noise, g.latency.confidence)
-    latency = latency_summary(observations, g.latency.quantile, g.latency.confidence,
-                              g.latency.max_regression, noise_fig, seed)
+    evidence = [_evidence(flag, src, [o for o in observations if o.source == src],
+                          [o for o in noise if o.source == src], pool_signals, seed)
+                for src in SOURCES]
+    present = [e for e in evidence if e.observations] or evidence[:1]
     plans_fig = plans_summary(plans)
-    generic_fig = generic_summary(generic, g.generic_plan_max_ratio)
-    locks = locks_summary(observations)
-    gates = [
-        _min_samples(len(observations), g.min_samples),
-        _mismatch(len(mismatched), len(compared), g.max_mismatch_rate, noise_fig,
-                  g.latency.confidence),
-        _latency(latency, g.latency.max_regression),
-        _new_failures(new_only, g.max_new_failures, g.max_new_failures_by_class,
-                      len(observations), len(excused)),
-        _lock_wait(locks, g.max_lock_wait_regression_ms),
-        _buffers(plans_fig, g.max_buffers_ratio),
-        _generic_gate(generic_fig, g.generic_plan_max_ratio),
-        _rollback(flag, rollback),
-    ]
+    generic_fig = generic_summary(generic, g_ratio := flag.gates.generic_plan_max_ratio)
+    gates = [combine([e.gates[i] for e in present], [e.source for e in present])
+             for i in range(len(present[0].gates))]
+    gates += [_buffers(plans_fig, flag.gates.max_buffers_ratio),
+              _generic_gate(generic_fig, g_ratio), _rollback(flag, rollback)]
     failed = [x for x in gates if x.status == "fail"]
     open_ = [x for x in gates if x.status == "inconclusive"]
     judged = [x for x in gates if x.status != "info"]
@@ -125,15 +131,86 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
     if attention:
         reasons.append(attention)
 
-    kinds: Counter[str] = Counter()
-    for o in mismatched:
-        kinds.update({d["kind"] for d in o.diff or []})
+    latency_gate = next(x for x in gates if x.name == "latency")
+    decided = latency_gate.details.get("decided_by") or [present[0].source]
+    by_source = {e.source: e for e in evidence}
+    everything = _figures(flag, observations, noise, pool_signals, seed, latency=False)
+    if len(present) > 1:  # failures and environment events as the gates judged them
+        everything["failures"]["new_only"] = sum(
+            e.figures["failures"]["new_only"] for e in present)
+        everything["failures"]["new_only_by_class"] = dict(sum(
+            (Counter(e.figures["failures"]["new_only_by_class"]) for e in present), Counter()))
+        everything["environment_events"] = [
+            {**ev, "source": e.source} for e in present
+            for ev in e.figures["environment_events"]]
+    else:
+        everything = present[0].figures
     return {
         "verdict": verdict,
         "reasons": reasons,
         "samples": len(observations),
         "incomplete_runs": incomplete,
         "gates": [x.as_dict() for x in gates],
+        **{k: v for k, v in everything.items() if k != "environment"},
+        "latency": {**by_source[decided[0]].figures["latency"], "source": decided[0]},
+        "noise": by_source[decided[0]].figures["noise"],
+        "sources": {e.source: {"samples": len(e.observations),
+                               "gates": [x.as_dict() for x in e.gates],
+                               **{k: v for k, v in e.figures.items()
+                                  if k in ("latency", "noise", "mismatches", "failures")}}
+                    for e in evidence if e.observations},
+        "plans": plans_fig,
+        "generic_plans": generic_fig,
+    }
+
+
+def _evidence(flag: Flag, source: str, observations: list[Observation],
+              noise: Sequence[Observation], pool_signals: Sequence[PoolSignal],
+              seed: int) -> Evidence:
+    """The evidence gates of one source."""
+    g = flag.gates
+    fig = _figures(flag, observations, noise, pool_signals, seed, latency=True,
+                   online=source == "online")
+    env = fig["environment"]
+    latency = _latency(fig["latency"], g.latency.max_regression)
+    if source == "online" and observations and not fig["latency"]["pairs_measured"]:
+        latency = Gate("latency", "inconclusive", None, latency.threshold,
+                       "not measured online",
+                       "online latency not judged: no pair was measured like for like on "
+                       "the shadow pool (online.pair_latency: false, or recorded before "
+                       "pairing)", latency.confidence, lacking=True)
+    gates = [
+        _min_samples(len(observations), g.min_samples),
+        _mismatch(fig["mismatches"]["count"], fig["mismatches"]["compared"],
+                  g.max_mismatch_rate, fig["noise"], g.latency.confidence),
+        latency,
+        _new_failures(env["new_only"], g.max_new_failures, g.max_new_failures_by_class,
+                      len(observations), len(env["excused"])),
+        _lock_wait(fig["locks"], g.max_lock_wait_regression_ms),
+    ]
+    return Evidence(source, observations, gates, fig)
+
+
+def _figures(flag: Flag, observations: Sequence[Observation], noise: Sequence[Observation],
+             pool_signals: Sequence[PoolSignal], seed: int, *, latency: bool,
+             online: bool = False) -> dict[str, Any]:
+    """Mismatches, failures, environment events, locks, tenants (and, with ``latency``,
+    latency and noise) of ``observations``."""
+    g = flag.gates
+    compared = [o for o in observations if o.matched is not None]
+    mismatched = [o for o in compared if o.matched is False]
+    env = environment_failures(observations, pool_signals)
+    excused_new = frozenset(i for i, path in env.excused if path == "new")
+    new_only = [o for i, o in enumerate(observations)
+                if o.new_failed and not o.legacy_failed and i not in excused_new]
+    excused = [o for i, o in enumerate(observations)
+               if i in excused_new and not o.legacy_failed]
+    noise_fig = noise_summary(noise, g.latency.confidence)
+    kinds: Counter[str] = Counter()
+    for o in mismatched:
+        kinds.update({d["kind"] for d in o.diff or []})
+    out: dict[str, Any] = {
+        "environment": {"new_only": new_only, "excused": excused},
         "mismatches": {
             "count": len(mismatched),
             "compared": len(compared),
@@ -144,8 +221,6 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
                          "truncated": False} for o in mismatched[:5]],
             "samples_omitted": max(0, len(mismatched) - 5),
         },
-        "latency": latency,
-        "noise": noise_fig,
         "failures": {
             "legacy": failures_summary((o.legacy_sqlstate, o.legacy_error) for o in observations),
             "new": failures_summary((o.new_sqlstate, o.new_error) for o in observations),
@@ -158,11 +233,45 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
                 for path in ("legacy", "new")},
         },
         "environment_events": env.events,
-        "locks": locks,
-        "plans": plans_fig,
-        "generic_plans": generic_fig,
+        "locks": locks_summary(observations),
         "tenants": tenants_summary(observations, excused_new),
     }
+    if latency:
+        timed = [o for o in observations if o.paired_online] if online else observations
+        out["noise"] = noise_fig
+        out["latency"] = {**latency_summary(timed, g.latency.quantile, g.latency.confidence,
+                                            g.latency.max_regression, noise_fig, seed),
+                          "pairs_measured": len(timed)}
+    return out
+
+
+def _rank(x: Gate) -> int:
+    """Which of a gate's per-source judgements decides: the lowest rank."""
+    if x.status == "inconclusive":
+        return 3 if x.lacking else 1  # too little evidence, or a real doubt
+    return {"fail": 0, "pass": 2, "info": 4}[x.status]
+
+
+def combine(gates: Sequence[Gate], sources: Sequence[str]) -> Gate:
+    """One gate from the same gate judged on each source: fails when a source fails it;
+    inconclusive when a source has a real doubt (not merely too little evidence); passes
+    when a source passes it; else as lacking as the sources are. ``details`` name the
+    sources that decided and hold every source's judgement."""
+    if len(gates) == 1:
+        only = gates[0]
+        return replace(only, details={**only.details, "decided_by": [sources[0]]})
+    best = min(_rank(x) for x in gates)
+    deciding = [i for i, x in enumerate(gates) if _rank(x) == best]
+    first = gates[deciding[0]]
+    by = [sources[i] for i in deciding]
+    others = "; ".join(f"{sources[i]}: {gates[i].display}" for i in range(len(gates))
+                       if i != deciding[0])
+    reason = f"{by[0]}: {first.reason}"
+    display = f"{by[0]}: {first.display} ({others})"
+    return replace(first, reason=reason, display=display, details={
+        **first.details, "decided_by": by,
+        "by_source": {sources[i]: {"status": x.status, "display": x.display,
+                                   "reason": x.reason} for i, x in enumerate(gates)}})
 
 
 def verdict_exit_code(verdict: str) -> int:
@@ -274,10 +383,10 @@ def _latency(lat: Mapping[str, Any], tolerance: float) -> Gate:
             paths = " and ".join(never)
             return Gate(name, "inconclusive", None, limit, f"no successful {paths} execution",
                         f"latency not judged: the {paths} path{'s' if len(never) > 1 else ''} "
-                        "never succeeded, so there is nothing to time", conf)
+                        "never succeeded, so there is nothing to time", conf, lacking=True)
         return Gate(name, "inconclusive", lat["ratio"], limit, f"{n} timed executions",
                     f"too few timed executions ({n}) to judge latency "
-                    f"(need {MIN_LATENCY_PAIRS} per path)", conf)
+                    f"(need {MIN_LATENCY_PAIRS} per path)", conf, lacking=True)
     ci = lat["hl_ci"]
     p = lat["mann_whitney_p"]
     shown = (f"new/legacy {lat['hl_ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], "
@@ -306,7 +415,8 @@ def _min_samples(n: int, need: int) -> Gate:
         return Gate("min_samples", "pass", n, need, f"{n} samples (need ≥ {need})",
                     f"{n} paired samples, enough to judge")
     return Gate("min_samples", "inconclusive", n, need, f"{n} samples (need ≥ {need})",
-                f"only {n} of the {need} samples needed; run `rollout shadow` for more")
+                f"only {n} of the {need} samples needed; run `rollout shadow` for more",
+                lacking=True)
 
 
 def _mismatch(bad: int, compared: int, limit: float, noise: Mapping[str, Any],
@@ -325,7 +435,7 @@ def _mismatch(bad: int, compared: int, limit: float, noise: Mapping[str, Any],
         shown += f", A/A noise {noise_rate * 100:.2f} % (up to {noise_upper * 100:.2f} %)"
     if compared == 0 or rate is None:
         return Gate("max_mismatch_rate", "inconclusive", None, limit, "no comparable pairs",
-                    "no pair where both paths succeeded, nothing compared")
+                    "no pair where both paths succeeded, nothing compared", lacking=True)
     excess = rate - noise_upper
     if excess > limit:
         return Gate("max_mismatch_rate", "fail", rate, limit, f"{shown} > {limit:.2%}",

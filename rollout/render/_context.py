@@ -16,6 +16,7 @@ from ._plans import generic_plans_view, plans_view
 from ._pools import pools_view
 from ._rollback import rollback_view
 from ._runs import incomplete_runs_view
+from ._sources import latency_source_view, sources_view
 from ._timeline import stage_impact_view, timeline_view
 
 VERDICT_CLASS = {"GO": "go", "NO-GO": "nogo", "INCONCLUSIVE": "inconclusive"}
@@ -50,6 +51,8 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "noise": noise_view(report.get("noise"), flag, stage["stage"]),
         "mismatches": mismatches_view(report.get("mismatches")),
         "latency": latency_view(report.get("latency")),
+        "latency_source": latency_source_view(report.get("latency"), report.get("gates")),
+        "sources": sources_view(report.get("sources"), report.get("gates")),
         "failures": failures_view(report.get("failures")),
         "environment_events": environment_events_view(report.get("environment_events")),
         "locks": locks_view(report.get("locks")),

@@ -136,7 +136,8 @@ def failures_view(raw: Any) -> dict[str, Any] | None:
 
 def environment_events_view(raw: Any) -> dict[str, Any] | None:
     """Environment failures (connection exceptions, shutdowns, too many connections) by
-    minute, path and SQLSTATE, and how many of them counted against their path's gate."""
+    minute, path and SQLSTATE (and source, offline or online, when both were judged), and
+    how many of them counted against their path's gate."""
     if not isinstance(raw, list):
         return None
     rows = []
@@ -145,8 +146,11 @@ def environment_events_view(raw: Any) -> dict[str, Any] | None:
         code = as_str(e.get("sqlstate"))
         count, counted = as_int(e.get("count")) or 0, as_int(e.get("counted")) or 0
         rows.append({"at": as_str(e.get("at"), "—"), "path": as_str(e.get("path"), "—"),
+                     "source": as_str(e.get("source")),
                      "code": code, "name": SQLSTATE_NAMES.get(code, ""), "count": count,
                      "counted": counted, "excused": max(count - counted, 0)})
     return {"rows": rows, "count": sum(r["count"] for r in rows),
             "counted": sum(r["counted"] for r in rows),
-            "excused": sum(r["excused"] for r in rows)}
+            "excused": sum(r["excused"] for r in rows),
+            # judged per source when both are present: say which one each event belongs to
+            "by_source": any(r["source"] for r in rows)}

@@ -11,7 +11,7 @@ from ._format import as_list, as_map, as_pair, as_str, counts_text, fmt_num, num
 GATE_STATUSES = ("pass", "fail", "inconclusive", "info")
 
 
-def _gate_status(gate: Mapping[str, Any]) -> str:
+def gate_status(gate: Mapping[str, Any]) -> str:
     """pass | fail | inconclusive | info; schema 1 bodies only carry ``passed`` (None: n/a)."""
     status = as_str(gate.get("status")).lower()
     if status in GATE_STATUSES:
@@ -20,11 +20,18 @@ def _gate_status(gate: Mapping[str, Any]) -> str:
     return "pass" if passed is True else "fail" if passed is False else "n/a"
 
 
+SOURCE_KEYS = ("decided_by", "by_source")
+"""Details the gates table shows in their own right (which source decided, and each
+source's judgement), not in the details line."""
+
+
 def _details_text(raw: Any, display: str = "") -> str:
-    """A gate's ``details`` as one short line; empty values, and values the gate's display
-    already shows, are left out."""
+    """A gate's ``details`` as one short line; empty values, values the gate's display
+    already shows, and the sources' judgements (shown apart) are left out."""
     parts = []
     for key, value in as_map(raw).items():
+        if key in SOURCE_KEYS:
+            continue
         if isinstance(value, Mapping):
             text = counts_text(value)
         elif isinstance(value, list | tuple):
@@ -40,7 +47,7 @@ def gates_view(raw: Any) -> list[dict[str, Any]]:
     gates = []
     for item in as_list(raw):
         gate = as_map(item)
-        result = _gate_status(gate)
+        result = gate_status(gate)
         display = as_str(gate.get("display"))
         figure, threshold = fmt_num(gate.get("figure")), fmt_num(gate.get("threshold"))
         if display:
@@ -60,9 +67,30 @@ def gates_view(raw: Any) -> list[dict[str, Any]]:
                 "confidence": number(gate.get("confidence")),
                 "details": _details_text(gate.get("details"), display),
                 "reason": as_str(gate.get("reason")),
+                **_gate_sources(gate.get("details")),
             }
         )
     return gates
+
+
+def _gate_sources(raw: Any) -> dict[str, Any]:
+    """Which sources decided a gate (``decided_by``), and each source's own judgement
+    (``by_source``, present when more than one source was judged), in the body's order."""
+    details = as_map(raw)
+    decided = [as_str(s) for s in as_list(details.get("decided_by")) if as_str(s)]
+    by_source = []
+    for name, item in as_map(details.get("by_source")).items():
+        judged = as_map(item)
+        by_source.append(
+            {
+                "source": as_str(name),
+                "result": gate_status(judged),
+                "display": as_str(judged.get("display")),
+                "reason": as_str(judged.get("reason")),
+                "decided": as_str(name) in decided,
+            }
+        )
+    return {"decided_by": decided, "by_source": by_source}
 
 
 def noise_view(raw: Any, flag: str, stage: str) -> dict[str, Any] | None:

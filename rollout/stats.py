@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -18,6 +19,8 @@ MAX_WINDOW = 1 << 19
 """Most candidate differences the selection ever holds at once (8 bytes each, a few arrays)."""
 MAX_PIVOT_SAMPLE = 1 << 16
 """Most candidate differences drawn per round to place the selection's pivots."""
+COUNT_CHUNK = 1 << 16
+"""Rows counted at a time: bounds the selection's temporaries."""
 MWU_EXACT_PAIRS = 10_000
 """scipy's exact Mann-Whitney distribution costs O((n·m)²) time: above this n·m it is not used."""
 BOOTSTRAP_ROWS = 10_000
@@ -26,7 +29,7 @@ BOOTSTRAP_CELLS = 1 << 20
 """Most resampled values held at once (resamples × rows per batch)."""
 
 _FloatArray = NDArray[np.float64]
-_IntArray = NDArray[np.int64]
+_IntArray = NDArray[np.signedinteger[Any]]
 _Task = tuple[list[int], _IntArray, _IntArray]
 """Ranks still to select, and per row the first and the past-last candidate column."""
 
@@ -48,9 +51,12 @@ def hodges_lehmann(x: ArrayLike, y: ArrayLike, confidence: float = 0.95) -> Shif
     of those differences at the ranks given by the Mann-Whitney U distribution (normal
     approximation with continuity correction), as in Hollander & Wolfe, ch. 4.
 
-    The n·m differences are never stored: each order statistic is selected exactly from the
-    implicit sorted matrix in O((n+m) log(n+m)) expected time and O(n+m) memory
-    (``_hodges_lehmann_select``), so the result is the one the full matrix gives, bit for bit.
+    The n·m differences are never stored: the order statistics are selected exactly from the
+    implicit sorted matrix (``_hodges_lehmann_select``), each round O((n+m) log(n+m)) time,
+    a few rounds (their number grows as log(n·m), five or so per statistic at 10⁶ a side),
+    in O(n+m) memory (about 20 bytes per value beyond the inputs). The result is the one
+    the full matrix gives, bit for bit; small samples still take the matrix, which is
+    faster there.
     """
     a, b = _samples(x, y)
     if len(a) * len(b) <= SMALL_PAIRS:
@@ -117,6 +123,16 @@ def _hodges_lehmann_select(x: ArrayLike, y: ArrayLike, confidence: float = 0.95,
     return Shift(estimate, at[c], at[total - 1 - c], confidence)
 
 
+def _finite_sorted(values: _FloatArray) -> _FloatArray:
+    """The finite values, sorted: one copy (np.sort puts -inf first, then +inf, then NaN)."""
+    ordered = np.sort(values)
+    # searchsorted orders NaN as sort does: after +inf
+    first = int(np.searchsorted(ordered, -np.inf, side="right"))
+    past = int(np.searchsorted(ordered, np.inf, side="left"))
+    out: _FloatArray = ordered[first:past]
+    return out
+
+
 class _Differences:
     """The multiset of all ``y_j - x_i`` (float subtraction, as the matrix computes them),
     ordered as ``np.sort`` orders it: -inf, finite, +inf, NaN.
@@ -129,8 +145,10 @@ class _Differences:
 
     def __init__(self, x: _FloatArray, y: _FloatArray, rng: np.random.Generator,
                  window: int, sample: int) -> None:
-        self.rows = np.sort(x[np.isfinite(x)])
-        self.cols = np.sort(y[np.isfinite(y)])
+        self.rows, self.cols = _finite_sorted(x), _finite_sorted(y)
+        # column bounds are kept per row and task: half the memory in 32 bits (their sums
+        # and midpoints are taken in 64 bits or stay below 2**31)
+        self.index = np.int32 if len(self.cols) < 1 << 30 else np.int64
         self.rng, self.window, self.sample = rng, max(window, 1), max(sample, 64)
         xf, xp, xn = len(self.rows), int(np.sum(x == np.inf)), int(np.sum(x == -np.inf))
         yf, yp, yn = len(self.cols), int(np.sum(y == np.inf)), int(np.sum(y == -np.inf))
@@ -234,7 +252,7 @@ class _Differences:
                 (below, low, upper) if below else None, answered)
 
     def _bounds(self, column: int) -> _IntArray:
-        return np.full(len(self.rows), column, dtype=np.int64)
+        return np.full(len(self.rows), column, dtype=self.index)
 
     def _listed(self, low: _IntArray, width: _IntArray, total: int) -> _FloatArray:
         """Every candidate difference (at most ``self.window`` of them)."""
@@ -257,15 +275,24 @@ class _Differences:
     def _counts(self, t: float, low: _IntArray, high: _IntArray, *,
                 strict: bool) -> _IntArray:
         """Per row i, how many columns j have ``cols[j] - rows[i] <= t`` (``< t`` if strict),
-        a count known to lie in ``[low[i], high[i]]``.
+        a count known to lie in ``[low[i], high[i]]``; rows in chunks, so that the
+        temporaries stay small beside the bounds."""
+        out: _IntArray = np.empty(len(self.rows), dtype=self.index)
+        for start in range(0, len(self.rows), COUNT_CHUNK):
+            part = slice(start, start + COUNT_CHUNK)
+            out[part] = self._counted(self.rows[part], t, low[part], high[part], strict)
+        return out
 
-        ``searchsorted`` on ``rows[i] + t`` finds it in C, but that sum is rounded, so each
-        guess is checked against the exact predicate at its boundary; the rare rows where
-        rounding moved it are bisected with the exact predicate."""
-        rows, cols = self.rows, self.cols
+    def _counted(self, rows: _FloatArray, t: float, low: _IntArray, high: _IntArray,
+                 strict: bool) -> _IntArray:
+        """``_counts`` for some rows. ``searchsorted`` on ``rows[i] + t`` finds each count in
+        C, but that sum is rounded, so each guess is checked against the exact predicate at
+        its boundary; the rare rows where rounding moved it are bisected with the exact
+        predicate."""
+        cols = self.cols
         with np.errstate(over="ignore", invalid="ignore"):
             guess = np.searchsorted(cols, rows + t, side="left" if strict else "right")
-        counts: _IntArray = np.clip(guess, low, high).astype(np.int64, copy=False)
+        counts: _IntArray = np.clip(guess, low, high).astype(self.index, copy=False)
         last = len(cols) - 1
         inside_before = self._holds(cols[np.maximum(counts - 1, 0)] - rows, t, strict)
         inside_at = self._holds(cols[np.minimum(counts, last)] - rows, t, strict)

@@ -19,7 +19,17 @@ import psycopg
 
 import rollout
 
-from . import compare, decision, kill_switch, online, overhead, recorder, service
+from . import (
+    compare,
+    decision,
+    ingest,
+    kill_switch,
+    online,
+    overhead,
+    recorder,
+    service,
+    stats_scale,
+)
 from .database import BenchDB, bench_database, say
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -36,6 +46,8 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (online.NAME, online.run, online.table),
     (recorder.NAME, recorder.run, recorder.table),
     (compare.NAME, compare.run, compare.table),
+    (stats_scale.NAME, stats_scale.run, stats_scale.table),
+    (ingest.NAME, ingest.run, ingest.table),
     # last: it stops and starts the benchmark's database server
     (service.NAME, service.run, service.table),
 )

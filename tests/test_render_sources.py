@@ -161,6 +161,10 @@ def test_online_decides_latency_and_every_view_says_so(
     assert rows["latency"] == ["✓ pass", "✗ fail decided"]
     assert rows["min_samples"] == ["✓ pass", "✓ pass"]  # both decided: nothing to tell apart
     assert page.index('id="evidence-by-source"') < page.index('id="latency"')
+    correctness = part(page, "correctness", "failures")
+    assert "By source, each judged against its own A/A noise" in correctness
+    assert "Offline shadow runs: 0 of 60 mismatched (0%)" in correctness
+    assert f"Online pairs: 0 of {ONLINE_PAIRS} mismatched (0%)" in correctness
 
     # the pull-request comment: one line naming the source, one line per source
     assert ("**Latency** (from online pairs measured on the shadow pool, which decided the "
@@ -174,6 +178,8 @@ def test_online_decides_latency_and_every_view_says_so(
     assert f"from {ONLINE_PAIRS} shadow-pool pairs" in online_line
     assert online_line.endswith("gates: 3 passed, ❌ `latency`")
     assert "| `latency` | ❌ fail (online) |" in md
+    assert (f"by source, each against its own A/A noise: offline 0 of 60, online 0 of "
+            f"{ONLINE_PAIRS}") in md
 
 
 def test_online_latency_without_pairs_is_not_shown_as_a_comparison(

@@ -91,6 +91,7 @@ def _source_column(name: str, src: Mapping[str, Any], decided: Mapping[str, list
     pairs = as_int(latency.get("pairs_measured"))
     mismatches = as_map(src.get("mismatches"))
     failures = as_map(src.get("failures"))
+    noise = as_map(src.get("noise"))
     gates: dict[str, dict[str, Any]] = {}
     for item in as_list(src.get("gates")):
         gate = as_map(item)
@@ -115,6 +116,9 @@ def _source_column(name: str, src: Mapping[str, Any], decided: Mapping[str, list
         "mismatch_compared": mismatches.get("compared"),
         "mismatch_rate": number(mismatches.get("rate")),
         "new_only": failures.get("new_only"),
+        "noise_samples": as_int(noise.get("samples")) or 0,
+        "noise_compared": noise.get("compared"),
+        "noise_rate": number(noise.get("mismatch_rate")),
         "gates": gates,
         "gates_passed": sum(c["result"] == "pass" for c in gates.values()),
         "gates_failed": failed,

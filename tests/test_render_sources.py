@@ -386,3 +386,17 @@ def test_two_source_report_in_the_browser(
     assert "Evidence by source" in text
     assert "from online pairs measured on the shadow pool" in text
     assert "decided by online" in text
+
+
+def test_a_body_with_thousands_of_sources_stays_a_comment() -> None:
+    """A tampered body cannot make the pull-request comment or the page unbounded."""
+    body = two_source_body()
+    online = body["sources"]["online"]
+    many_gates = [dict(online["gates"][0], name=f"gate_{i}") for i in range(500)]
+    for i in range(3000):
+        body["sources"][f"source-{i:04d}"] = dict(online, gates=many_gates)
+    md = render_markdown(body)
+    assert len(md) < 12_000
+    page = render_html(body)
+    # offline, online and the first two unknown ones, no more
+    assert "source-0000" in page and "source-0001" in page and "source-0002" not in page

@@ -14,14 +14,17 @@ LATENCY_FROM = {
     "offline": "from offline shadow runs",
     "online": "from online pairs measured on the shadow pool",
 }
+MAX_SOURCES = 4  # a body has two; a tampered one must not blow up the page or the comment
+MAX_LISTED_GATES = 5  # per source in the Markdown line
 EVIDENCE_GATES = ("min_samples", "max_mismatch_rate", "latency", "max_new_failures", "lock_wait")
 
 
 def source_names(raw: Any) -> list[str]:
-    """The sources a body judged, offline first; names it does not know follow, sorted."""
+    """The sources a body judged, offline first; names it does not know follow, sorted
+    (at most ``MAX_SOURCES`` in all)."""
     names = [as_str(k) for k in as_map(raw)]
     known = [s for s in SOURCE_ORDER if s in names]
-    return known + sorted(set(names) - set(known))
+    return (known + sorted(set(names) - set(known)))[:MAX_SOURCES]
 
 
 def latency_source_view(raw: Any, gates: Any = None) -> dict[str, Any] | None:
@@ -121,7 +124,7 @@ def _source_column(name: str, src: Mapping[str, Any], decided: Mapping[str, list
         "noise_rate": number(noise.get("mismatch_rate")),
         "gates": gates,
         "gates_passed": sum(c["result"] == "pass" for c in gates.values()),
-        "gates_failed": failed,
-        "gates_open": open_,
+        "gates_failed": failed[:MAX_LISTED_GATES],
+        "gates_open": open_[: max(0, MAX_LISTED_GATES - len(failed))],
         "latency_decided": name in decided.get("latency", []),
     }

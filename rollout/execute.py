@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import re
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -187,6 +188,24 @@ def set_local(limits: Limits) -> list[pgsql.Composed]:
     """SET LOCAL statements for one transaction's timeouts, one statement each."""
     return [pgsql.SQL("SET LOCAL statement_timeout = {}").format(limits.statement_timeout_ms),
             pgsql.SQL("SET LOCAL lock_timeout = {}").format(limits.lock_timeout_ms)]
+
+
+PlannerSettings = tuple[tuple[str, str], ...]
+"""(setting, value) pairs the toolkit sets with SET LOCAL (never text from a flag file)."""
+_SETTING_NAME = re.compile(r"[a-z_]+")
+
+
+@functools.lru_cache(maxsize=64)
+def set_local_settings(settings: PlannerSettings) -> bytes:
+    """One round trip of ``SET LOCAL name = 'value'``: rolled back with the transaction, so
+    nothing outlives the execution. Names are checked as plain identifiers and values
+    quoted as literals."""
+    parts = []
+    for name, value in settings:
+        if not _SETTING_NAME.fullmatch(name) or "\\" in value:
+            raise ValueError(f"not a planner setting: {name!r} = {value!r}")
+        parts.append(f"SET LOCAL {name} = '{value.replace(chr(39), chr(39) * 2)}'")
+    return "; ".join(parts).encode()
 
 
 def command(conn: psycopg.Connection[Any], text: bytes) -> list[tuple[bytes, ...]]:
@@ -407,6 +426,7 @@ def execute(
     execution: int = 0,
     capture_locks: bool = False,
     isolation: str = "read committed",
+    settings: PlannerSettings = (),
 ) -> tuple[PathResult, ResultSet | None]:
     """Execute ``query`` once in its own transaction; never raises a database error.
 
@@ -414,7 +434,9 @@ def execute(
     are rolled back; ``limits`` (default ``Limits()``) are set with SET LOCAL and enforce the
     client-side deadline. Latency covers execute plus fetching every row. With a
     ``sampler`` the execution's lock waits are attributed to it; with ``capture_locks`` the
-    locks it holds at the end are listed (outside the timing).
+    locks it holds at the end are listed (outside the timing). ``settings`` (the toolkit's
+    own planner settings, ``set_local_settings``) are set with SET LOCAL in the same
+    transaction before the statement, outside the timing (``rollout.perturb``).
     """
     if conn.closed:
         return closed(), None
@@ -423,6 +445,8 @@ def execute(
     tx = Transaction(conn, limits or Limits(), write=write, isolation=isolation)
     try:
         with tx:
+            if settings:
+                command(conn, set_local_settings(settings))
             cur = ExtendedCursor(conn)
             if sampler is not None:
                 sampler.begin(pid, execution)

@@ -22,7 +22,9 @@ from .execute import Limits, bounded, cancel_of, execute, fetch, guard
 from .flags import Flag
 from .locks import LockWaitSampler
 from .observations import Observation, PathResult
-from .plans import PlanSample, explain, generic_check
+from .perturb import DEFAULT_SAMPLES, choose, perturb_sample
+from .perturb import write as write_perturbations
+from .plans import PlanSample, explain, generic_check, write_generic_checks
 from .store import Store
 from .streaming import stream_pair
 from .targeting import Context
@@ -46,6 +48,11 @@ class RunSummary:
     legacy_failures: int = 0
     new_failures: int = 0
     by_tenant: dict[str | None, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per phase: ``pairs`` (the timed executions), ``plans`` (EXPLAIN and
+    generic-plan checks), ``perturbation`` (apart from latency, never mixed into it)."""
+    nondeterministic: dict[str, int] = field(default_factory=dict)
+    """Parameter sets whose result changed under another plan, per path."""
 
     def add(self, obs: Observation) -> None:
         self.samples += 1
@@ -124,6 +131,11 @@ class RunOptions:
     """Parameter sets per path explained with EXPLAIN (ANALYZE, BUFFERS)."""
     generic_tenants: int = 3
     """Largest tenants (plus the smallest) checked under custom and generic plans."""
+    generic_runs: int = 5
+    """Runs of each mode per generic-plan check (the gate judges their medians)."""
+    perturb_samples: int = DEFAULT_SAMPLES
+    """Parameter sets run again under planner settings that force other plans
+    (``rollout.perturb``); 0 turns plan perturbation off."""
     store_timeout_s: float = STORE_TIMEOUT_S
     """Client-side deadline of each store write during the run (start, observation batches,
     plans, finish): past it the write is cancelled, ``limits.margin_ms`` later its connection
@@ -213,6 +225,7 @@ def run_shadow(
         new_conn = guard(connect(dsn, autocommit=True)) if large else None
         _warm_up(flag, target, plan[0][1], opts.limits)
         before = _stats(flag, target, opts.limits)
+        started = time.perf_counter()
         batch: list[Observation] = []
         for i, (tenant, params) in enumerate(plan):
             obs = run_pair(flag, target, stage, tenant, params, i, run_id, aa=opts.aa,
@@ -235,9 +248,16 @@ def run_shadow(
                 progress(i + 1, len(plan))
         with store_deadline(store, opts, "writing observations"):
             store.write_observations(batch)
+        summary.timings["pairs"] = time.perf_counter() - started
         db_stats = database_delta(before, _stats(flag, target, opts.limits))
         if not opts.aa and not large:
+            started = time.perf_counter()
             _plans(flag, target, store, run_id, plan, opts)
+            summary.timings["plans"] = time.perf_counter() - started
+            if opts.perturb_samples > 0:
+                started = time.perf_counter()
+                _perturb(flag, target, store, run_id, plan, opts, summary)
+                summary.timings["perturbation"] = time.perf_counter() - started
         with store_deadline(store, opts, "finishing the run"):
             store.finish_run(run_id, summary.samples, db_stats=db_stats)
     except StoreStalled as exc:
@@ -393,11 +413,28 @@ def _plans(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid
     for tenant, params in _generic_targets(plan, samples, opts.generic_tenants):
         for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
             check = generic_check(conn, query, params, write=write, path=path, tenant=tenant,
-                                  limits=opts.limits)
+                                  limits=opts.limits, runs=opts.generic_runs)
             if check is not None:
                 checks.append(check)
     with store_deadline(store, opts, "writing generic-plan checks"):
-        store.write_generic_checks(run_id, checks)
+        write_generic_checks(store.conn, run_id, checks)
+
+
+def _perturb(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uuid.UUID,
+             plan: Plan, opts: RunOptions, summary: RunSummary) -> None:
+    """Plan perturbation (``rollout.perturb``) of ``opts.perturb_samples`` parameter sets,
+    after the timed pairs: each path under other planner settings, compared with itself."""
+    rows = []
+    for i, (tenant, params) in enumerate(choose(plan, opts.perturb_samples)):
+        rows.extend(perturb_sample(flag, conn, i, tenant, params, limits=opts.limits))
+        if conn.closed:
+            raise ConnectionFailed(f"the target stopped answering during the plan "
+                                   f"perturbation of flag '{flag.name}'")
+    for path in ("legacy", "new"):
+        summary.nondeterministic[path] = len({r.sample for r in rows
+                                              if r.path == path and r.changed})
+    with store_deadline(store, opts, "writing plan perturbations"):
+        write_perturbations(store.conn, run_id, rows)
 
 
 def _generic_targets(plan: list[tuple[str | None, dict[str, Any]]], samples: list[PlanSample],

@@ -50,20 +50,26 @@ class Perturbation:
 SETTINGS: tuple[Perturbation, ...] = (
     Perturbation("no index scans", (("enable_indexscan", "off"),
                                     ("enable_indexonlyscan", "off"))),
-    Perturbation("no bitmap scans", (("enable_bitmapscan", "off"),)),
-    Perturbation("no sequential scans", (("enable_seqscan", "off"),)),
-    Perturbation("no hash aggregation or hash joins", (("enable_hashagg", "off"),
-                                                       ("enable_hashjoin", "off"))),
-    Perturbation("no explicit sorts", (("enable_sort", "off"),
-                                       ("enable_incremental_sort", "off"))),
     Perturbation("parallel plans", (("max_parallel_workers_per_gather", "4"),
                                     ("parallel_setup_cost", "0"),
                                     ("parallel_tuple_cost", "0"),
                                     ("min_parallel_table_scan_size", "0"),
                                     ("min_parallel_index_scan_size", "0"))),
+    Perturbation("no explicit sorts", (("enable_sort", "off"),
+                                       ("enable_incremental_sort", "off"))),
+    Perturbation("no hash aggregation or hash joins", (("enable_hashagg", "off"),
+                                                       ("enable_hashjoin", "off"))),
     Perturbation("small work_mem", (("work_mem", "64kB"),)),
+    Perturbation("no bitmap scans", (("enable_bitmapscan", "off"),)),
+    Perturbation("no sequential scans", (("enable_seqscan", "off"),)),
 )
-"""What each perturbed execution sets. Each is rolled back with its transaction."""
+"""What each perturbed execution sets, the most revealing first (a time budget keeps them).
+Each is rolled back with its transaction."""
+
+DEFAULT_BUDGET = 0.20
+"""Perturbation time allowed per run, as a share of the run's timed pairs
+(``RunOptions.perturb_budget``): beyond it no further setting starts. The first parameter
+set always runs in full."""
 
 
 @dataclass(frozen=True)
@@ -101,19 +107,21 @@ def perturb_sample(flag: Flag, conn: psycopg.Connection[Any], sample: int, tenan
     """Both paths of one parameter set: a first run, the repeat, then each perturbation.
     Never raises a database error: a failed execution is recorded with its SQLSTATE (a
     forced plan may hit the statement timeout), and compared with nothing. ``over`` says
-    when the time budget is spent: the sample stops between executions."""
+    when the time budget is spent: the sample stops before the next setting."""
     out: list[Perturbed] = []
     write = flag.kind == "write"
     rules = flag.compare
     shown = {k: MASK if k in rules.sensitive else _jsonable(v)
              for k, v in params.items() if k != "tenant"}
     runs = (Perturbation(SAME_PLAN, ()), *settings)
-    for path, query in (("legacy", flag.legacy.sql), ("new", flag.new.sql)):
-        base, base_set = execute(conn, query, params, write=write, limits=limits,
-                                 isolation=flag.isolation)
-        for p in runs:
-            if conn.closed or (over is not None and over()):
-                return out
+    paths = (("legacy", flag.legacy.sql), ("new", flag.new.sql))
+    bases = {path: execute(conn, query, params, write=write, limits=limits,
+                           isolation=flag.isolation) for path, query in paths}
+    for p in runs:  # both paths under each setting: a sample cut short still pairs them
+        if conn.closed or (over is not None and over()):
+            return out
+        for path, query in paths:
+            base, base_set = bases[path]
             start = time.perf_counter_ns()
             result, got = execute(conn, query, params, write=write, limits=limits,
                                   isolation=flag.isolation, settings=p.settings)

@@ -22,7 +22,7 @@ from .execute import Limits, bounded, cancel_of, execute, fetch, guard
 from .flags import Flag
 from .locks import LockWaitSampler
 from .observations import Observation, PathResult
-from .perturb import DEFAULT_SAMPLES, choose, perturb_sample
+from .perturb import DEFAULT_BUDGET, DEFAULT_SAMPLES, choose, perturb_sample
 from .perturb import write as write_perturbations
 from .plans import PlanSample, explain, generic_check, write_generic_checks
 from .store import Store
@@ -136,6 +136,9 @@ class RunOptions:
     perturb_samples: int = DEFAULT_SAMPLES
     """Parameter sets run again under planner settings that force other plans
     (``rollout.perturb``); 0 turns plan perturbation off."""
+    perturb_budget: float | None = DEFAULT_BUDGET
+    """Perturbation time as a share of the timed pairs' time, beyond which no further
+    planner setting starts (the first parameter set always runs in full); None: no budget."""
     store_timeout_s: float = STORE_TIMEOUT_S
     """Client-side deadline of each store write during the run (start, observation batches,
     plans, finish): past it the write is cancelled, ``limits.margin_ms`` later its connection
@@ -425,8 +428,18 @@ def _perturb(flag: Flag, conn: psycopg.Connection[Any], store: Store, run_id: uu
     """Plan perturbation (``rollout.perturb``) of ``opts.perturb_samples`` parameter sets,
     after the timed pairs: each path under other planner settings, compared with itself."""
     rows = []
+    budget = (None if opts.perturb_budget is None
+              else opts.perturb_budget * summary.timings.get("pairs", 0.0))
+    start = time.perf_counter()
+
+    def over() -> bool:
+        return budget is not None and time.perf_counter() - start > budget
+
     for i, (tenant, params) in enumerate(choose(plan, opts.perturb_samples)):
-        rows.extend(perturb_sample(flag, conn, i, tenant, params, limits=opts.limits))
+        if i > 0 and over():
+            break
+        rows.extend(perturb_sample(flag, conn, i, tenant, params, limits=opts.limits,
+                                   over=over if i > 0 else None))
         if conn.closed:
             raise ConnectionFailed(f"the target stopped answering during the plan "
                                    f"perturbation of flag '{flag.name}'")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .report import WrittenReport
     from .rollback import Applied
     from .shadow import Progress, RunOptions, RunSummary
+    from .watch import Holder, Outcome
 
 Say = Callable[[str], None]
 
@@ -161,6 +162,8 @@ class FlagOverview:
     state: FlagState
     targeted: dict[str, list[str]]
     events: list[Event]
+    watcher: Holder | None = None
+    """The `rollout watch` process holding the flag now (its lock checked), if any."""
 
 
 def current_stage(store: Store, flag: Flag) -> str:
@@ -180,9 +183,12 @@ def flag_list(session: Session) -> list[tuple[Flag, FlagState]]:
 def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview:
     ws = session.load()
     flag = ws.flag(name)
+    from .watch import holder
+
     with session.store() as store:
         st = read_state(store.conn, flag.name)
         history = events(store.conn, flag.name)
+        watcher = holder(store.conn, flag.name)
     targeted: dict[str, list[str]] = {}
     if resolve and st.started and not st.killed and st.stage and flag.tenants_sql:
         from .shadow import fetch_tenants
@@ -193,7 +199,16 @@ def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview
             d = flag.decide(Context(tenant=str(tenant)), st.stage)
             if d.path != "legacy":
                 targeted.setdefault(d.path, []).append(str(tenant))
-    return FlagOverview(flag, st, targeted, history)
+    return FlagOverview(flag, st, targeted, history, watcher)
+
+
+def watch(session: Session, flags: Sequence[str], *, once: bool = False,
+          stop: Any = None) -> list[Outcome]:
+    """Judge the flags' live stages every interval until ``stop`` (a threading.Event) is
+    set, or once; abort or promote as their ``analysis:`` blocks say (docs/watch.md)."""
+    from .watch import watch as run_watch
+
+    return run_watch(session, flags, once=once, stop=stop)
 
 
 def flag_set(session: Session, name: str, stage: str, *, actor: str, reason: str) -> FlagState:

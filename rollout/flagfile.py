@@ -4,6 +4,7 @@ validated key by key into a ``Flag`` (and ``Settings``)."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from ._yaml import MAX_YAML_BYTES, Located, load_located
 from .errors import FlagFileError, InputError
 from .flags import (
+    ABORT_GATES,
+    ANALYSIS_KEYS,
     CONTROL_CHARACTERS,
     FAILURE_CLASSES,
     FLAG_NAME,
@@ -20,6 +23,7 @@ from .flags import (
     SETTINGS_KEYS,
     STAGE_NAME,
     TOP_KEYS,
+    Analysis,
     CompareRules,
     Flag,
     Gates,
@@ -34,6 +38,8 @@ from .statements import MAX_SQL_BYTES, UNORDERED_LIMIT, Role, refusal, unordered
 from .targeting import Stage, Target
 
 SETTINGS_FILE = "rollout.yaml"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+MAX_URL = 2048
 
 
 def load_flag(path: Path, workspace: Path, settings: Settings | None = None) -> Flag:
@@ -62,7 +68,7 @@ def load_settings(workspace: Path) -> Settings:
                      "digits, '_' and '-', starting with a letter or '_', at most 63")
     return Settings(allow_superuser=v.boolean(top, "allow_superuser"),
                     files_outside_workspace=v.boolean(top, "files_outside_workspace"),
-                    shadow_role=role)
+                    shadow_role=role, webhook=v.webhook(top.get("webhook"), "webhook"))
 
 
 def _read_text(path: Path, limit: int, error: Any) -> str:
@@ -199,6 +205,8 @@ class _Validator:
             file=self.doc.file,
             online=self.online(top.get("online")),
             isolation=self.isolation(top.get("isolation", "read committed")),
+            analysis=self.analyses(top["stages"]),
+            webhook=self.webhook(top.get("webhook"), "webhook"),
         )
 
     def queries(self, value: Any, kind: str) -> tuple[Query, Query]:
@@ -340,7 +348,7 @@ class _Validator:
         stages = []
         for i, item in enumerate(value):
             path = f"stages[{i}]"
-            s = self.mapping(item, path, ("name", "serve", "shadow"))
+            s = self.mapping(item, path, ("name", "serve", "shadow", "analysis"))
             name = self.text(s.get("name"), f"{path}.name")
             assert name is not None
             if not STAGE_NAME.fullmatch(name):
@@ -354,6 +362,92 @@ class _Validator:
             shadow = self.target(s.get("shadow"), f"{path}.shadow")
             stages.append(Stage(name, serve, shadow))
         return tuple(stages)
+
+    def analyses(self, stages: list[Any]) -> dict[str, Analysis]:
+        """Each stage's ``analysis:`` block (``stages`` already validated)."""
+        out: dict[str, Analysis] = {}
+        for i, item in enumerate(stages):
+            if "analysis" in item:
+                last = i == len(stages) - 1
+                out[item["name"]] = self.analysis(item["analysis"], f"stages[{i}].analysis",
+                                                  last)
+        return out
+
+    def analysis(self, value: Any, path: str, last: bool) -> Analysis:
+        a = self.mapping(value, path, ANALYSIS_KEYS)
+        d = Analysis()
+
+        def duration(key: str, lo: timedelta, hi: timedelta) -> timedelta | None:
+            if key not in a:
+                return None
+            span = self.interval(a[key], f"{path}.{key}")
+            if not lo <= span <= hi:
+                raise self.fail(f"{path}.{key}", f"must be between {_span(lo)} and "
+                                f"{_span(hi)}, got {a[key]}")
+            return span
+
+        def count(key: str, lo: int, hi: int, default: int) -> int:
+            return int(self.number(a[key], f"{path}.{key}", lo, hi, integer=True)) \
+                if key in a else default
+
+        interval = duration("interval", timedelta(seconds=1), timedelta(days=1)) or d.interval
+        window = duration("window", timedelta(seconds=1), timedelta(days=7)) or d.window
+        if window < interval:
+            raise self.fail(f"{path}.window", f"({_span(window)}) must be at least the "
+                            f"interval ({_span(interval)}): each interval judges one window")
+        promote_after = duration("promote_after", timedelta(0), timedelta(days=30))
+        if "promote_after" in a and last:
+            raise self.fail(f"{path}.promote_after", "this is the last stage: there is no "
+                            "next stage to promote to")
+        if "promote_intervals" in a and "promote_after" not in a:
+            raise self.fail(f"{path}.promote_intervals", "is only used with promote_after "
+                            "(promotion is opt-in)")
+        abort_on = d.abort_on
+        if "abort_on" in a:
+            names = a["abort_on"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise self.fail(f"{path}.abort_on", f"must be a list of gate names "
+                                f"({', '.join(ABORT_GATES)}), got {_kind(names)}")
+            for j, name in enumerate(names):
+                if name not in ABORT_GATES:
+                    raise self.fail(f"{path}.abort_on[{j}]", f"unknown gate {name!r} (gates "
+                                    f"that may abort: {', '.join(ABORT_GATES)})")
+            abort_on = tuple(dict.fromkeys(names))
+        return Analysis(
+            interval=interval, window=window,
+            failure_limit=count("failure_limit", 0, 10_000, d.failure_limit),
+            inconclusive_limit=count("inconclusive_limit", 0, 1_000_000, d.inconclusive_limit),
+            promote_after=promote_after,
+            promote_intervals=count("promote_intervals", 1, 100_000, d.promote_intervals),
+            abort_on=abort_on,
+        )
+
+    def webhook(self, value: Any, path: str) -> str | None:
+        """An http(s) URL or ``env:NAME``. The value is never repeated in an error: a
+        webhook URL is a secret (it carries the token that lets anyone post)."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(path, f"must be an http(s) URL or env:NAME, got {_kind(value)}")
+        text = value.strip()
+        if text.startswith("env:"):
+            if not ENV_NAME.fullmatch(text[4:]):
+                raise self.fail(path, "env: must name an environment variable (letters, "
+                                "digits and '_', not starting with a digit)")
+            return text
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError:
+            parts = None
+        if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                or len(text) > MAX_URL or CONTROL_CHARACTERS.search(text) or " " in text):
+            raise self.fail(path, "must be an http:// or https:// URL (at most "
+                            f"{MAX_URL} characters, no spaces) or env:NAME; the value is "
+                            "not shown (a webhook URL is a secret)")
+        return text
 
     def target(self, value: Any, path: str) -> Target | None:
         if value is None:
@@ -475,6 +569,14 @@ class _Validator:
         except InputError as exc:
             raise self.fail(path, f"{rel} {exc}") from None
         return text
+
+
+def _span(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _kind(value: Any) -> str:

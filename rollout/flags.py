@@ -20,7 +20,7 @@ FAILURE_CLASSES = ("serialization_failure", "deadlock", "lock_timeout", "stateme
 
 TOP_KEYS = (
     "name", "description", "owner", "kind", "queries", "params", "compare", "stages", "gates",
-    "rollback", "online", "isolation",
+    "rollback", "online", "isolation", "webhook",
 )
 ISOLATION = ("read committed", "repeatable read", "serializable")
 
@@ -34,7 +34,11 @@ ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """Tenant names may be any text but these (they are only matched, never used as paths)."""
 
-SETTINGS_KEYS = ("allow_superuser", "files_outside_workspace", "shadow_role")
+SETTINGS_KEYS = ("allow_superuser", "files_outside_workspace", "shadow_role", "webhook")
+ABORT_GATES = ("latency", "max_mismatch_rate", "max_new_failures", "lock_wait")
+"""The gates an ``analysis:`` block may let abort a stage (``abort_on``)."""
+ANALYSIS_KEYS = ("interval", "window", "failure_limit", "inconclusive_limit", "promote_after",
+                 "promote_intervals", "abort_on")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,29 @@ class Settings:
     """Let query and rollback paths point outside the workspace (absolute, ``..``, symlinks)."""
     shadow_role: str | None = None
     """A role to ``SET ROLE`` to for shadow executions."""
+    webhook: str | None = None
+    """Where ``rollout watch`` posts its notifications: an http(s) URL, or ``env:NAME`` to
+    read the URL (a secret) from the environment when sending."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """How ``rollout watch`` judges one stage (its ``analysis:`` block; docs/watch.md)."""
+
+    interval: timedelta = timedelta(minutes=1)
+    """How often the stage is judged."""
+    window: timedelta = timedelta(minutes=30)
+    """The sliding window of online observations each interval's figures come from."""
+    failure_limit: int = 0
+    """Failed intervals allowed in the stage; one more aborts (kills) the flag."""
+    inconclusive_limit: int = 60
+    """Consecutive inconclusive intervals after which a human is notified (once)."""
+    promote_after: timedelta | None = None
+    """Opt-in promotion: the stage's soak time before the watcher may advance it."""
+    promote_intervals: int = 10
+    """Consecutive GO intervals promotion needs besides the soak time."""
+    abort_on: tuple[str, ...] = ("latency", "max_mismatch_rate", "max_new_failures")
+    """The gates whose failure counts towards ``failure_limit`` (``ABORT_GATES``)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +190,14 @@ class Flag:
     online: Online = field(default_factory=Online)
     isolation: str = "read committed"
     """The isolation level both paths run under, as the application runs them."""
+    analysis: Mapping[str, Analysis] = field(default_factory=dict)
+    """Per stage name, its ``analysis:`` block; a stage without one is watched with
+    ``Analysis()`` (abort on failure, never promote)."""
+    webhook: str | None = None
+    """The flag's own notification webhook (else the workspace's); see ``Settings``."""
+
+    def analysis_for(self, stage: str) -> Analysis:
+        return self.analysis.get(stage) or Analysis()
 
     @property
     def stage_map(self) -> dict[str, Stage]:

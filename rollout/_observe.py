@@ -37,6 +37,7 @@ class ShadowJob:
     requested_at: float  # time.monotonic() at hand-off: older than online.max_lag_ms, dropped
     charged: float = 0.0  # the shadow budget's charge at admission (Budget.spend/refund)
     settled: bool = False  # the charge was settled (RunnerCore._settle)
+    waited: int | None = None  # ns the shadow pool's checkout took (the metrics)
 
     @property
     def served_path(self) -> str:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -26,11 +26,14 @@ from ._observe import Ran, ShadowJob, observe, served_observation
 from .compare import ResultSet
 from .execute import Limits
 from .flags import Flag
-from .observations import PathResult
+from .observations import Observation, PathResult
 from .recorder import Recorder
 from .runtime import FlagStates
 from .state import FlagState
 from .targeting import Context, Decision
+
+if TYPE_CHECKING:
+    from .otel import Metrics
 
 UNKNOWN_FLAG = "unknown-flag"
 
@@ -312,6 +315,8 @@ class RunnerCore:
         self.recorder = recorder
         self.counters = Counters()
         self.admission = Admission()
+        self.metrics: Metrics | None = None
+        """OpenTelemetry instruments (``rollout.otel``); None: no metrics."""
         self._random = random.Random()
         self._pool_totals = PoolTotals()
         self._shapes: dict[tuple[str, str, int], tuple[tuple[str, ...], tuple[int, ...]]] = {}
@@ -368,11 +373,15 @@ class RunnerCore:
         if not self.admission.admit(f, ctx.tenant):
             with self.counters.lock:
                 self.counters.dropped_rate_limited += 1
+            if self.metrics is not None:
+                self.metrics.dropped(f.name, d.stage, d.path, "rate_limited")
             return None
         charged = self.budget.admit()
         if charged is None:
             with self.counters.lock:
                 self.counters.dropped_budget += 1
+            if self.metrics is not None:
+                self.metrics.dropped(f.name, d.stage, d.path, "budget")
             return None
         return ShadowJob(f, d, ctx.tenant, params, call, again, served, result, background,
                          ctx, time.monotonic(), charged)
@@ -395,6 +404,7 @@ class RunnerCore:
     def _purged(self, jobs: list[ShadowJob]) -> None:
         for job in jobs:
             self._settle(job, None)
+            self._metric_drop(job, "dropped_killed")
         if jobs:
             with self.counters.lock:
                 self.counters.dropped_killed += len(jobs)
@@ -424,7 +434,13 @@ class RunnerCore:
         with self.counters.lock:
             setattr(self.counters, reason, getattr(self.counters, reason) + 1)
         self._settle(job, None)
+        self._metric_drop(job, reason)
         return False
+
+    def _metric_drop(self, job: ShadowJob, counter: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped(job.flag.name, job.decision.stage, job.decision.path,
+                                 counter.removeprefix("dropped_"))
 
     request_timeout: float
 
@@ -458,7 +474,7 @@ class RunnerCore:
         deadline's when that is what bounded it)."""
         from .execute import failure
 
-        self._served_failed(f, d, ctx, None, failure(exc))
+        self._served_failed(f, d, ctx, None, failure(exc), sql=None)
         return self._timed_out(f, exc, None) or exc
 
     @staticmethod
@@ -502,11 +518,14 @@ class RunnerCore:
 
     def _served_rows(self, f: Flag, d: Decision, ctx: Context, args: dict[str, Any],
                      res: Any, rows: list[tuple[Any, ...]] | None, rowcount: int,
-                     elapsed: int, cur: Any, row_factory: Any) -> list[Any]:
+                     elapsed: int, cur: Any, row_factory: Any, waited: int = 0) -> list[Any]:
         """After the served query: hand its rows to the shadow and return them — the same
         tuples (no copy: callers must not mutate the list while it is being shadowed), or
-        built by ``row_factory`` for the caller while the comparison keeps the tuples."""
+        built by ``row_factory`` for the caller while the comparison keeps the tuples.
+        ``waited``: the request pool's checkout, in ns."""
         out = rows if rows is not None else []
+        if self.metrics is not None:
+            self._metric_served(f, d, ctx, True, elapsed, None, waited)
         if d.path == "legacy":
             self._count_legacy()
         else:
@@ -519,12 +538,25 @@ class RunnerCore:
         return [make(r) for r in out]
 
     def _served_value(self, f: Flag, d: Decision, ctx: Context, other: Callable[[Any], Any],
-                      served: Callable[[Any], Any], value: Any, elapsed: int) -> None:
+                      served: Callable[[Any], Any], value: Any, elapsed: int,
+                      waited: int = 0) -> None:
+        if self.metrics is not None:
+            self._metric_served(f, d, ctx, False, elapsed, None, waited)
         if d.path == "legacy":
             self._count_legacy()
         else:
             self._hand_off(self._job(f, d, ctx, None, other, served,
                                      PathResult(elapsed, count(value)), value))
+
+    def _metric_served(self, f: Flag, d: Decision, ctx: Context, sql: bool, ns: int | None,
+                       sqlstate: str | None, waited: int | None) -> None:
+        """The served execution and its checkout, handed to the metrics (an append each)."""
+        m = self.metrics
+        assert m is not None
+        path = "new" if d.path == "new" else "legacy"
+        m.executed("served", f.name, d.stage, d.path, path, sql, ns, sqlstate, ctx.tenant)
+        if waited is not None:
+            m.waited(self._request_pool_name, f.name, d.stage, d.path, path, waited)
 
     def _count_legacy(self) -> None:
         with self.counters.lock:
@@ -557,11 +589,17 @@ class RunnerCore:
         self._settle(job, None)
         with self.counters.lock:
             self.counters.dropped_queue_full += 1
+        self._metric_drop(job, "dropped_queue_full")
 
     def _served_failed(self, f: Flag, d: Decision, ctx: Context,
-                       params: Mapping[str, Any] | None, failed: PathResult) -> None:
+                       params: Mapping[str, Any] | None, failed: PathResult,
+                       sql: bool | None = True) -> None:
+        """A served request failed: counted and recorded; ``sql`` whether it was the flag's
+        SQL or a callable, None when it never ran (no connection)."""
         with self.counters.lock:
             self.counters.serving_failures[failed.sqlstate or "other"] += 1
+        if self.metrics is not None and sql is not None:
+            self._metric_served(f, d, ctx, sql, failed.ns, failed.sqlstate or "", None)
         if d.path != "legacy":
             self.recorder.record(served_observation(f, d, ctx.tenant, params, failed))
 
@@ -571,7 +609,7 @@ class RunnerCore:
         with self.counters.lock:
             self.counters.left_open += 1
         self._served_failed(f, d, ctx, None, PathResult(
-            None, None, "25001", "callable returned inside an open transaction"))
+            None, None, "25001", "callable returned inside an open transaction"), sql=False)
         return InputError(f"{f.name}: the {'new' if served_new else 'legacy'} callable "
                           "returned inside a transaction; it was rolled back")
 
@@ -587,10 +625,30 @@ class RunnerCore:
                 if result.failed:
                     self.counters.background_failures[result.sqlstate or "other"] += 1
         try:
-            for o in observe(job, ran, order, self._compare_failed):
+            observations = observe(job, ran, order, self._compare_failed)
+            for o in observations:
                 self.recorder.record(o)
+            if self.metrics is not None:
+                self._metric_job(job, ran, observations)
         finally:
             self._settle(job, time.perf_counter() - started)
+
+    def _metric_job(self, job: ShadowJob, ran: Ran, observations: list[Observation]) -> None:
+        """A background job's executions, its shadow-pool checkout and its comparisons, for
+        the metrics (on the worker, off the caller's path)."""
+        m = self.metrics
+        assert m is not None
+        f, d = job.flag, job.decision
+        sql = job.call is None
+        for path, (result, _) in ran.items():
+            m.executed("background", f.name, d.stage, d.path, path, sql, result.ns,
+                       (result.sqlstate or "") if result.failed else None, job.tenant)
+        if job.waited is not None:
+            m.waited(self._shadow_pool_name, f.name, d.stage, d.path, job.background,
+                     job.waited)
+        for o in observations:
+            if o.matched is not None:
+                m.compared(f.name, d.stage, d.path, job.background, o.mode, o.matched)
 
     def _settle(self, job: ShadowJob, seconds: float | None) -> None:
         """Settle a job's charge with the shadow budget once: its measured cost, or (None)
@@ -617,6 +675,8 @@ class RunnerCore:
         (psycopg_pool's ``pop_stats``): checkout waits and errors over time, for the stage
         impact view. ``get_stats()`` adds what was popped to its totals."""
         self._pools = dict(pools)
+        self._request_pool_name = str(getattr(pools["requests"], "name", None) or "requests")
+        self._shadow_pool_name = str(getattr(pools["shadow"], "name", None) or "shadow")
         self._runner_id = uuid.uuid4()
         self._pool_stats_stop = threading.Event()
         if not interval:
@@ -643,6 +703,29 @@ class RunnerCore:
     def _stop_pool_stats(self) -> None:
         self._pool_stats_stop.set()
         self._snapshot_pools()
+
+    def _start_metrics(self, meter_provider: Any, dsn: str, tenants: bool) -> None:
+        """OpenTelemetry instruments on ``meter_provider`` (None: the global provider, False:
+        none); nothing when opentelemetry-api is not installed (``rollout.otel``)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        from .otel import metrics_for
+
+        try:
+            database = conninfo_to_dict(dsn).get("dbname")
+        except psycopg.ProgrammingError:
+            database = None
+        self.metrics = metrics_for(
+            meter_provider, flags=self.flags, database=str(database) if database else None,
+            tenants=tenants, pools=lambda: {
+                self._request_pool_name: self._pool_totals.current("requests",
+                                                                   self._pools["requests"]),
+                self._shadow_pool_name: self._pool_totals.current("shadow",
+                                                                  self._pools["shadow"])})
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _stats(self, queued: int) -> RunnerStats:
         """The counters, the queue, pools (totals and gauges) and the recorder."""

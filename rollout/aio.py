@@ -74,10 +74,11 @@ class AsyncRollout(RunnerCore):
                  request_timeout: float = REQUEST_TIMEOUT_S,
                  pool_options: Mapping[str, Any] | None = None,
                  connect_kwargs: Mapping[str, Any] | None = None,
-                 shadow_budget: float | None = SHADOW_BUDGET) -> None:
+                 shadow_budget: float | None = SHADOW_BUDGET,
+                 meter_provider: Any = None, metric_tenants: bool = False) -> None:
         """Use ``await AsyncRollout.connect(...)``: it checks the login first. The options
         are ``Rollout``'s (``request_timeout``, ``pool_options``, ``connect_kwargs``,
-        ``shadow_budget``)."""
+        ``shadow_budget``, ``meter_provider``, ``metric_tenants``)."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
@@ -100,6 +101,7 @@ class AsyncRollout(RunnerCore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
                                pool_stats_interval)
+        self._start_metrics(meter_provider, dsn, metric_tenants)
 
     @classmethod
     async def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", *,
@@ -136,6 +138,7 @@ class AsyncRollout(RunnerCore):
         for attempt in (1, 2):
             conn = watch = None
             try:
+                asked = time.perf_counter_ns()
                 async with self.pool.connection(timeout=self._left(until)) as conn:
                     # the request deadline (the watchdog thread): cancel the served query
                     # at it, cut the connection REQUEST_GRACE_S later
@@ -156,13 +159,14 @@ class AsyncRollout(RunnerCore):
                     await self.pool.check()
                 if self._retry(f, exc, conn, attempt, watch):
                     continue  # a read: nothing ran on the dead connection
-                self._served_failed(f, d, ctx, args, failure(exc, watch))
+                self._served_failed(f, d, ctx, args, failure(exc, watch),
+                                    sql=None if conn is None else True)
                 timed_out = self._timed_out(f, exc, watch)
                 if timed_out is not None:
                     raise timed_out from exc
                 raise
         return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
-                                 row_factory)
+                                 row_factory, start - asked)
 
     async def run(self, flag: str, ctx: Context, *, legacy: Callable[[AConn], Awaitable[R]],
                   new: Callable[[AConn], Awaitable[R]]) -> R:
@@ -171,6 +175,7 @@ class AsyncRollout(RunnerCore):
         d = self.decide(flag, ctx)
         fn = new if d.path == "new" else legacy
         async with contextlib.AsyncExitStack() as stack:
+            asked = time.perf_counter_ns()
             try:
                 conn = await stack.enter_async_context(
                     self.pool.connection(timeout=self.request_timeout))
@@ -180,13 +185,14 @@ class AsyncRollout(RunnerCore):
             try:
                 value = await fn(conn)
             except psycopg.Error as exc:
-                self._served_failed(f, d, ctx, None, failure(exc))
+                self._served_failed(f, d, ctx, None, failure(exc), sql=False)
                 raise
             elapsed = time.perf_counter_ns() - start
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 await conn.rollback()
                 raise self._left_open(f, d, ctx, fn is new)
-        self._served_value(f, d, ctx, legacy if d.path == "new" else new, fn, value, elapsed)
+        self._served_value(f, d, ctx, legacy if d.path == "new" else new, fn, value, elapsed,
+                           start - asked)
         return value
 
     def _hand_off(self, job: ShadowJob | None) -> None:
@@ -251,8 +257,10 @@ class AsyncRollout(RunnerCore):
         limits = background_limits(f, self.limits)
         if job.call is None:
             self._served_rows_as_result(job)
+        asked = time.perf_counter_ns()
         try:
             async with self.shadow_pool.connection() as conn:
+                job.waited = time.perf_counter_ns() - asked
                 if not self._still_wanted(job, starting=True):
                     return None
                 ran: dict[str, tuple[PathResult, Any]] = {}
@@ -336,6 +344,7 @@ class AsyncRollout(RunnerCore):
             await self._queue.put(None)
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._stop_pool_stats()
+        self._stop_metrics()
         self.states.unsubscribe(self._state_changed)
         await asyncio.to_thread(self.recorder.close)
         await asyncio.to_thread(self.states.close)

@@ -70,13 +70,16 @@ class Rollout(RunnerCore):
                  request_timeout: float = REQUEST_TIMEOUT_S,
                  pool_options: Mapping[str, Any] | None = None,
                  connect_kwargs: Mapping[str, Any] | None = None,
-                 shadow_budget: float | None = SHADOW_BUDGET) -> None:
+                 shadow_budget: float | None = SHADOW_BUDGET,
+                 meter_provider: Any = None, metric_tenants: bool = False) -> None:
         """``request_timeout`` bounds each ``query()`` (pool checkout and served query) and
         each ``run()``'s checkout; ``pool_options`` are psycopg_pool options of the request
         pool (``timeout``, ``max_waiting``, ``reconnect_timeout``, ``check`` ...);
         ``connect_kwargs`` extra connection arguments of both pools; ``shadow_budget`` the
         share of wall time background work may take (default 0.05, None: no budget;
-        docs/online.md)."""
+        docs/online.md); ``meter_provider`` the OpenTelemetry provider of its metrics
+        (default the global one, False none; ``metric_tenants`` adds the tenant as an
+        attribute; docs/observability.md)."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         # Shadows run flag SQL as this login: refuse one that reaches past the database
         # (docs/safety.md) before anything starts.
@@ -105,6 +108,7 @@ class Rollout(RunnerCore):
             w.start()
         self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
                                pool_stats_interval)
+        self._start_metrics(meter_provider, dsn, metric_tenants)
 
     @classmethod
     def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
@@ -135,6 +139,7 @@ class Rollout(RunnerCore):
             try:
                 # the request deadline: the checkout's timeout, then the served query is
                 # cancelled at it and its connection cut REQUEST_GRACE_S later
+                asked = time.perf_counter_ns()
                 with self.pool.connection(timeout=self._left(until)) as conn, \
                         self._request_watch(conn, until) as watch:
                     start = time.perf_counter_ns()
@@ -155,13 +160,14 @@ class Rollout(RunnerCore):
                     self.pool.check()
                 if self._retry(f, exc, conn, attempt, watch):
                     continue  # a read: nothing ran on the dead connection
-                self._served_failed(f, d, ctx, args, failure(exc, watch))
+                self._served_failed(f, d, ctx, args, failure(exc, watch),
+                                    sql=None if conn is None else True)
                 timed_out = self._timed_out(f, exc, watch)
                 if timed_out is not None:
                     raise timed_out from exc
                 raise
         return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
-                                 row_factory)
+                                 row_factory, start - asked)
 
     def run(self, flag: str, ctx: Context, *, legacy: Callable[[Conn], R],
             new: Callable[[Conn], R]) -> R:
@@ -174,6 +180,7 @@ class Rollout(RunnerCore):
         d = self.decide(flag, ctx)
         fn = new if d.path == "new" else legacy
         with contextlib.ExitStack() as stack:
+            asked = time.perf_counter_ns()
             try:
                 conn = stack.enter_context(self.pool.connection(timeout=self.request_timeout))
             except psycopg.Error as exc:
@@ -182,13 +189,14 @@ class Rollout(RunnerCore):
             try:
                 value = fn(conn)
             except psycopg.Error as exc:
-                self._served_failed(f, d, ctx, None, failure(exc))
+                self._served_failed(f, d, ctx, None, failure(exc), sql=False)
                 raise
             elapsed = time.perf_counter_ns() - start
             if conn.info.transaction_status != pq.TransactionStatus.IDLE:
                 conn.rollback()
                 raise self._left_open(f, d, ctx, fn is new)
-        self._served_value(f, d, ctx, legacy if d.path == "new" else new, fn, value, elapsed)
+        self._served_value(f, d, ctx, legacy if d.path == "new" else new, fn, value, elapsed,
+                           start - asked)
         return value
 
     def _hand_off(self, job: ShadowJob | None) -> None:
@@ -244,8 +252,10 @@ class Rollout(RunnerCore):
         f = job.flag
         self._served_rows_as_result(job)
         limits = background_limits(f, self.limits)
+        asked = time.perf_counter_ns()
         try:
             with self.shadow_pool.connection() as conn:
+                job.waited = time.perf_counter_ns() - asked
                 if not self._still_wanted(job, starting=True):
                     return None
                 return {path: execute(conn, self._sql(job, path), job.params or {},
@@ -260,8 +270,10 @@ class Rollout(RunnerCore):
         shadow connection; None when the live re-check dropped the job."""
         read = job.flag.kind == "read"
         limits = background_limits(job.flag, self.limits)
+        asked = time.perf_counter_ns()
         try:
             with self.shadow_pool.connection() as conn:
+                job.waited = time.perf_counter_ns() - asked
                 if not self._still_wanted(job, starting=True):
                     return None
                 return {path: self._call(conn, read, job.callable_for(path), limits)
@@ -310,6 +322,7 @@ class Rollout(RunnerCore):
         for w in self._workers:
             w.join(timeout=5)
         self._stop_pool_stats()
+        self._stop_metrics()
         self.states.unsubscribe(self._state_changed)
         self.recorder.close()
         self.states.close()

@@ -195,7 +195,6 @@ def test_hostile_settings_never_reach_the_server_as_sql(
         return
     # a quoted value is one literal: the server refuses it as a setting, nothing else runs
     with psycopg.connect(orders, autocommit=True) as conn:
-        with pytest.raises(psycopg.Error):
-            with conn.transaction():
-                conn.execute(text)
+        with pytest.raises(psycopg.Error), conn.transaction():
+            conn.execute(text)
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (30000,)

@@ -12,9 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .observations import Observation
 from .stats import hodges_lehmann, mann_whitney_greater, quantile_ratio_ci, samples_needed
+
+FloatArray = NDArray[np.float64]
 
 MIN_LATENCY_PAIRS = 20
 """Below this many timed executions per path the latency gate does not judge."""
@@ -133,44 +136,64 @@ def environment_failures(observations: Sequence[Observation],
 def latency_summary(observations: Sequence[Observation], quantile: float, confidence: float,
                     tolerance: float = 0.10, noise: Mapping[str, Any] | None = None,
                     seed: int = 0) -> dict[str, Any]:
+    """``latency_figures`` of observations held in memory."""
+    legacy_ns = np.array([o.legacy_ns for o in observations if o.legacy_ns is not None],
+                         dtype=float)
+    new_ns = np.array([o.new_ns for o in observations if o.new_ns is not None], dtype=float)
+    pairs = np.array([(o.legacy_ns, o.new_ns) for o in observations
+                      if o.legacy_ns is not None and o.new_ns is not None],
+                     dtype=float).reshape(-1, 2)
+    return latency_figures(legacy_ns, new_ns, pairs[:, 0], pairs[:, 1], quantile, confidence,
+                           tolerance, noise, seed)
+
+
+def latency_figures(legacy_ns: FloatArray, new_ns: FloatArray, pair_legacy: FloatArray,
+                    pair_new: FloatArray, quantile: float, confidence: float,
+                    tolerance: float = 0.10, noise: Mapping[str, Any] | None = None,
+                    seed: int = 0) -> dict[str, Any]:
     """Quantiles per path; the Hodges-Lehmann ratio new/legacy with its CI; the one-sided
     Mann-Whitney p-value against the (noise-widened) tolerance; the bootstrap CI of the
-    quantile ratio; and, when undecided, the samples a decision would need."""
-    legacy_ns = [o.legacy_ns for o in observations if o.legacy_ns is not None]
-    new_ns = [o.new_ns for o in observations if o.new_ns is not None]
-    pairs = [(o.legacy_ns, o.new_ns) for o in observations
-             if o.legacy_ns is not None and o.new_ns is not None]
+    quantile ratio; and, when undecided, the samples a decision would need.
+
+    ``legacy_ns`` and ``new_ns`` are every timed execution per path (float64 nanoseconds),
+    ``pair_*`` the executions where both paths were timed, in observation order (they may
+    be the same arrays). The path arrays are overwritten (their logarithms, then sorted):
+    the caller hands them over, so that a stage of millions holds each value once."""
     noise_shift = abs(math.log(noise["latency_ratio"])) if noise and noise.get(
         "latency_ratio") else 0.0
     margin = math.log1p(tolerance) + noise_shift
     out: dict[str, Any] = {
-        "quantile": quantile, "confidence": confidence, "pairs": len(pairs),
+        "quantile": quantile, "confidence": confidence, "pairs": len(pair_legacy),
         "legacy": quantiles_summary(legacy_ns), "new": quantiles_summary(new_ns),
         "ratio": None, "ratio_ci": None, "hl_ratio": None, "hl_ci": None, "change_pct": None,
         "mann_whitney_p": None, "effective_tolerance": math.expm1(margin),
         "samples_needed": None,
     }
-    if not legacy_ns or not new_ns:
+    if not len(legacy_ns) or not len(new_ns):
         return out
-    log_l = np.log(np.asarray(legacy_ns, dtype=float))
-    log_n = np.log(np.asarray(new_ns, dtype=float))
     out["ratio"] = float(np.quantile(new_ns, quantile) / np.quantile(legacy_ns, quantile))
     if min(len(legacy_ns), len(new_ns)) < MIN_LATENCY_PAIRS:
         out["change_pct"] = (out["ratio"] - 1) * 100
         return out
+    if len(pair_legacy):
+        # before the path arrays become logarithms: the pairs may be the same arrays
+        ratio, low, high = quantile_ratio_ci(pair_legacy, pair_new, quantile, confidence,
+                                             paired=True, seed=seed)
+        out["ratio"], out["ratio_ci"] = ratio, [low, high]
+    log_l = np.log(legacy_ns, out=legacy_ns)
+    log_n = np.log(new_ns, out=new_ns)
     shift = hodges_lehmann(log_l, log_n, confidence)
     out["hl_ratio"] = math.exp(shift.estimate)
     out["hl_ci"] = [math.exp(shift.low), math.exp(shift.high)]
     out["change_pct"] = (out["hl_ratio"] - 1) * 100
-    out["mann_whitney_p"] = mann_whitney_greater(log_l, log_n, margin)
-    if pairs:
-        a = [p[0] for p in pairs]
-        b = [p[1] for p in pairs]
-        ratio, low, high = quantile_ratio_ci(a, b, quantile, confidence, paired=True, seed=seed)
-        out["ratio"], out["ratio_ci"] = ratio, [low, high]
     alpha = 1 - confidence
+    # in observation order, before the sort below (the variances' rounding depends on it)
+    needed = (samples_needed(log_l, log_n, shift.estimate - margin, alpha)
+              if shift.estimate > margin else None)
+    log_l.sort()
+    log_n.sort()
+    out["mann_whitney_p"] = mann_whitney_greater(log_l, log_n, margin, presorted=True)
     if out["mann_whitney_p"] >= alpha and shift.estimate > margin:
-        needed = samples_needed(log_l, log_n, shift.estimate - margin, alpha)
         out["samples_needed"] = needed
     return out
 
@@ -190,14 +213,15 @@ def noise_summary(noise: Sequence[Observation], confidence: float) -> dict[str, 
     return out
 
 
-def quantiles_summary(values_ns: Sequence[int]) -> dict[str, Any]:
-    if not values_ns:
+def quantiles_summary(values_ns: Sequence[int] | FloatArray) -> dict[str, Any]:
+    if not len(values_ns):
         return {"n": 0, "p50_ms": None, "p90_ms": None, "p95_ms": None, "p99_ms": None,
                 "mean_ms": None}
     ms = np.array(values_ns, dtype=float) / 1e6
-    q = np.quantile(ms, [0.5, 0.9, 0.95, 0.99])
+    mean = float(ms.mean())  # before the quantiles reorder ``ms`` in place
+    q = np.quantile(ms, [0.5, 0.9, 0.95, 0.99], overwrite_input=True)
     return {"n": len(ms), "p50_ms": float(q[0]), "p90_ms": float(q[1]), "p95_ms": float(q[2]),
-            "p99_ms": float(q[3]), "mean_ms": float(ms.mean())}
+            "p99_ms": float(q[3]), "mean_ms": mean}
 
 
 def failures_summary(results: Iterable[tuple[str | None, str | None]]) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from scipy import stats
 
@@ -64,11 +64,39 @@ SOURCES = ("offline", "online")
 
 
 @dataclass(frozen=True)
+class NewFailures:
+    """The new path's failures where legacy succeeded, environment failures excused."""
+
+    count: int
+    by_class: dict[str, int]
+    most_common: Callable[[], tuple[str | None, str]]
+    """The most frequent (SQLSTATE, first line of the message): asked only of a failing
+    gate, since the database has to look for it."""
+
+
+class StageEvidence(Protocol):
+    """Where a stage's figures come from: observations in memory (``judge``), or the store
+    computing them in SQL (``figures.StoreEvidence``); both give the same figures."""
+
+    def sizes(self) -> Mapping[str, int]:
+        """Observations judged per source: ``mode='ab'``, requests served alone left out."""
+        ...
+
+    def run_samples(self) -> Mapping[Any, int]:
+        """Observations per run id, every mode and request included."""
+        ...
+
+    def figures(self, source: str | None, *, latency: bool) -> dict[str, Any]:
+        """``_figures`` of one source's observations (None: of all of them)."""
+        ...
+
+
+@dataclass(frozen=True)
 class Evidence:
     """One source's gates and figures: offline shadow runs, or a running service's pairs."""
 
     source: str
-    observations: list[Observation]
+    samples: int
     gates: list[Gate]
     figures: dict[str, Any]
 
@@ -79,6 +107,18 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
           rollback: Mapping[str, Any] | None = None,
           runs: Sequence[Mapping[str, Any]] = (), pool_signals: Sequence[PoolSignal] = (),
           seed: int = 0) -> dict[str, Any]:
+    """The verdict and every figure behind it, as the JSON-ready core of a report, from
+    observations in memory (``judge_evidence`` tells the rules; a stage in the store is
+    judged by the database, ``figures.StoreEvidence``)."""
+    return judge_evidence(flag, Listed(flag, observations, noise, pool_signals, seed),
+                          plans=plans, generic=generic, rollback=rollback, runs=runs)
+
+
+def judge_evidence(flag: Flag, evidence: StageEvidence, *,
+                   plans: Sequence[Mapping[str, Any]] = (),
+                   generic: Sequence[Mapping[str, Any]] = (),
+                   rollback: Mapping[str, Any] | None = None,
+                   runs: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """The verdict and every figure behind it, as the JSON-ready core of a report.
 
     Offline evidence (``rollout shadow``) and online evidence (a running service's pairs)
@@ -99,14 +139,17 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
 
     Environment failures (connection exceptions, shutdowns, too many connections) count
     against the new path only when they hit it alone while legacy ran fine at the same
-    moments (``summaries.environment_failures``, with ``pool_signals`` from the runners'
-    pool statistics); the others are listed as ``environment_events``."""
-    incomplete = incomplete_runs(runs, [*observations, *noise])
-    observations = [o for o in observations if not o.served_only]
-    evidence = [_evidence(flag, src, [o for o in observations if o.source == src],
-                          [o for o in noise if o.source == src], pool_signals, seed)
-                for src in SOURCES]
-    present = [e for e in evidence if e.observations] or evidence[:1]
+    moments (``summaries.environment_failures``, with the runners' pool statistics); the
+    others are listed as ``environment_events``."""
+    incomplete = incomplete_runs(runs, evidence.run_samples() if any(
+        r.get("status") != "finished" for r in runs) else {})
+    sizes = evidence.sizes()
+    found = [Evidence(src, sizes.get(src, 0), [], {}) for src in SOURCES]
+    present = [e for e in found if e.samples] or found[:1]
+    judged = {e.source: _evidence(flag, e.source, e.samples,
+                                  evidence.figures(e.source, latency=True))
+              for e in present}
+    present = [judged[e.source] for e in present]
     plans_fig = plans_summary(plans)
     generic_fig = generic_summary(generic, g_ratio := flag.gates.generic_plan_max_ratio)
     gates = [combine([e.gates[i] for e in present], [e.source for e in present])
@@ -115,13 +158,13 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
               _generic_gate(generic_fig, g_ratio), _rollback(flag, rollback)]
     failed = [x for x in gates if x.status == "fail"]
     open_ = [x for x in gates if x.status == "inconclusive"]
-    judged = [x for x in gates if x.status != "info"]
+    decisive = [x for x in gates if x.status != "info"]
     if failed:
         verdict, reasons = NO_GO, [x.reason for x in failed]
     elif open_:
         verdict, reasons = INCONCLUSIVE, [x.reason for x in open_]
     else:
-        verdict, reasons = GO, [f"all {len(judged)} gates passed"]
+        verdict, reasons = GO, [f"all {len(decisive)} gates passed"]
     cut_short = latest_run_cut_short(incomplete, runs)
     if cut_short is not None:
         if verdict == GO:
@@ -133,9 +176,8 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
 
     latency_gate = next(x for x in gates if x.name == "latency")
     decided = latency_gate.details.get("decided_by") or [present[0].source]
-    by_source = {e.source: e for e in evidence}
-    everything = _figures(flag, observations, noise, pool_signals, seed, latency=False)
     if len(present) > 1:  # failures and environment events as the gates judged them
+        everything = evidence.figures(None, latency=False)
         everything["failures"]["new_only"] = sum(
             e.figures["failures"]["new_only"] for e in present)
         everything["failures"]["new_only_by_class"] = dict(sum(
@@ -148,47 +190,68 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
     return {
         "verdict": verdict,
         "reasons": reasons,
-        "samples": len(observations),
+        "samples": sum(sizes.get(src, 0) for src in SOURCES),
         "incomplete_runs": incomplete,
         "gates": [x.as_dict() for x in gates],
         **{k: v for k, v in everything.items() if k != "environment"},
-        "latency": {**by_source[decided[0]].figures["latency"], "source": decided[0]},
-        "noise": by_source[decided[0]].figures["noise"],
-        "sources": {e.source: {"samples": len(e.observations),
+        "latency": {**judged[decided[0]].figures["latency"], "source": decided[0]},
+        "noise": judged[decided[0]].figures["noise"],
+        "sources": {e.source: {"samples": e.samples,
                                "gates": [x.as_dict() for x in e.gates],
                                **{k: v for k, v in e.figures.items()
                                   if k in ("latency", "noise", "mismatches", "failures")}}
-                    for e in evidence if e.observations},
+                    for e in present if e.samples},
         "plans": plans_fig,
         "generic_plans": generic_fig,
     }
 
 
-def _evidence(flag: Flag, source: str, observations: list[Observation],
-              noise: Sequence[Observation], pool_signals: Sequence[PoolSignal],
-              seed: int) -> Evidence:
+def _evidence(flag: Flag, source: str, samples: int, fig: dict[str, Any]) -> Evidence:
     """The evidence gates of one source."""
     g = flag.gates
-    fig = _figures(flag, observations, noise, pool_signals, seed, latency=True,
-                   online=source == "online")
     env = fig["environment"]
     latency = _latency(fig["latency"], g.latency.max_regression)
-    if source == "online" and observations and not fig["latency"]["pairs_measured"]:
+    if source == "online" and samples and not fig["latency"]["pairs_measured"]:
         latency = Gate("latency", "inconclusive", None, latency.threshold,
                        "not measured online",
                        "online latency not judged: no pair was measured like for like on "
                        "the shadow pool (online.pair_latency: false, or recorded before "
                        "pairing)", latency.confidence, lacking=True)
     gates = [
-        _min_samples(len(observations), g.min_samples),
+        _min_samples(samples, g.min_samples),
         _mismatch(fig["mismatches"]["count"], fig["mismatches"]["compared"],
                   g.max_mismatch_rate, fig["noise"], g.latency.confidence),
         latency,
         _new_failures(env["new_only"], g.max_new_failures, g.max_new_failures_by_class,
-                      len(observations), len(env["excused"])),
+                      samples, env["excused"]),
         _lock_wait(fig["locks"], g.max_lock_wait_regression_ms),
     ]
-    return Evidence(source, observations, gates, fig)
+    return Evidence(source, samples, gates, fig)
+
+
+class Listed:
+    """A stage's evidence held in memory as ``Observation`` objects: the figures computed
+    in Python, one pass per figure. The oracle the database's figures are held to."""
+
+    def __init__(self, flag: Flag, observations: Sequence[Observation],
+                 noise: Sequence[Observation] = (), pool_signals: Sequence[PoolSignal] = (),
+                 seed: int = 0) -> None:
+        self.flag, self.noise, self.pool_signals, self.seed = flag, noise, pool_signals, seed
+        self.everything = list(observations)
+        self.observations = [o for o in observations if not o.served_only]
+
+    def sizes(self) -> dict[str, int]:
+        return dict(Counter(o.source for o in self.observations))
+
+    def run_samples(self) -> Counter[Any]:
+        return Counter(o.run_id for o in [*self.everything, *self.noise]
+                       if o.run_id is not None)
+
+    def figures(self, source: str | None, *, latency: bool) -> dict[str, Any]:
+        mine = [o for o in self.observations if source is None or o.source == source]
+        noise = [o for o in self.noise if source is None or o.source == source]
+        return _figures(self.flag, mine, noise, self.pool_signals, self.seed,
+                        latency=latency, online=source == "online")
 
 
 def _figures(flag: Flag, observations: Sequence[Observation], noise: Sequence[Observation],
@@ -209,8 +272,16 @@ def _figures(flag: Flag, observations: Sequence[Observation], noise: Sequence[Ob
     kinds: Counter[str] = Counter()
     for o in mismatched:
         kinds.update({d["kind"] for d in o.diff or []})
+    new_only_by_class = dict(Counter(
+        failure_class(o.new_sqlstate, o.new_error) or "other" for o in new_only))
+
+    def most_common() -> tuple[str | None, str]:
+        errors = Counter((o.new_sqlstate, first_line(o.new_error)) for o in new_only)
+        return errors.most_common(1)[0][0]
+
     out: dict[str, Any] = {
-        "environment": {"new_only": new_only, "excused": excused},
+        "environment": {"new_only": NewFailures(len(new_only), new_only_by_class, most_common),
+                        "excused": len(excused)},
         "mismatches": {
             "count": len(mismatched),
             "compared": len(compared),
@@ -225,8 +296,7 @@ def _figures(flag: Flag, observations: Sequence[Observation], noise: Sequence[Ob
             "legacy": failures_summary((o.legacy_sqlstate, o.legacy_error) for o in observations),
             "new": failures_summary((o.new_sqlstate, o.new_error) for o in observations),
             "new_only": len(new_only),
-            "new_only_by_class": dict(Counter(
-                failure_class(o.new_sqlstate, o.new_error) or "other" for o in new_only)),
+            "new_only_by_class": new_only_by_class,
             "environment": {
                 path: {"count": sum(p == path for _, p in env.counted | env.excused),
                        "counted": sum(p == path for _, p in env.counted)}
@@ -281,12 +351,15 @@ def verdict_exit_code(verdict: str) -> int:
 # -- runs that ended badly ------------------------------------------------------------------
 
 
-def incomplete_runs(runs: Sequence[Mapping[str, Any]], observations: Sequence[Observation]
+def incomplete_runs(runs: Sequence[Mapping[str, Any]],
+                    observations: Sequence[Observation] | Mapping[Any, int]
                     ) -> list[dict[str, Any]]:
     """Every run that did not finish: ``failed`` (cut short, with its reason) or still
     ``running`` (in progress, or its process died without a word). ``samples`` counts the
-    observations of the run that reached the store."""
-    landed = Counter(o.run_id for o in observations if o.run_id is not None)
+    observations of the run that reached the store (``observations``: the observations, or
+    their count per run id)."""
+    landed = (observations if isinstance(observations, Mapping) else
+              Counter(o.run_id for o in observations if o.run_id is not None))
     out = []
     for r in runs:
         if r.get("status") == "finished":
@@ -445,22 +518,21 @@ def _mismatch(bad: int, compared: int, limit: float, noise: Mapping[str, Any],
                 + (" (differences within A/A noise)" if bad else ""))
 
 
-def _new_failures(new_only: Sequence[Observation], limit: int,
+def _new_failures(new_only: NewFailures, limit: int,
                   by_class_limits: Mapping[str, int], executions: int = 0,
                   excused: int = 0) -> Gate:
-    count = len(new_only)
+    count = new_only.count
     aside = (f"; {excused} environment failure{'s' if excused != 1 else ''} of the new path "
              "not counted (the outage hit legacy too, or legacy did not run beside them)"
              if excused else "")
     extra = {"environment_excused": excused} if excused else {}
-    classes = Counter(failure_class(o.new_sqlstate, o.new_error) or "other" for o in new_only)
+    classes = new_only.by_class
     over = {c: n for c, n in classes.items()
             if c in by_class_limits and n > by_class_limits[c]}
     detail = ", ".join(f"{c} {n}" for c, n in sorted(classes.items()))
     if count > limit or over:
         what = detail or str(count)
-        errors = Counter((o.new_sqlstate, _first_line(o.new_error)) for o in new_only)
-        (state, message), _ = errors.most_common(1)[0]
+        state, message = new_only.most_common()
         said = f"{message} (SQLSTATE {state})" if state else message
         head = (f"the new path never succeeded: it failed in all {count} executions"
                 if count == executions else
@@ -475,7 +547,7 @@ def _new_failures(new_only: Sequence[Observation], limit: int,
                  "within limit") + aside, details={"by_class": dict(classes), **extra})
 
 
-def _first_line(error: str | None) -> str:
+def first_line(error: str | None) -> str:
     text = (error or "").strip()
     return text.splitlines()[0][:200] if text else "no error message"
 

@@ -40,6 +40,7 @@ from .targeting import Stage, Target
 SETTINGS_FILE = "rollout.yaml"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_URL = 2048
+ZERO = re.compile(r"0+(\.0*)?(us|ms|s|min|h|d)?")
 
 
 def load_flag(path: Path, workspace: Path, settings: Settings | None = None) -> Flag:
@@ -380,6 +381,8 @@ class _Validator:
         def duration(key: str, lo: timedelta, hi: timedelta) -> timedelta | None:
             if key not in a:
                 return None
+            if lo == timedelta(0) and isinstance(a[key], str) and ZERO.fullmatch(a[key].strip()):
+                return timedelta(0)
             span = self.interval(a[key], f"{path}.{key}")
             if not lo <= span <= hi:
                 raise self.fail(f"{path}.{key}", f"must be between {_span(lo)} and "

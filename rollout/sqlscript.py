@@ -3,7 +3,8 @@ statement is (transactional or not, what data it destroys, what it reaches beyon
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from pglast import ast, enums, parser
@@ -17,6 +18,8 @@ class Statement:
     number: int
     line: int
     sql: str
+    data: str | None = None
+    """The rows of a ``COPY ... FROM stdin`` block (up to, not including, its ``\\.`` line)."""
 
     @property
     def summary(self) -> str:
@@ -27,15 +30,76 @@ class Statement:
 def split(script: str) -> list[Statement]:
     """Statements of ``script`` with their 1-based number and starting line (of their first
     token: comments before a statement are not part of it). ``BEGIN ATOMIC`` bodies stay in
-    their statement. A script that does not parse raises InputError naming the line: nothing
-    of it should run."""
+    their statement; a ``COPY ... FROM stdin`` keeps the rows that follow it, up to the
+    ``\\.`` line, as its ``data`` (as psql and pg_dump write them). A script that does not
+    parse raises InputError naming the line: nothing of it should run."""
     try:
         parsed = parse(script)
     except SqlError as exc:
-        where = f"line {line_of(script, exc.offset)}: " if exc.offset is not None else ""
-        raise InputError(f"{where}does not parse: {exc.message}") from None
+        if _COPY_END.search(script) or "stdin" in script.lower():
+            return _split_copy_blocks(script)
+        raise _unparsable(script, exc, 0) from None
     return [Statement(i, line_of(script, p.start), script[p.start:p.end].strip())
             for i, p in enumerate(parsed, start=1)]
+
+
+_COPY_END = re.compile(r"^\\\.\r?$", re.M)
+"""The line that ends a COPY data block."""
+
+
+def _unparsable(script: str, exc: SqlError, base: int) -> InputError:
+    where = f"line {line_of(script, base + exc.offset)}: " if exc.offset is not None else ""
+    return InputError(f"{where}does not parse: {exc.message}")
+
+
+def _split_copy_blocks(script: str) -> list[Statement]:
+    """``split`` for a script with COPY data blocks: statements are read up to each line end
+    where the text so far ends in ``;`` and parses (the lexer reads a prefix as it reads the
+    whole, so such a semicolon ends a statement there too); after a ``COPY ... FROM stdin``
+    its rows run to the ``\\.`` line."""
+    out: list[Statement] = []
+    at = 0
+    ends = [m.end() for m in re.finditer(r"\n|\Z", script)]
+    for end in ends:
+        if end <= at or not _ends_with_semicolon(script[at:end]):
+            continue
+        try:
+            parsed = parse(script[at:end])
+        except SqlError:
+            continue  # the statement goes on (a body, a string spanning lines)
+        start = at
+        for p in parsed:
+            out.append(Statement(len(out) + 1, line_of(script, start + p.start),
+                                 script[start + p.start:start + p.end].strip()))
+        at = end
+        last = parsed[-1].node if parsed else None
+        if isinstance(last, ast.CopyStmt) and last.is_from and last.filename is None \
+                and not last.is_program:
+            stop = _COPY_END.search(script, at)
+            if stop is None:
+                raise InputError(f"line {out[-1].line}: COPY ... FROM stdin: its data has "
+                                 "no end line (\\.)")
+            out[-1] = replace(out[-1], data=script[at:stop.start()])
+            at = script.find("\n", stop.end())
+            at = len(script) if at < 0 else at + 1
+    rest = script[at:]
+    if rest.strip():
+        try:
+            parsed = parse(rest)
+        except SqlError as exc:
+            raise _unparsable(script, exc, at) from None
+        out.extend(Statement(len(out) + 1 + i, line_of(script, at + p.start),
+                             script[at + p.start:at + p.end].strip())
+                   for i, p in enumerate(parsed))
+    return out
+
+
+def _ends_with_semicolon(text: str) -> bool:
+    try:
+        tokens = [t for t in parser.scan(text) if t.name not in ("SQL_COMMENT", "C_COMMENT")]
+    except parser.ParseError:
+        return False
+    return bool(tokens) and tokens[-1].name == "ASCII_59"
 
 
 def line_of(text: str, offset: int) -> int:

@@ -478,6 +478,12 @@ class RunnerCore:
         return self._timed_out(f, exc, None) or exc
 
     @staticmethod
+    def _database_error(exc: Exception) -> psycopg.Error | None:
+        """The database error behind an exception a callable raised, None for its own bug
+        (a library over psycopg, ``rollout.sqlalchemy``, unwraps its own exceptions)."""
+        return exc if isinstance(exc, psycopg.Error) else None
+
+    @staticmethod
     def _dead(exc: Exception, conn: Any) -> bool:
         """The pooled connection turned out dead (server restart, failover, terminated)."""
         return isinstance(exc, psycopg.OperationalError) and conn is not None and conn.closed

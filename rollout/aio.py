@@ -65,8 +65,12 @@ class AsyncRollout(RunnerCore):
     Create it with ``await AsyncRollout.connect(...)``: pools open and workers start there.
     """
 
+    _shadow_close_returns = False
+    """As ``Rollout._shadow_close_returns``."""
+
     def __init__(self, dsn: str, workspace: str | Path | Workspace = ".", *,
-                 store_dsn: str | None = None, pool_size: int = 10, shadow_pool_size: int = 2,
+                 store_dsn: str | None = None, pool: AsyncConnectionPool[AConn] | None = None,
+                 pool_size: int = 10, shadow_pool_size: int = 2,
                  shadow_workers: int = 2, queue_size: int = 1000,
                  shadow_limits: Limits | None = None, states: FlagStates | None = None,
                  recorder: Recorder | None = None,
@@ -78,7 +82,8 @@ class AsyncRollout(RunnerCore):
                  meter_provider: Any = None, metric_tenants: bool = False) -> None:
         """Use ``await AsyncRollout.connect(...)``: it checks the login first. The options
         are ``Rollout``'s (``request_timeout``, ``pool_options``, ``connect_kwargs``,
-        ``shadow_budget``, ``meter_provider``, ``metric_tenants``)."""
+        ``shadow_budget``, ``meter_provider``, ``metric_tenants``); a ``pool`` passed in
+        serves requests as it is, and is not opened or closed by the runner."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
@@ -92,9 +97,10 @@ class AsyncRollout(RunnerCore):
             open=False,
             pool_options=pool_options, connect_kwargs=connect_kwargs,
             timeout=request_timeout)
-        self.pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(dsn, **requests)
-        self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(shadow_dsn,
-                                                                           **shadow)
+        self._own_pool = pool is None
+        self.pool: AsyncConnectionPool[AConn] = pool or AsyncConnectionPool(dsn, **requests)
+        self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
+            shadow_dsn, close_returns=self._shadow_close_returns, **shadow)
         self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
@@ -111,11 +117,16 @@ class AsyncRollout(RunnerCore):
         await check_login_async(dsn, allow=allow_superuser or ws.settings.allow_superuser,
                                 what="shadow flag SQL")
         ro = cls(dsn, ws, **options)
-        await ro.pool.open()
-        await ro.shadow_pool.open()
-        ro._loop = asyncio.get_running_loop()
-        ro._workers = [asyncio.create_task(ro._work()) for _ in range(ro._n_workers)]
+        await ro._open()
         return ro
+
+    async def _open(self) -> None:
+        """Open the pools and start the shadow workers on the running loop."""
+        if self._own_pool:
+            await self.pool.open()
+        await self.shadow_pool.open()
+        self._loop = asyncio.get_running_loop()
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self._n_workers)]
 
     # -- the caller's path ----------------------------------------------------------------
     @overload
@@ -303,8 +314,7 @@ class AsyncRollout(RunnerCore):
         rs = result_set(res, rows, cur.rowcount)
         return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
 
-    @staticmethod
-    async def _call(conn: AConn, read: bool, fn: Callable[[AConn], Awaitable[Any]],
+    async def _call(self, conn: AConn, read: bool, fn: Callable[[AConn], Awaitable[Any]],
                     limits: Limits) -> tuple[PathResult, Any]:
         watch = None
         try:
@@ -317,10 +327,9 @@ class AsyncRollout(RunnerCore):
                                                     for q in set_local(limits)))
                     value = await fn(conn)
                 elapsed = time.perf_counter_ns() - start
-        except psycopg.Error as exc:
-            return failure(exc, watch), None
         except Exception as exc:
-            return callable_failure(exc), None
+            db = self._database_error(exc)
+            return (callable_failure(exc) if db is None else failure(db, watch)), None
         return PathResult(elapsed, count(value)), value
 
     # -- housekeeping ---------------------------------------------------------------------
@@ -349,7 +358,8 @@ class AsyncRollout(RunnerCore):
         await asyncio.to_thread(self.recorder.close)
         await asyncio.to_thread(self.states.close)
         await self.shadow_pool.close()
-        await self.pool.close()
+        if self._own_pool:
+            await self.pool.close()
 
     async def __aenter__(self) -> AsyncRollout:
         return self

@@ -61,6 +61,10 @@ SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200, margin_ms
 class Rollout(RunnerCore):
     """Decide, serve, shadow, record: the library entry point for sync code."""
 
+    _shadow_close_returns = False
+    """psycopg_pool's ``close_returns`` for the shadow pool: a subclass that lends its
+    connections to another library's pool (``rollout.sqlalchemy``) sets it."""
+
     def __init__(self, dsn: str, workspace: str | Path | Workspace = ".", *,
                  store_dsn: str | None = None, pool: ConnectionPool[Conn] | None = None,
                  pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
@@ -100,7 +104,8 @@ class Rollout(RunnerCore):
             pool_options=pool_options, connect_kwargs=connect_kwargs,
             timeout=request_timeout)
         self.pool: ConnectionPool[Conn] = pool or ConnectionPool(dsn, **requests)
-        self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(shadow_dsn, **shadow)
+        self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
+            shadow_dsn, close_returns=self._shadow_close_returns, **shadow)
         self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
                                           daemon=True) for i in range(shadow_workers)]
@@ -287,10 +292,9 @@ class Rollout(RunnerCore):
         try:
             with bounded(conn, limits) as watch:
                 return self._call_in(conn, read, fn, limits)
-        except psycopg.Error as exc:
-            return failure(exc, watch), None
         except Exception as exc:
-            return callable_failure(exc), None
+            db = self._database_error(exc)
+            return (callable_failure(exc) if db is None else failure(db, watch)), None
 
     @staticmethod
     def _call_in(conn: Conn, read: bool, fn: Callable[[Conn], Any], limits: Limits

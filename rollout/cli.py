@@ -180,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would be dropped, drop nothing")
     p.set_defaults(run=_prune)
 
+    p = sub.add_parser("ci", parents=[common],
+                       help="check, shadow-run and judge the flags changed since a git ref; "
+                            "writes reports/ci-comment.md, exits with the worst verdict")
+    p.add_argument("--since", metavar="GIT_REF",
+                   help="the base of the change (e.g. origin/main); default: every flag")
+    p.add_argument("--samples", type=int, default=None,
+                   help="paired executions per flag (default: its gates.min_samples)")
+    p.add_argument("--link-base", metavar="URL",
+                   help="prefix of the HTML reports' links in the comment (default: relative)")
+    p.add_argument(*ALLOW_SUPERUSER, **ALLOW_SUPERUSER_OPTIONS)
+    p.set_defaults(run=_ci)
+
     p = sub.add_parser("rollback", parents=[common, actor],
                        help="show, verify or apply a flag's schema rollback")
     p.add_argument("flag", metavar="FLAG")
@@ -456,6 +468,18 @@ def _report(session: commands.Session, args: argparse.Namespace) -> int:
     for path in written.files:
         _out(f"  {path}")
     return verdict_exit_code(written.verdict)
+
+
+def _ci(session: commands.Session, args: argparse.Namespace) -> int:
+    if args.samples is not None and args.samples < 1:
+        raise InputError("--samples must be at least 1")
+    from .ci import run_ci, summary_lines
+
+    result = run_ci(session, args.since, samples=args.samples, link_base=args.link_base,
+                    say=_err)
+    for line in summary_lines(result):
+        _out(line)
+    return result.exit_code
 
 
 def _demo(session: commands.Session, args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from . import (
     kill_switch,
     online,
     overhead,
+    perturb,
     recorder,
     service,
     stats_scale,
@@ -48,6 +49,7 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (compare.NAME, compare.run, compare.table),
     (stats_scale.NAME, stats_scale.run, stats_scale.table),
     (ingest.NAME, ingest.run, ingest.table),
+    (perturb.NAME, perturb.run, perturb.table),
     # last: it stops and starts the benchmark's database server
     (service.NAME, service.run, service.table),
 )

@@ -272,7 +272,7 @@ def _already_applied(conn: psycopg.Connection[Any], migration: str, f0: Fingerpr
     try:
         with conn.transaction(force_rollback=True):
             for s in statements:
-                conn.execute(s.sql.encode())
+                _run(conn, s)
             changed = fingerprint(conn) != f0
     except psycopg.Error as exc:
         return (exc.sqlstate or "") in _DUPLICATE
@@ -310,12 +310,21 @@ def run_script(conn: psycopg.Connection[Any], script: str, name: str,
             if hazard.transactional:
                 with conn.transaction(force_rollback=True):
                     existing = _relations(conn)
-                    conn.execute(stmt.sql.encode())
+                    _run(conn, stmt)
                     hazard.locks = _locks(conn, existing)
-            conn.execute(stmt.sql.encode())
+            _run(conn, stmt)
         except psycopg.Error as exc:
             return f"statement {stmt.number} (line {stmt.line}): {_first(exc)}"
     return None
+
+
+def _run(conn: psycopg.Connection[Any], stmt: Statement) -> None:
+    """One statement of a script; a ``COPY … FROM stdin`` gets its data block (as psql)."""
+    if stmt.data is None:
+        conn.execute(stmt.sql.encode())
+        return
+    with conn.cursor() as cur, cur.copy(stmt.sql.encode()) as copy:
+        copy.write(stmt.data.encode())
 
 
 def _relations(conn: psycopg.Connection[Any]) -> dict[int, str]:
@@ -435,13 +444,13 @@ def apply(conn: psycopg.Connection[Any], script: str,
         if one_tx:
             with conn.transaction():
                 for current in stmts:
-                    conn.execute(current.sql.encode())
+                    _run(conn, current)
                     if progress:
                         progress(current.number, len(stmts), current)
             done = len(stmts)
         else:
             for current in stmts:
-                conn.execute(current.sql.encode())
+                _run(conn, current)
                 done += 1
                 if progress:
                     progress(current.number, len(stmts), current)

@@ -118,7 +118,7 @@ def test_a_version_8_store_migrates_keeping_every_row(db: str) -> None:
         last_id = conn.execute("SELECT last_value FROM rollout.observations_id_seq").fetchone()
         assert kind(conn, "observations") == "r"
 
-        assert migrate(conn) == ["0009_partitioned_observations.sql"]
+        assert migrate(conn)[0] == "0009_partitioned_observations.sql"
 
         assert kind(conn, "observations") == "p"
         assert checksum(conn) == before and before[0] == 497

@@ -7,9 +7,10 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,9 +20,11 @@ from urllib.parse import quote
 
 import numpy as np
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from . import __version__
 from .errors import InputError, StoreError
+from .figures import StoreEvidence, served_window
 from .flags import Flag
 from .observations import Observation
 from .render import render_html, render_index, render_markdown
@@ -29,7 +32,7 @@ from .rollback import verification_for
 from .state import events, read_all, read_state
 from .store import Store
 from .summaries import ENVIRONMENT_WINDOW, PoolSignal, failure_class
-from .verdict import judge, pool_attention
+from .verdict import judge_evidence, pool_attention
 from .workspace import Workspace
 
 SCHEMA_VERSION = 2
@@ -52,17 +55,27 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
     """Everything a release manager needs for one stage, JSON-ready."""
     if flag.stage(stage) is None:
         raise flag.unknown_stage(stage)
-    observations = store.observations(flag.name, stage, flag.sql_hash)
-    runs = store.runs(flag.name, stage, flag.sql_hash)
     verification = (verification_for(flag, target_dsn, store.conn)
                     if target_dsn is not None else None)
-    core = judge(flag, observations,
-                 noise=store.observations(flag.name, stage, flag.sql_hash, mode="aa"),
-                 plans=store.plans(flag.name, stage, flag.sql_hash),
-                 generic=store.generic_checks(flag.name, stage, flag.sql_hash),
-                 rollback=verification, runs=runs,
-                 pool_signals=pool_signals(store, flag.name, observations))
-    pools = stage_pools(store, flag.name, stage, observations)
+    with _snapshot(store.conn), _Progress() as progress:
+        # The figures come from the database (figures.StoreEvidence), read in one snapshot:
+        # rows a running service records meanwhile never change them half way.
+        evidence = StoreEvidence(store.conn, flag, stage, say=progress.say)
+        enormous = evidence.enormous()
+        if enormous:
+            progress.announce(enormous)
+        evidence.load()
+        seen = evidence.observed()
+        runs = store.runs(flag.name, stage, flag.sql_hash)
+        evidence.pool_signals = pool_signals_between(store, flag.name, seen["online_first"],
+                                                     seen["online_last"])
+        core = judge_evidence(flag, evidence,
+                              plans=store.plans(flag.name, stage, flag.sql_hash),
+                              generic=store.generic_checks(flag.name, stage, flag.sql_hash),
+                              rollback=verification, runs=runs)
+        pools = stage_pools(store, flag.name, stage, seen["first"])
+        impact = stage_impact(store, flag, stage)
+        flag_timeline = timeline(store, flag)
     attention = pool_attention(pools)
     if attention:
         core["reasons"].append(attention)
@@ -83,26 +96,66 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
         "queries": {"legacy": flag.legacy.sql, "new": flag.new.sql,
                     "legacy_source": flag.legacy.source, "new_source": flag.new.source},
         "rollback": rollback_plan(flag, stage, verification),
-        "stage_impact": stage_impact(store, flag, stage),
+        "stage_impact": impact,
         "pools": pools,
-        "timeline": timeline(store, flag),
+        "timeline": flag_timeline,
         "database_stats": _database_stats(runs),
         "environment": {
             "server_version": ", ".join(versions) or None,
             "database": database,
             "runs": [str(r["run_id"]) for r in runs],
-            "first_observation": observations[0].observed_at.isoformat(timespec="seconds")
-            if observations else None,
-            "last_observation": observations[-1].observed_at.isoformat(timespec="seconds")
-            if observations else None,
+            "first_observation": seen["first"].isoformat(timespec="seconds")
+            if seen["first"] else None,
+            "last_observation": seen["last"].isoformat(timespec="seconds")
+            if seen["last"] else None,
             "toolkit_version": __version__,
-            "samples": {"ab": len(observations),
-                        "online": sum(o.source == "online" for o in observations),
-                        "offline": sum(o.source == "offline" for o in observations)},
+            "samples": {"ab": seen["count"], "online": seen["by_source"]["online"],
+                        "offline": seen["by_source"]["offline"]},
             "run_seconds": sum((r["finished_at"] - r["started_at"]).total_seconds()
                                for r in runs if r["finished_at"] is not None),
         },
     }
+
+
+@contextlib.contextmanager
+def _snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """One REPEATABLE READ transaction around the report's reads (when the connection is
+    not in a transaction already): every query sees the same rows."""
+    if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
+        yield
+        return
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
+
+
+class _Progress:
+    """What a long report says while it works, on stderr: progress only on a terminal (one
+    line, rewritten); the announcement of an enormous stage always."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+    def say(self, message: str) -> None:
+        if self.tty:
+            sys.stderr.write(f"\r\033[Kreport: {message}")
+            sys.stderr.flush()
+            self.shown = True
+
+    def announce(self, message: str) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            self.shown = False
+        print(f"report: {message}", file=sys.stderr, flush=True)
 
 
 def pool_signals(store: Store, flag: str, observations: Sequence[Observation]
@@ -112,12 +165,20 @@ def pool_signals(store: Store, flag: str, observations: Sequence[Observation]
     online = [o.observed_at for o in observations if o.source == "online"]
     if not online:
         return []
+    return pool_signals_between(store, flag, min(online), max(online))
+
+
+def pool_signals_between(store: Store, flag: str, first: datetime | None,
+                         last: datetime | None) -> list[PoolSignal]:
+    """``pool_signals`` around online observations from ``first`` to ``last``."""
+    if first is None or last is None:
+        return []
     with store.conn.cursor() as cur:
         cur.execute(
             "SELECT at, pool, errors + returns_bad + connections_lost FROM rollout.pool_stats"
             " WHERE %s = ANY(flags) AND at >= %s AND at <= %s"
             " AND errors + returns_bad + connections_lost > 0 ORDER BY at",
-            [flag, min(online) - ENVIRONMENT_WINDOW, max(online) + ENVIRONMENT_WINDOW])
+            [flag, first - ENVIRONMENT_WINDOW, last + ENVIRONMENT_WINDOW])
         return [PoolSignal(at, str(pool), int(n)) for at, pool, n in cur]
 
 
@@ -146,8 +207,8 @@ def stage_impact(store: Store, flag: Flag, stage: str,
     if entered is None or entered["from_stage"] is None:
         return None
     at = entered["at"]
-    before = _window(store.online_window(flag.name, entered["from_stage"], at - window, at))
-    after = _window(store.online_window(flag.name, stage, at, at + window))
+    before = served_window(store.conn, flag.name, entered["from_stage"], at - window, at)
+    after = served_window(store.conn, flag.name, stage, at, at + window)
     before["pools"] = _pools(store.pool_window(flag.name, at - window, at))
     after["pools"] = _pools(store.pool_window(flag.name, at, at + window))
     return {"changed_at": at.isoformat(timespec="seconds"), "from_stage": entered["from_stage"],
@@ -156,17 +217,21 @@ def stage_impact(store: Store, flag: Flag, stage: str,
             "note": "served path per request; pools: every runner serving the flag"}
 
 
-def stage_pools(store: Store, flag: str, stage: str, observations: Sequence[Observation],
+def stage_pools(store: Store, flag: str, stage: str,
+                observations: Sequence[Observation] | datetime | None,
                 now: datetime | None = None) -> dict[str, Any]:
     """The running services' pool figures for the stage's window, whether or not the stage
     changed: from when the flag entered ``stage`` (else the stage's first observation) to
     when it left it (else now). Summed in the database, per pool; a pool no service recorded
-    is None, and ``recorded`` says whether any did."""
+    is None, and ``recorded`` says whether any did. ``observations``: the stage's
+    observations, or the first one's time."""
     now = now or datetime.now(UTC)
     entered = store.stage_entered(flag, stage)
     if entered is not None:
         start: datetime | None = entered["at"]
         since = "stage_entered"
+    elif isinstance(observations, datetime):
+        start, since = observations, "first_observation"
     elif observations:
         start, since = observations[0].observed_at, "first_observation"
     else:
@@ -206,7 +271,8 @@ def _int(value: Any) -> int:
 
 def _window(observations: Sequence[Observation]) -> dict[str, Any]:
     """The served requests of a window: what callers saw (``served_ns``; rows recorded
-    before it existed hold it in the served path's column)."""
+    before it existed hold it in the served path's column). From observations in memory:
+    the oracle of ``figures.served_window``, which the report uses."""
     observations = [o for o in observations if o.mode == "ab"]
     served_ns = []
     waits = []

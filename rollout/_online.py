@@ -143,11 +143,16 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The request pool's and the shadow pool's keyword arguments, the same for ``Rollout``
     and ``AsyncRollout`` but for the cursor class, the reset and when they open: both hand a
-    connection back only after ``reset``, never prepare statements server-side (flag SQL
-    could replace them, docs/online.md), fail fast and recover fast (``pool_config``)."""
+    connection back only after ``reset``, fail fast and recover fast (``pool_config``).
+
+    The request pool keeps psycopg's preparing (planning a served query on every request
+    would cost more than the query): a served query ends with ``commit_and_reset``, which
+    checks the server's prepared statements are exactly psycopg's own and drops them all if
+    flag SQL made or replaced one. The shadow pool never prepares: its executions end with
+    ``DEALLOCATE ALL`` anyway (docs/online.md)."""
     def kwargs(name: str, **more: Any) -> dict[str, Any]:
         return {"application_name": f"pg-rollout-{name}", "cursor_factory": cursor_factory,
-                "prepare_threshold": None, **more}
+                **more}
 
     requests = pool_config(
         {"min_size": 1, "max_size": pool_size, "open": open, "name": "rollout-requests",
@@ -155,7 +160,7 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
         pool_options, connect_kwargs, timeout)
     shadow = pool_config(
         {"min_size": 1, "max_size": shadow_pool_size, "open": open, "name": "rollout-shadow",
-         "kwargs": kwargs("shadow", autocommit=True), "reset": reset,
+         "kwargs": kwargs("shadow", autocommit=True, prepare_threshold=None), "reset": reset,
          "reconnect_failed": regrow},
         None, connect_kwargs, timeout)
     return requests, shadow

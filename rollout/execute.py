@@ -134,7 +134,8 @@ def guard(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     return conn
 
 
-def prepared_intact(conn: psycopg.Connection[Any], rows: list[tuple[bytes, bytes]]) -> bool:
+def prepared_intact(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+                    rows: list[tuple[bytes, ...]]) -> bool:
     """Are the server's prepared statements (``name``, ``from_sql``) exactly psycopg's own?
     Flag SQL can only ``PREPARE`` through SQL (``from_sql``); replacing one of psycopg's
     (DEALLOCATE, then PREPARE under its name) or removing it shows as a missing name."""
@@ -215,19 +216,25 @@ def command(conn: psycopg.Connection[Any], text: bytes) -> list[tuple[bytes, ...
         conn.pgconn.send_query(text)
         results = conn.wait(generators.execute(conn.pgconn))
     _check(conn.info.encoding, results)
-    last = results[-1] if results else None
-    if last is None or last.status != pq.ExecStatus.TUPLES_OK:
-        return []
-    return [tuple(last.get_value(i, j) or b"" for j in range(last.nfields))
-            for i in range(last.ntuples)]
+    return _last_rows(results)
 
 
-async def acommand(conn: psycopg.AsyncConnection[Any], text: bytes) -> None:
+async def acommand(conn: psycopg.AsyncConnection[Any], text: bytes
+                   ) -> list[tuple[bytes, ...]]:
     """The asyncio twin of ``command``."""
     async with conn.lock:
         conn.pgconn.send_query(text)
         results = await conn.wait(generators.execute(conn.pgconn))
     _check(conn.info.encoding, results)
+    return _last_rows(results)
+
+
+def _last_rows(results: list[pq.abc.PGresult]) -> list[tuple[bytes, ...]]:
+    last = results[-1] if results else None
+    if last is None or last.status != pq.ExecStatus.TUPLES_OK:
+        return []
+    return [tuple(last.get_value(i, j) or b"" for j in range(last.nfields))
+            for i in range(last.ntuples)]
 
 
 def _check(encoding: str, results: list[pq.abc.PGresult]) -> None:
@@ -236,9 +243,13 @@ def _check(encoding: str, results: list[pq.abc.PGresult]) -> None:
             raise psycopg.errors.error_from_result(res, encoding=encoding)
 
 
-COMMIT_AND_RESET = b"COMMIT; " + RESET_SESSION
+COMMIT_AND_RESET = (b"COMMIT; " + RESET_SESSION.replace(b"; DEALLOCATE ALL", b"")
+                    + b"; SELECT name, from_sql FROM pg_prepared_statements")
 """How the runners end a served query: its transaction committed and the session reset in
-the same round trip (``commit_and_reset``), so the pool's reset has nothing left to do."""
+the same round trip (``commit_and_reset``), so the pool's reset has nothing left to do.
+psycopg's prepared statements stay (planning a query again on every request would cost more
+than the query, a service's plans are psycopg's defaults): the server's list is read in the
+same round trip, and anything not exactly psycopg's own drops them all (``prepared_intact``)."""
 
 _RESET: weakref.WeakSet[Any] = weakref.WeakSet()
 """Connections whose session was reset by their last statement (``commit_and_reset``) and
@@ -246,19 +257,21 @@ that ran nothing since: the pool's reset skips its round trip for them, once."""
 
 
 def commit_and_reset(conn: psycopg.Connection[Any]) -> None:
-    """Commit the served query's transaction and reset the session in one round trip. If it
-    fails, the connection is not marked and the pool's reset runs in full."""
-    command(conn, COMMIT_AND_RESET)
-    _reset_done(conn)
+    """Commit the served query's transaction and reset the session in one round trip,
+    keeping psycopg's prepared statements if they are intact (else a second round trip
+    drops them all). If it fails, the connection is not marked and the pool's reset runs in
+    full."""
+    rows = command(conn, COMMIT_AND_RESET)
+    if not prepared_intact(conn, rows):
+        command(conn, b"DEALLOCATE ALL")
+        forget_prepared(conn)
+    _RESET.add(conn)
 
 
 async def acommit_and_reset(conn: psycopg.AsyncConnection[Any]) -> None:
-    await acommand(conn, COMMIT_AND_RESET)
-    _reset_done(conn)
-
-
-def _reset_done(conn: Any) -> None:
-    if conn.prepare_threshold is not None:
+    rows = await acommand(conn, COMMIT_AND_RESET)
+    if not prepared_intact(conn, rows):
+        await acommand(conn, b"DEALLOCATE ALL")
         forget_prepared(conn)
     _RESET.add(conn)
 
@@ -427,6 +440,7 @@ def execute(
     capture_locks: bool = False,
     isolation: str = "read committed",
     settings: PlannerSettings = (),
+    prepare: bool | None = None,
 ) -> tuple[PathResult, ResultSet | None]:
     """Execute ``query`` once in its own transaction; never raises a database error.
 
@@ -437,6 +451,8 @@ def execute(
     locks it holds at the end are listed (outside the timing). ``settings`` (the toolkit's
     own planner settings, ``set_local_settings``) are set with SET LOCAL in the same
     transaction before the statement, outside the timing (``rollout.perturb``).
+    ``prepare=False`` keeps psycopg from preparing the statement (a cached plan would
+    ignore planner settings).
     """
     if conn.closed:
         return closed(), None
@@ -451,7 +467,7 @@ def execute(
             if sampler is not None:
                 sampler.begin(pid, execution)
             start = time.perf_counter_ns()
-            cur.execute(query.encode(), params)
+            cur.execute(query.encode(), params, prepare=prepare)
             res = cur.pgresult
             rows = cur.fetchall() if res is not None and res.nfields else None
             elapsed = time.perf_counter_ns() - start

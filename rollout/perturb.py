@@ -115,8 +115,10 @@ def perturb_sample(flag: Flag, conn: psycopg.Connection[Any], sample: int, tenan
              for k, v in params.items() if k != "tenant"}
     runs = (Perturbation(SAME_PLAN, ()), *settings)
     paths = (("legacy", flag.legacy.sql), ("new", flag.new.sql))
+    # prepare=False throughout: a statement psycopg prepared keeps its cached plan whatever
+    # the planner settings say, so a perturbed run would not be replanned
     bases = {path: execute(conn, query, params, write=write, limits=limits,
-                           isolation=flag.isolation) for path, query in paths}
+                           isolation=flag.isolation, prepare=False) for path, query in paths}
     for p in runs:  # both paths under each setting: a sample cut short still pairs them
         if conn.closed or (over is not None and over()):
             return out
@@ -124,7 +126,8 @@ def perturb_sample(flag: Flag, conn: psycopg.Connection[Any], sample: int, tenan
             base, base_set = bases[path]
             start = time.perf_counter_ns()
             result, got = execute(conn, query, params, write=write, limits=limits,
-                                  isolation=flag.isolation, settings=p.settings)
+                                  isolation=flag.isolation, settings=p.settings,
+                                  prepare=False)
             elapsed = time.perf_counter_ns() - start
             changed = strict = None
             diff = None

@@ -113,11 +113,13 @@ def generic_check(conn: psycopg.Connection[Any], query: str, params: Mapping[str
             return None
         try:
             with Transaction(conn, limits or Limits(), write=write), ExtendedCursor(conn) as cur:
-                cur.execute(prepare)
+                # prepare=False: repeated, these would become psycopg's own prepared
+                # statements and outlive the check on the connection
+                cur.execute(prepare, prepare=False)
                 for mode in modes if i % 2 == 0 else tuple(reversed(modes)):
                     cur.execute(pgsql.SQL("SET LOCAL plan_cache_mode = {}").format(
-                        pgsql.Literal(mode)))
-                    doc = _doc(cur.execute(execute).fetchone())
+                        pgsql.Literal(mode)), prepare=False)
+                    doc = _doc(cur.execute(execute, prepare=False).fetchone())
                     out[mode].append((float(doc.get("Execution Time", 0.0)),
                                       buffers(doc["Plan"]), shape(doc["Plan"])))
                 if not ours(conn):

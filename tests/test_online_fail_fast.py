@@ -166,7 +166,11 @@ def test_pool_options_pass_through_and_safety_options_are_refused(
         assert ro.pool.max_waiting == 3 and ro.pool.reconnect_timeout == 2.5
         assert ro.pool.timeout == 5.0  # the default request deadline: never 30 s
         assert ro.pool.kwargs is not None and ro.pool.kwargs["connect_timeout"] == 4
-        assert ro.pool.kwargs["prepare_threshold"] is None  # the runner's own stay
+        # the runner's own stay: psycopg's preparing on the request pool (checked at every
+        # commit), none on the shadow pool
+        assert "prepare_threshold" not in ro.pool.kwargs
+        assert ro.shadow_pool.kwargs is not None
+        assert ro.shadow_pool.kwargs["prepare_threshold"] is None
         assert ro.query("eq", ACME, {"grp": 1}) == legacy_rows(dsn, "acme", 1, EQ_LEGACY)
     # options that would lift a safety mechanism (the session reset, one statement per
     # execution, no server-side prepared statements) are refused before anything opens

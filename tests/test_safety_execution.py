@@ -547,13 +547,53 @@ def test_a_flag_cannot_forge_prepared_statements_online(
         with ro.shadow_pool.connection() as conn:
             left = prepared(conn)
         with ro.pool.connection() as conn:
-            left += prepared(conn)
+            served = forged(conn)
     reads = slug_observations(shop, "r")
     assert len(reads) == 12
     assert all(o[0] is True for o in reads), reads
     writes = slug_observations(shop, "w")
     assert [o[4] for o in writes] == [None]  # the forging shadow itself ran
-    assert left == []  # neither pool's connection holds a statement
+    assert left == []  # the shadow pool's connection holds no statement
+    assert served == []  # the request pool's holds psycopg's own at most
+
+
+def forged(conn: psycopg.Connection[Any]) -> list[str]:
+    """Prepared statements on ``conn`` that are not psycopg's own: made through SQL, or
+    not in psycopg's record of what it prepared."""
+    own = {n.decode() for n in conn._prepared._names.values()}
+    return [str(name) for name, from_sql in conn.execute(
+        "SELECT name, from_sql FROM pg_prepared_statements ORDER BY name").fetchall()
+        if from_sql or name not in own]
+
+
+def test_a_served_flag_cannot_forge_the_request_pools_prepared_statements(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    """The request pool keeps psycopg's prepared statements between requests (a served
+    query is planned once per connection, as with psycopg's defaults). A served write whose
+    SQL replaces them through PL/pgSQL is caught in the same round trip as its commit: all
+    dropped, and the read served next on that connection returns its real rows."""
+    root, ws = forging(make_workspace)
+    session = Session(root, dsn=shop, say=lambda m: None)
+    flag_set(session, "r", "pilot", actor="t", reason="shadow")
+    flag_set(session, "w", "everyone", actor="t", reason="serve the forging path")
+    acme = Context(tenant="acme")
+    with Rollout(shop, ws, shadow_budget=None, pool_size=1, shadow_pool_size=1,
+                 pool_stats_interval=None) as ro:
+        for _ in range(7):  # psycopg prepares on the fifth execution
+            assert ro.query("r", acme) == [("acme",)] * SLUG_ROWS
+        with ro.pool.connection() as conn:
+            kept = prepared(conn)
+            assert forged(conn) == []
+        assert kept, "psycopg should have prepared the served read on the request pool"
+        ro.query("w", acme)  # served: the forging path runs on the request pool
+        with ro.pool.connection() as conn:
+            assert prepared(conn) == []  # everything dropped, psycopg's record too
+        for _ in range(7):
+            assert ro.query("r", acme) == [("acme",)] * SLUG_ROWS  # never 'forged'
+        assert ro.drain()
+        with ro.pool.connection() as conn:
+            assert forged(conn) == []
 
 
 # -- a stalled store stops the run after its deadline ------------------------------------------

@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill the flag, then run the script on the target")
     p.add_argument("--yes", action="store_true", help="apply without asking")
     p.set_defaults(run=_rollback)
+
+    from .watch import add_parser as add_watch_parser  # light: no scipy or numpy at import
+
+    add_watch_parser(sub, common)
     return parser
 
 
@@ -233,6 +237,10 @@ def _flag_show(session: commands.Session, args: argparse.Namespace) -> int:
     flag, st = view.flag, view.state
     _out(f"{flag.name}: {flag.description}".rstrip(": "))
     _out(f"owner {flag.owner or '-'}, kind {flag.kind}; {_describe_state(st)}")
+    if view.watcher is not None:
+        w = view.watcher
+        _out(f"watched by {w.watcher} since {w.started_at.isoformat(timespec='seconds')}"
+             f" (last interval {w.heartbeat_at.isoformat(timespec='seconds')})")
     _out("stages:")
     for stage in flag.stages:
         mark = "▶" if stage.name == st.stage else " "
@@ -427,8 +435,10 @@ def _init(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _check(session: commands.Session, args: argparse.Namespace) -> int:
-    problems = commands.check(session, args.flags, database=not args.offline)
-    for line in problems:
+    warnings: list[str] = []
+    problems = commands.check(session, args.flags, database=not args.offline,
+                              warnings=warnings)
+    for line in problems + warnings:
         _err(line)
     if problems:
         return EXIT_USAGE

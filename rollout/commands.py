@@ -88,9 +88,13 @@ def init(directory: Path, role: str | None = None) -> list[Path]:
     return init_workspace(directory, role)
 
 
-def check(session: Session, names: Sequence[str] = (), database: bool = False) -> list[str]:
-    """Validate every flag (or the named ones); with ``database``, prepare their queries too."""
-    from .dbcheck import check_flag, order_problems
+def check(session: Session, names: Sequence[str] = (), database: bool = False,
+          warnings: list[str] | None = None) -> list[str]:
+    """Validate every flag (or the named ones); with ``database``, prepare their queries too.
+    ``warnings`` (when given) receives lines that do not fail the check: orderings that do
+    not determine ties, ORDER BY items the new path dropped (``dbcheck.determinism_warnings``,
+    unique keys from the catalog with ``database``)."""
+    from .dbcheck import check_flag, determinism_warnings, order_problems
     from .rollback import static_problems
 
     ws = session.load(strict=False)
@@ -110,6 +114,11 @@ def check(session: Session, names: Sequence[str] = (), database: bool = False) -
         with session.target() as conn:
             for flag in flags:
                 problems.extend(check_flag(conn, flag))
+                if warnings is not None:
+                    warnings.extend(determinism_warnings(flag, conn))
+    elif warnings is not None:
+        for flag in flags:
+            warnings.extend(determinism_warnings(flag))
     return problems
 
 

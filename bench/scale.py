@@ -98,7 +98,7 @@ def _report(db: BenchDB, stage: str, out: Path) -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "rollout", "--workspace", str(REPO), "report", FLAG,
+        [sys.executable, "-m", "rollout.cli", "report", FLAG, "--workspace", str(REPO),
          "--stage", stage, "--format", "json", "--out", str(out)],
         env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - t0

@@ -439,8 +439,9 @@ class StoreEvidence:
                 " legacy_ns IS NOT NULL OR new_ns IS NOT NULL) FROM rollout.observations"
                 f" WHERE {STAGE}{_source(source)}", p).fetchone() or (0, 0, 0)
             if min(timed[0], timed[1]) >= MIN_LATENCY_PAIRS:
-                a, b, _, _ = self._stream(p, f"{STAGE}{_source(source)}", timed[2],
-                                          tenants=False)
+                a, b, _, _ = self._stream(
+                    p, f"{STAGE}{_source(source)} AND (legacy_ns IS NOT NULL OR new_ns IS NOT"
+                    " NULL)", timed[2], tenants=False)
                 a, b = _present(a), _present(b)
                 shift = hodges_lehmann(np.log(a, out=a), np.log(b, out=b),
                                        self.flag.gates.latency.confidence)

@@ -31,7 +31,7 @@ BOOTSTRAP_CELLS = 1 << 20
 MWU_SCIPY_VALUES = 100_000
 """Up to this many values in all, scipy's rank test; above, the merge count on sorted
 samples (``_mann_whitney_sorted``), the same p-value in a fraction of the memory."""
-HL_EXACT_VALUES = 2_000_000
+HL_EXACT_VALUES = 400_000
 """Up to this many values in all, the exact Hodges-Lehmann selection; above, the log-grid
 (``_hodges_lehmann_grid``): its time and memory grow with the samples' spread, not size."""
 HL_GRID_STEP = 1e-5

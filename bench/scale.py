@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -93,25 +92,27 @@ def _count_floor(conn: psycopg.Connection[Any], flag: Flag, stage: str) -> float
 
 
 def _report(db: BenchDB, stage: str, out: Path) -> dict[str, Any]:
-    """`rollout report` in a child process: wall time, its peak RSS, verdict and samples."""
+    """`rollout report` in a child process: wall time, its peak RSS (the child's own
+    rusage, from wait4), verdict and samples."""
     env = {**os.environ, "DATABASE_URL": db.dsn}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "rollout.cli", "report", FLAG, "--workspace", str(REPO),
-         "--stage", stage, "--format", "json", "--out", str(out)],
-        env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if done.returncode not in (0, 1, 3):
-        raise RuntimeError(f"rollout report failed ({done.returncode}): "
-                           f"{done.stderr.strip().splitlines()[-1:]}")
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "rollout.cli", "report", FLAG, "--workspace", str(REPO),
+             "--stage", stage, "--format", "json", "--out", str(out)],
+            env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - t0
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read()
+    if child.returncode not in (0, 1, 3):
+        raise RuntimeError(f"rollout report failed ({child.returncode}): "
+                           f"{stderr.strip().splitlines()[-1:]}")
     body = json.loads((out / FLAG / f"{stage}.json").read_text(encoding="utf-8"))
-    return {"seconds": seconds,
-            # ru_maxrss of children is the largest child so far: sizes run smallest first
-            "rss_mb": rss_kb / 1024 if rss_kb > before or before == 0 else math.nan,
+    return {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024,  # kB on Linux
             "verdict": body["verdict"], "samples": body["samples"],
-            "hl_ratio": body["latency"]["hl_ratio"], "stderr": done.stderr.strip()[-300:]}
+            "hl_ratio": body["latency"]["hl_ratio"], "stderr": stderr.strip()[-300:]}
 
 
 def run(db: BenchDB) -> dict[str, Any]:
@@ -140,8 +141,8 @@ def run(db: BenchDB) -> dict[str, Any]:
                        "mismatches), one child process per size, beside one SELECT count(*) "
                        "over the same stage",
         "unit": "seconds, MB",
-        "method": "wall time of the child process (Python start-up included); peak RSS from "
-                  "getrusage(RUSAGE_CHILDREN); count(*) the fastest of 3; growth exponent = "
+        "method": "wall time of the child process (Python start-up included); its peak RSS "
+                  "from wait4; count(*) the fastest of 3; growth exponent = "
                   "log(time ratio) / log(size ratio), 1.0 is linear",
         "sizes": sizes,
         "growth_exponent": growth,

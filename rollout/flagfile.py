@@ -15,15 +15,19 @@ from .errors import FlagFileError, InputError
 from .flags import (
     ABORT_GATES,
     ANALYSIS_KEYS,
+    BUSINESS_KEYS,
+    BUSINESS_PLACEHOLDERS,
     CONTROL_CHARACTERS,
     FAILURE_CLASSES,
     FLAG_NAME,
     ISOLATION,
+    MAX_BUSINESS_CHECKS,
     ROLE_NAME,
     SETTINGS_KEYS,
     STAGE_NAME,
     TOP_KEYS,
     Analysis,
+    BusinessCheck,
     CompareRules,
     Flag,
     Gates,
@@ -208,6 +212,7 @@ class _Validator:
             isolation=self.isolation(top.get("isolation", "read committed")),
             analysis=self.analyses(top["stages"]),
             webhook=self.webhook(top.get("webhook"), "webhook"),
+            business=self.business(top.get("business")),
         )
 
     def queries(self, value: Any, kind: str) -> tuple[Query, Query]:
@@ -278,6 +283,60 @@ class _Validator:
                 self.statement(Query(text, "inline"), f"params.{key}", "params")
             out.append(text)
         return out[0], out[1]
+
+    def business(self, value: Any) -> tuple[BusinessCheck, ...]:
+        """The ``business:`` checks (docs/business.md): each query one plain read that takes
+        the window's bounds as named placeholders, as psycopg reads them."""
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not value:
+            raise self.fail("business", f"must be a non-empty list of checks, got {_kind(value)}")
+        if len(value) > MAX_BUSINESS_CHECKS:
+            raise self.fail("business", f"at most {MAX_BUSINESS_CHECKS} checks, got {len(value)}")
+        seen: set[str] = set()
+        checks = []
+        for i, item in enumerate(value):
+            path = f"business[{i}]"
+            b = self.mapping(item, path, BUSINESS_KEYS)
+            name = self.text(b.get("name"), f"{path}.name")
+            assert name is not None
+            if not STAGE_NAME.fullmatch(name):
+                raise self.fail(f"{path}.name", f"{name!r} is not a valid check name: letters, "
+                                "digits, '.', '_' and '-', starting with a letter or digit, "
+                                "at most 63 characters")
+            if name in seen:
+                raise self.fail(f"{path}.name", f"duplicate check name '{name}'")
+            seen.add(name)
+            text = self.text(b.get("query"), f"{path}.query")
+            assert text is not None
+            query = self.sql_or_file(text, f"{path}.query")
+            self.statement(query, f"{path}.query", "business")
+            problem = _window_placeholders(query.sql)
+            if problem is not None:
+                where = f"{query.source}: " if query.source != "inline" else ""
+                raise self.fail(f"{path}.query", where + problem)
+            direction = b.get("direction")
+            if direction not in ("higher", "lower"):
+                shown = "nothing" if direction is None else repr(direction)
+                raise self.fail(f"{path}.direction", "must be higher or lower (which way is "
+                                f"better), got {shown}")
+            if "tolerance" not in b:
+                raise self.fail(f"{path}.tolerance", "is required: the relative change for the "
+                                "worse allowed (0.02 for 2 %)")
+            tolerance = float(self.number(b["tolerance"], f"{path}.tolerance", 0, 10))
+            gate = b.get("gate", False)
+            if not isinstance(gate, bool):
+                raise self.fail(f"{path}.gate", f"must be true or false, got {_kind(gate)}")
+            minutes = int(self.number(b.get("window_minutes", 60), f"{path}.window_minutes",
+                                      1, 10_080, integer=True))
+            confidence = float(self.number(b.get("confidence", 0.95), f"{path}.confidence",
+                                           0.5, 0.9999))
+            timeout = int(self.number(b.get("statement_timeout_ms", 10_000),
+                                      f"{path}.statement_timeout_ms", 1, 3_600_000,
+                                      integer=True))
+            checks.append(BusinessCheck(name, query, direction, tolerance, gate,
+                                        timedelta(minutes=minutes), confidence, timeout))
+        return tuple(checks)
 
     def compare(self, value: Any) -> CompareRules:
         if value is None:
@@ -572,6 +631,32 @@ class _Validator:
         except InputError as exc:
             raise self.fail(path, f"{rel} {exc}") from None
         return text
+
+
+def _window_placeholders(sql: str) -> str | None:
+    """Why a business query's placeholders are not what it receives, or None. Read by
+    psycopg's own splitter, so a stray ``%`` is caught here, not at the first report."""
+    import psycopg
+    from psycopg._queries import _split_query
+
+    try:
+        parts = _split_query(sql.encode("utf-8"), "utf-8")
+    except psycopg.ProgrammingError as exc:
+        return f"{exc} (placeholders: {_placeholders()})"
+    items = [part.item for part in parts[:-1]]
+    if any(isinstance(item, int) for item in items):
+        return f"positional placeholders (%s) are not allowed: use {_placeholders()}"
+    for item in items:
+        if item not in BUSINESS_PLACEHOLDERS:
+            return f"unknown placeholder %({item})s: a business query receives {_placeholders()}"
+    if not items:
+        return (f"must use {_placeholders()}: a number for each time window, not one for all "
+                "time")
+    return None
+
+
+def _placeholders() -> str:
+    return " and ".join(f"%({name})s" for name in BUSINESS_PLACEHOLDERS)
 
 
 def _span(span: timedelta) -> str:

@@ -14,13 +14,14 @@ from .targeting import Context, Decision, Stage, decide
 
 Kind = Literal["read", "write"]
 Order = Literal["strict", "ignore", "key"]
+Direction = Literal["higher", "lower"]
 
 FAILURE_CLASSES = ("serialization_failure", "deadlock", "lock_timeout", "statement_timeout",
                    "constraint_violation", "connection", "client", "other")
 
 TOP_KEYS = (
     "name", "description", "owner", "kind", "queries", "params", "compare", "stages", "gates",
-    "rollback", "online", "isolation", "webhook",
+    "rollback", "online", "isolation", "webhook", "business",
 )
 ISOLATION = ("read committed", "repeatable read", "serializable")
 
@@ -39,6 +40,12 @@ ABORT_GATES = ("latency", "max_mismatch_rate", "max_new_failures", "lock_wait")
 """The gates an ``analysis:`` block may let abort a stage (``abort_on``)."""
 ANALYSIS_KEYS = ("interval", "window", "failure_limit", "inconclusive_limit", "promote_after",
                  "promote_intervals", "abort_on")
+BUSINESS_KEYS = ("name", "query", "direction", "tolerance", "gate", "window_minutes",
+                 "confidence", "statement_timeout_ms")
+BUSINESS_PLACEHOLDERS = ("window_start", "window_end")
+"""What a business query receives: the bounds of one time window (timestamptz)."""
+MAX_BUSINESS_CHECKS = 20
+"""Each check runs its query a dozen times per report: a bound on what one flag costs."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,28 @@ class Online:
 
 
 @dataclass(frozen=True)
+class BusinessCheck:
+    """A business metric judged beside the query metrics (a ``business:`` entry;
+    docs/business.md): one number per time window, compared before and after a stage change."""
+
+    name: str
+    query: Query
+    """One plain read returning one number for ``%(window_start)s``–``%(window_end)s``."""
+    direction: Direction
+    """Which way is better: ``higher`` (success rate) or ``lower`` (error rate, staleness)."""
+    tolerance: float
+    """The relative change for the worse that is allowed (0.02: 2 %)."""
+    gate: bool = False
+    """Counts towards the verdict; informational (shown, never deciding) by default."""
+    window: timedelta = timedelta(minutes=60)
+    """How long each side of the change is (before and after)."""
+    confidence: float = 0.95
+    """Of the interval of the relative change."""
+    statement_timeout_ms: int = 10_000
+    """``SET LOCAL statement_timeout`` of each execution of the query."""
+
+
+@dataclass(frozen=True)
 class Rollback:
     """The schema undo (and the forward change it undoes), read from the workspace."""
 
@@ -195,6 +224,8 @@ class Flag:
     ``Analysis()`` (abort on failure, never promote)."""
     webhook: str | None = None
     """The flag's own notification webhook (else the workspace's); see ``Settings``."""
+    business: tuple[BusinessCheck, ...] = ()
+    """Business metrics compared around each stage change (``rollout.business``)."""
 
     def analysis_for(self, stage: str) -> Analysis:
         return self.analysis.get(stage) or Analysis()

@@ -17,9 +17,9 @@ from pglast import ast, enums, parser
 MAX_SQL_BYTES = 1024 * 1024
 """SQL files (queries, rollback scripts) larger than this are refused before parsing."""
 
-Role = Literal["read", "write", "params"]
-"""What a flag query is for: a path of a ``kind: read`` or ``kind: write`` flag, or a
-``params.sample``/``params.tenants`` query (always a plain read)."""
+Role = Literal["read", "write", "params", "business"]
+"""What a flag query is for: a path of a ``kind: read`` or ``kind: write`` flag, a
+``params.sample``/``params.tenants`` query or a ``business:`` metric (always plain reads)."""
 
 
 class SqlError(Exception):
@@ -339,6 +339,9 @@ def refusal(sql: str, role: Role) -> str | None:
         return beyond
     if isinstance(node, ast.DoStmt | ast.CallStmt):
         what = "DO" if isinstance(node, ast.DoStmt) else "CALL"
+        if role == "business":
+            return (f"{what} runs procedural code the parser cannot see into; business "
+                    "queries must be plain reads (SELECT, VALUES or TABLE)")
         return (f"{what} runs procedural code the parser cannot see into; kind: read runs "
                 "plain reads only (use kind: write, whose executions are rolled back)")
     if isinstance(node, ast.SelectStmt):
@@ -347,8 +350,8 @@ def refusal(sql: str, role: Role) -> str | None:
         words = f"it has {why}"
     else:
         words = f"{_VERBS.get(type(node), words)} is not a read"
-    if role == "params":
-        return f"{words}; params queries must be plain reads (SELECT, VALUES or TABLE)"
+    if role in ("params", "business"):
+        return f"{words}; {role} queries must be plain reads (SELECT, VALUES or TABLE)"
     return (f"{words}; kind: read runs plain reads only (use kind: write, whose executions "
             "are rolled back)")
 

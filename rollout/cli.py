@@ -24,7 +24,7 @@ from .connection import (
     service_uri,
     stop_embedded,
 )
-from .errors import EXIT_USAGE, InputError, RolloutError, Terminated
+from .errors import EXIT_INTERNAL, EXIT_USAGE, InputError, RolloutError, Terminated
 from .state import FlagState
 
 # `rollout flag kill` must start at once in an incident: runs, reports and verdicts (scipy,
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"rollout: internal error: {type(exc).__name__}: "
              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''} "
              "(set ROLLOUT_DEBUG=1 for the traceback)")
-        return EXIT_USAGE
+        return EXIT_INTERNAL
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

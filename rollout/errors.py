@@ -4,13 +4,21 @@
 
     RolloutError                 exit 2, one line on stderr
      ├── InputError              bad command-line input (unknown flag, stage, tenant ...)
-     │    └── FlagFileError      a flag file or workspace file is wrong: file:line: key: what
-     │    └── ConcurrentChange   a flag changed between reading and changing it (state.py)
+     │    ├── FlagFileError      a flag file or workspace file is wrong: file:line: key: what
+     │    ├── ConcurrentChange   a flag changed between reading and changing it
+     │    └── UnsafeRole         the login flag SQL would run as reaches past the database
      ├── ConnectionFailed        the target or store database cannot be reached
      ├── StoreError              the rollout schema is missing, too new, or a write failed
+     │    └── StoreStalled       the store stopped answering during a run: the run stopped
+     ├── ScratchUnavailable      no scratch server for a verification: skipped, saying why
+     ├── LostLeadership          a watcher lost its lock or the store: it acts on nothing
      └── Refused                 exit 1: `advance` without a fresh GO report for the stage
 
-    Terminated (a KeyboardInterrupt) SIGTERM, handled like SIGINT: exit 130, runs marked failed
+    Terminated (a KeyboardInterrupt) SIGTERM: exit 143 (SIGINT: 130), runs marked failed
+
+Anything else that escapes the CLI is a bug of ours: one line, exit ``EXIT_INTERNAL`` (70,
+sysexits' EX_SOFTWARE), never the exit code of bad input; ``ROLLOUT_DEBUG=1`` shows the
+traceback.
 
 Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.verdict``.
 """
@@ -18,6 +26,7 @@ Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout
 from __future__ import annotations
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70
 
 
 class RolloutError(Exception):
@@ -42,12 +51,32 @@ class FlagFileError(InputError):
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
 
 
+class ConcurrentChange(InputError):
+    """The flag changed between reading its state and changing it; nothing was written."""
+
+
+class UnsafeRole(InputError):
+    """The login that would run flag SQL can reach past the database (exit 2)."""
+
+
 class ConnectionFailed(RolloutError):
     """A database could not be reached; the message names it without its password."""
 
 
 class StoreError(RolloutError):
     """The toolkit's own state in schema ``rollout`` could not be read or written."""
+
+
+class StoreStalled(StoreError):
+    """The store stopped answering during a run: the run stopped."""
+
+
+class ScratchUnavailable(RolloutError):
+    """No scratch server or database could be made: verification is skipped, saying why."""
+
+
+class LostLeadership(RolloutError):
+    """A watcher's lock connection is gone or no longer holds the flag: act on nothing."""
 
 
 class Refused(RolloutError):

@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from .errors import ConnectionFailed, InputError
+from .errors import ConnectionFailed, InputError, UnsafeRole
 
 POWERS = ("pg_execute_server_program", "pg_write_server_files", "pg_read_server_files")
 """Predefined roles whose members reach the server's host (programs, files)."""
@@ -46,9 +46,6 @@ SETUP_HINT = ("connect as a login without those powers (`rollout init --role NAM
               "SQL that creates one; docs/safety.md), or pass --allow-superuser to accept "
               "the risk")
 
-
-class UnsafeRole(InputError):
-    """The login that would run flag SQL can reach past the database (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from .dbcheck import describe
-from .errors import InputError
+from .errors import InputError, ScratchUnavailable
 from .fingerprint import Fingerprint, differences, fingerprint
 from .flags import Flag
-from .scratch import ScratchUnavailable, scratch_database
+from .scratch import scratch_database
 from .sqlscript import (
     Statement,
     acts_beyond_database,

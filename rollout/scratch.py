@@ -24,7 +24,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
 from .connection import scrub
-from .errors import RolloutError
+from .errors import ScratchUnavailable
 
 VERIFIER = "rollout_scratch_verifier"
 """The role the scripts run as on the scratch server: it owns the scratch database and
@@ -57,9 +57,6 @@ _LIBPQ_ENV = frozenset(_ENV_OF.values()) | {"PGPASSWORD", "PGSERVICEFILE", "PGSY
                                              "PGTZ", "PGDATESTYLE", "PGGEQO", "PGDATA",
                                              "PGLOCALEDIR", "PGKRBSRVNAME"}
 
-
-class ScratchUnavailable(RolloutError):
-    """No scratch server or database could be made: verification is skipped, saying why."""
 
 
 # -- credentials for client tools ---------------------------------------------------------------

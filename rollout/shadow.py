@@ -17,7 +17,7 @@ from . import deadline
 from .checksum import checksum_compare
 from .compare import MASK, Comparison, compare
 from .connection import connect, redact
-from .errors import ConnectionFailed, InputError, StoreError, interruption
+from .errors import ConnectionFailed, InputError, StoreStalled, interruption
 from .execute import Limits, bounded, cancel_of, execute, fetch, guard
 from .flags import Flag
 from .locks import LockWaitSampler
@@ -144,9 +144,6 @@ class RunOptions:
     plans, finish): past it the write is cancelled, ``limits.margin_ms`` later its connection
     is cut, and the run stops (``StoreStalled``)."""
 
-
-class StoreStalled(StoreError):
-    """The store stopped answering during a run: the run stopped."""
 
 
 @contextlib.contextmanager

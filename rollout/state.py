@@ -11,15 +11,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from .errors import InputError
+from .errors import ConcurrentChange, InputError
 from .flags import Flag
 
 CHANNEL = "rollout_flags"
 """LISTEN/NOTIFY channel; the payload is the new state as JSON."""
 
-
-class ConcurrentChange(InputError):
-    """The flag changed between reading its state and changing it; nothing was written."""
 
 
 @dataclass(frozen=True)

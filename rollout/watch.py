@@ -41,10 +41,10 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .connection import connect
-from .errors import InputError, RolloutError
+from .errors import ConcurrentChange, InputError, LostLeadership, RolloutError
 from .flags import Analysis, Flag
 from .observations import COLUMNS, Observation
-from .state import ConcurrentChange, FlagState, change, read_state
+from .state import FlagState, change, read_state
 from .workspace import Workspace
 
 # numpy and scipy (sequential, verdict) are imported by the functions that judge:
@@ -336,9 +336,6 @@ def holder(conn: psycopg.Connection[Any], flag: str) -> Holder | None:
         return Holder(*row) if row else None
     return None
 
-
-class LostLeadership(RolloutError):
-    """The lock connection is gone or no longer holds the flag: act on nothing."""
 
 
 # -- the watcher -----------------------------------------------------------------------------

@@ -614,7 +614,7 @@ def test_stalled_store_stops_the_offline_run_after_its_deadline(
     """SIGSTOP on the store's backend mid-run: the run stops after the store deadline, says
     the run could not be marked, and the run row stays `running` (reports call it
     incomplete)."""
-    from rollout.shadow import StoreStalled
+    from rollout.errors import StoreStalled
 
     _, ws = loaded(make_workspace)
     flag = hostile(ws)

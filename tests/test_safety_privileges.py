@@ -187,7 +187,7 @@ def test_the_online_runners_refuse_a_superuser_login(
     import asyncio
 
     from rollout import AsyncRollout, Rollout
-    from rollout.privileges import UnsafeRole
+    from rollout.errors import UnsafeRole
 
     root = make_workspace({"eq": flag_yaml("eq", READ, READ)})
     threads = {t.name for t in threading.enumerate()}

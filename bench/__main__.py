@@ -28,6 +28,7 @@ from . import (
     overhead,
     perturb,
     recorder,
+    scale,
     service,
     stats_scale,
 )
@@ -50,6 +51,7 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (stats_scale.NAME, stats_scale.run, stats_scale.table),
     (ingest.NAME, ingest.run, ingest.table),
     (perturb.NAME, perturb.run, perturb.table),
+    (scale.NAME, scale.run, scale.table),
     # last: it stops and starts the benchmark's database server
     (service.NAME, service.run, service.table),
 )

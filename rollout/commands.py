@@ -151,13 +151,17 @@ def report(session: Session, flag_name: str, *, stage: str | None = None,
     decides the exit code."""
     from .report import FORMATS, write_report
 
-    flag = session.load().flag(flag_name)
+    ws = session.load()
+    flag = ws.flag(flag_name)
     out_dir = out or (session.workspace / "reports")
     with session.store() as store:
         stage = stage or current_stage(store, flag)
         return write_report(flag, stage, store, out_dir, database=redact(session.target_dsn),
                             formats=FORMATS if formats is None else formats,
-                            target_dsn=session.target_dsn)
+                            target_dsn=session.target_dsn,
+                            business_dsn=session.shadow_dsn(ws) if flag.business else None,
+                            allow_superuser=(session.allow_superuser
+                                             or ws.settings.allow_superuser))
 
 
 # -- runtime flag state ---------------------------------------------------------------------

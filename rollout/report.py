@@ -51,12 +51,24 @@ class WrittenReport:
 
 
 def build_report(flag: Flag, stage: str, store: Store, *, database: str,
-                 target_dsn: str | None = None) -> dict[str, Any]:
-    """Everything a release manager needs for one stage, JSON-ready."""
+                 target_dsn: str | None = None, business_dsn: str | None = None,
+                 allow_superuser: bool = False) -> dict[str, Any]:
+    """Everything a release manager needs for one stage, JSON-ready. With
+    ``business_dsn``, the flag's business checks run around the stage's change (on a
+    connection of their own, as the least-privilege login) and join the verdict."""
+    from .business import business_gate, stage_business
+    from .perturb import read as read_perturbations
+    from .plans import read_generic_checks
+    from .watch import analysis_history
+
     if flag.stage(stage) is None:
         raise flag.unknown_stage(stage)
     verification = (verification_for(flag, target_dsn, store.conn)
                     if target_dsn is not None else None)
+    business = (stage_business(store, flag, stage, business_dsn,
+                               allow_superuser=allow_superuser)
+                if business_dsn is not None and flag.business else None)
+    extra = [g for g in (business_gate(business or []),) if g is not None]
     with _snapshot(store.conn), _Progress() as progress:
         # The figures come from the database (figures.StoreEvidence), read in one snapshot:
         # rows a running service records meanwhile never change them half way.
@@ -69,13 +81,17 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
         runs = store.runs(flag.name, stage, flag.sql_hash)
         evidence.pool_signals = pool_signals_between(store, flag.name, seen["online_first"],
                                                      seen["online_last"])
-        core = judge_evidence(flag, evidence,
-                              plans=store.plans(flag.name, stage, flag.sql_hash),
-                              generic=store.generic_checks(flag.name, stage, flag.sql_hash),
-                              rollback=verification, runs=runs)
+        core = judge_evidence(
+            flag, evidence, plans=store.plans(flag.name, stage, flag.sql_hash),
+            generic=read_generic_checks(store.conn, flag.name, stage, flag.sql_hash),
+            perturbations=read_perturbations(store.conn, flag.name, stage, flag.sql_hash),
+            rollback=verification, runs=runs, extra_gates=extra)
         pools = stage_pools(store, flag.name, stage, seen["first"])
         impact = stage_impact(store, flag, stage)
+        if impact is not None and business is not None:
+            impact["business"] = business
         flag_timeline = timeline(store, flag)
+        flag_timeline["analysis"] = analysis_history(store.conn, flag.name, limit=50)
     attention = pool_attention(pools)
     if attention:
         core["reasons"].append(attention)
@@ -353,7 +369,8 @@ def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None
 
 
 def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, database: str,
-                 formats: Sequence[str] = FORMATS, target_dsn: str | None = None
+                 formats: Sequence[str] = FORMATS, target_dsn: str | None = None,
+                 business_dsn: str | None = None, allow_superuser: bool = False
                  ) -> WrittenReport:
     """Render the report to ``out_dir/<flag>/<stage>.<fmt>``, refresh ``out_dir/index.html``
     and record the report in the store: all of it or none.
@@ -371,7 +388,8 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
         raise flag.unknown_stage(stage)
     root = _output_folder(out_dir)
     folder = report_folder(root, flag.name, stage)
-    body = build_report(flag, stage, store, database=database, target_dsn=target_dsn)
+    body = build_report(flag, stage, store, database=database, target_dsn=target_dsn,
+                        business_dsn=business_dsn, allow_superuser=allow_superuser)
     rendered = {
         "html": lambda: render_html(body),
         "md": lambda: render_markdown(body),

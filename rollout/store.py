@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from . import __version__
 from .errors import StoreError
 from .observations import COLUMNS, Observation
-from .plans import GenericCheck, PlanSample
+from .plans import PlanSample
 
 MIGRATION_LOCK = 0x726F6C6C  # advisory lock key: concurrent first runs migrate once
 _ROW = attrgetter(*COLUMNS)
@@ -248,15 +248,6 @@ class Store:
                 " %s)", [(run_id, p.path, p.tenant, Jsonb(p.params), p.shape, Jsonb(p.plan),
                           p.buffers, p.plan_rows, p.actual_rows, p.exec_ms) for p in plans])
 
-    def write_generic_checks(self, run_id: uuid.UUID, checks: Sequence[GenericCheck]) -> None:
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO rollout.generic_checks (run_id, path, tenant, custom_ms,"
-                " generic_ms, custom_buffers, generic_buffers)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                [(run_id, c.path, c.tenant, c.custom_ms, c.generic_ms, c.custom_buffers,
-                  c.generic_buffers) for c in checks])
-
     def plans(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
         with self.conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
@@ -264,15 +255,6 @@ class Store:
                 " p.actual_rows, p.exec_ms FROM rollout.plans p JOIN rollout.runs r USING"
                 " (run_id) WHERE r.flag = %s AND r.stage = %s AND r.sql_hash = %s"
                 " ORDER BY p.id", [flag, stage, sql_hash])
-            return cur.fetchall()
-
-    def generic_checks(self, flag: str, stage: str, sql_hash: str) -> list[dict[str, Any]]:
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(
-                "SELECT g.path, g.tenant, g.custom_ms, g.generic_ms, g.custom_buffers,"
-                " g.generic_buffers FROM rollout.generic_checks g JOIN rollout.runs r USING"
-                " (run_id) WHERE r.flag = %s AND r.stage = %s AND r.sql_hash = %s"
-                " ORDER BY g.id", [flag, stage, sql_hash])
             return cur.fetchall()
 
     # -- observations ---------------------------------------------------------------------

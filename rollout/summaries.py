@@ -21,8 +21,6 @@ FloatArray = NDArray[np.float64]
 
 MIN_LATENCY_PAIRS = 20
 """Below this many timed executions per path the latency gate does not judge."""
-GENERIC_MIN_MS = 1.0
-"""A generic plan must also be this much slower (absolute) to count as far worse."""
 ENVIRONMENT_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 """Admin shutdown, crash shutdown, cannot connect now, too many connections; with every
 connection exception (class 08: the runners record a lost connection or a pool timeout as
@@ -273,41 +271,6 @@ def locks_summary(observations: Sequence[Observation]) -> dict[str, Any]:
     out["note"] = ("waits sampled from pg_locks every 10 ms; a wait shorter than that may be "
                    "missed; lock_timeout failures (55P03) count as failures")
     return out
-
-
-def plans_summary(plans: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"samples": len(plans), "buffers_ratio": None}
-    for path in ("legacy", "new"):
-        mine = [p for p in plans if p["path"] == path]
-        shapes = Counter(str(p["shape"]) for p in mine)
-        out[path] = {
-            "samples": len(mine),
-            "shapes": [{"shape": s, "count": n} for s, n in shapes.most_common(3)],
-            "median_buffers": float(np.median([p["buffers"] for p in mine])) if mine else None,
-            "median_exec_ms": float(np.median([p["exec_ms"] for p in mine])) if mine else None,
-            "rows_misestimate": float(np.median([
-                max(p["plan_rows"], 1.0) / max(p["actual_rows"], 1.0) for p in mine]))
-            if mine else None,
-        }
-    if out["legacy"]["median_buffers"] and out["new"]["median_buffers"] is not None:
-        out["buffers_ratio"] = out["new"]["median_buffers"] / out["legacy"]["median_buffers"]
-    out["same_shape"] = bool(plans) and (
-        {s["shape"] for s in out["legacy"]["shapes"]} == {s["shape"] for s in out["new"]["shapes"]})
-    return out
-
-
-def generic_summary(checks: Sequence[Mapping[str, Any]], limit: float) -> dict[str, Any]:
-    rows = []
-    for c in checks:
-        ratio = c["generic_ms"] / c["custom_ms"] if c["custom_ms"] > 0 else 1.0
-        rows.append({**c, "ratio": ratio})
-    legacy_ratio = {r["tenant"]: r["ratio"] for r in rows if r["path"] == "legacy"}
-    regressions = [r for r in rows if r["path"] == "new" and r["ratio"] > limit
-                   and r["generic_ms"] - r["custom_ms"] > GENERIC_MIN_MS
-                   and legacy_ratio.get(r["tenant"], 0.0) <= limit]
-    new_ratios = [r["ratio"] for r in rows if r["path"] == "new"]
-    return {"checks": rows, "regressions": regressions,
-            "worst_new_ratio": max(new_ratios) if new_ratios else None}
 
 
 def tenants_summary(observations: Sequence[Observation],

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from scipy import stats
 
+from . import plan_checks
 from .flags import Flag
 from .observations import Observation
 from .summaries import (
@@ -25,11 +26,9 @@ from .summaries import (
     PoolSignal,
     environment_failures,
     failures_summary,
-    generic_summary,
     latency_summary,
     locks_summary,
     noise_summary,
-    plans_summary,
     tenants_summary,
 )
 from .summaries import failure_class as failure_class  # re-exported: reports classify too
@@ -104,6 +103,7 @@ class Evidence:
 def judge(flag: Flag, observations: Sequence[Observation], *,
           noise: Sequence[Observation] = (), plans: Sequence[Mapping[str, Any]] = (),
           generic: Sequence[Mapping[str, Any]] = (),
+          perturbations: Sequence[Mapping[str, Any]] = (),
           rollback: Mapping[str, Any] | None = None,
           runs: Sequence[Mapping[str, Any]] = (), pool_signals: Sequence[PoolSignal] = (),
           seed: int = 0) -> dict[str, Any]:
@@ -111,15 +111,22 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
     observations in memory (``judge_evidence`` tells the rules; a stage in the store is
     judged by the database, ``figures.StoreEvidence``)."""
     return judge_evidence(flag, Listed(flag, observations, noise, pool_signals, seed),
-                          plans=plans, generic=generic, rollback=rollback, runs=runs)
+                          plans=plans, generic=generic, perturbations=perturbations,
+                          rollback=rollback, runs=runs)
 
 
 def judge_evidence(flag: Flag, evidence: StageEvidence, *,
                    plans: Sequence[Mapping[str, Any]] = (),
                    generic: Sequence[Mapping[str, Any]] = (),
+                   perturbations: Sequence[Mapping[str, Any]] = (),
                    rollback: Mapping[str, Any] | None = None,
-                   runs: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+                   runs: Sequence[Mapping[str, Any]] = (),
+                   extra_gates: Sequence[Gate] = ()) -> dict[str, Any]:
     """The verdict and every figure behind it, as the JSON-ready core of a report.
+
+    Plan evidence (EXPLAIN samples, generic-plan checks, plan perturbation) is judged by
+    ``plan_checks``, whose gates no single sample can flip (docs/gates.md); ``extra_gates``
+    (business metrics) join the verdict as they are.
 
     Offline evidence (``rollout shadow``) and online evidence (a running service's pairs)
     are never pooled: each source is judged on its own (``sources``), with its own A/A noise,
@@ -150,12 +157,16 @@ def judge_evidence(flag: Flag, evidence: StageEvidence, *,
                                   evidence.figures(e.source, latency=True))
               for e in present}
     present = [judged[e.source] for e in present]
-    plans_fig = plans_summary(plans)
-    generic_fig = generic_summary(generic, g_ratio := flag.gates.generic_plan_max_ratio)
+    plans_fig = plan_checks.plans_summary(plans)
+    g_ratio = flag.gates.generic_plan_max_ratio
+    generic_fig = plan_checks.generic_summary(generic, g_ratio)
+    perturb_fig = plan_checks.perturbation_summary(perturbations)
     gates = [combine([e.gates[i] for e in present], [e.source for e in present])
              for i in range(len(present[0].gates))]
-    gates += [_buffers(plans_fig, flag.gates.max_buffers_ratio),
-              _generic_gate(generic_fig, g_ratio), _rollback(flag, rollback)]
+    gates += [plan_checks.buffers_gate(plans_fig, flag.gates.max_buffers_ratio),
+              plan_checks.generic_gate(generic_fig, g_ratio),
+              plan_checks.perturbation_gate(perturb_fig, _tie_hints(flag)),
+              _rollback(flag, rollback), *extra_gates]
     failed = [x for x in gates if x.status == "fail"]
     open_ = [x for x in gates if x.status == "inconclusive"]
     decisive = [x for x in gates if x.status != "info"]
@@ -203,7 +214,20 @@ def judge_evidence(flag: Flag, evidence: StageEvidence, *,
                     for e in present if e.samples},
         "plans": plans_fig,
         "generic_plans": generic_fig,
+        "perturbation": perturb_fig,
     }
+
+
+def _tie_hints(flag: Flag) -> list[str]:
+    """What the parse tree says about ties in the new path (``determinism.hazards``): the
+    words a plan-determinism failure is explained with; none when the parser cannot read it."""
+    from .determinism import hazards
+    from .statements import SqlError
+
+    try:
+        return [h.what for h in hazards(flag.new.sql)]
+    except SqlError:
+        return []
 
 
 def _evidence(flag: Flag, source: str, samples: int, fig: dict[str, Any]) -> Evidence:
@@ -565,43 +589,6 @@ def _lock_wait(locks: Mapping[str, Any], limit_ms: float) -> Gate:
                     f"new path waits {extra:.1f} ms longer for locks per execution")
     return Gate("lock_wait", "pass", extra, limit_ms, f"{shown} ≤ {limit_ms:g} ms",
                 "no lock-wait regression")
-
-
-def _buffers(plans: Mapping[str, Any], limit: float | None) -> Gate:
-    ratio = plans.get("buffers_ratio")
-    if ratio is None:
-        return Gate("buffers", "info", None, limit, "no plan samples",
-                    "no EXPLAIN samples for this stage")
-    shown = (f"median {plans['new']['median_buffers']:.0f} vs "
-             f"{plans['legacy']['median_buffers']:.0f} buffers ({ratio:.2f}×)")
-    if limit is None:
-        return Gate("buffers", "info", ratio, None, shown,
-                    f"new path touches {ratio:.2f}× the buffers of legacy (not gated)")
-    if ratio > limit:
-        return Gate("buffers", "fail", ratio, limit, f"{shown} > {limit:g}×",
-                    f"new path touches {ratio:.2f}× the shared buffers of legacy")
-    return Gate("buffers", "pass", ratio, limit, f"{shown} ≤ {limit:g}×",
-                f"buffers per execution {ratio:.2f}× legacy")
-
-
-def _generic_gate(generic: Mapping[str, Any], limit: float) -> Gate:
-    if not generic["checks"]:
-        return Gate("generic_plan", "info", None, limit, "not checked",
-                    "no generic-plan check for this stage")
-    bad = generic["regressions"]
-    worst = generic["worst_new_ratio"]
-    if worst is None:
-        return Gate("generic_plan", "info", None, limit, "new path not checked",
-                    "no generic-plan check of the new path succeeded (only legacy was "
-                    "checked)")
-    shown = f"worst new generic/custom {worst:.1f}× (limit {limit:g}×)"
-    if bad:
-        tenants = ", ".join(str(b["tenant"]) for b in bad)
-        return Gate("generic_plan", "fail", worst, limit, shown,
-                    f"new path's generic plan is far slower than its custom plan for "
-                    f"{tenants} (as psycopg runs it after 5 executions)")
-    return Gate("generic_plan", "pass", worst, limit, shown,
-                "generic plans of the new path hold up for every checked tenant")
 
 
 def _rollback(flag: Flag, verification: Mapping[str, Any] | None) -> Gate:

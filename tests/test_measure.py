@@ -16,6 +16,7 @@ from rollout import Workspace
 from rollout.commands import Session, report, shadow
 from rollout.execute import execute
 from rollout.locks import LockWaitSampler
+from rollout.plans import read_generic_checks
 from rollout.shadow import RunOptions, run_pair, run_shadow
 from rollout.store import Store
 from rollout.verdict import judge
@@ -245,8 +246,7 @@ def test_generic_plan_regression_for_a_small_tenant(db: str,
     assert gate["status"] == "fail", body["generic_plans"]
     assert [r["tenant"] for r in body["generic_plans"]["regressions"]] == ["small7"]
     with psycopg.connect(db) as conn:
-        store = Store(conn)
-        checks = store.generic_checks("page", "pilot", Workspace.load(root).flags["page"]
-                                      .sql_hash)
+        checks = read_generic_checks(conn, "page", "pilot",
+                                     Workspace.load(root).flags["page"].sql_hash)
     assert {(c["path"], c["tenant"]) for c in checks} == {
         ("legacy", "big"), ("new", "big"), ("legacy", "small7"), ("new", "small7")}

@@ -39,7 +39,7 @@ def test_go_report_has_contract_keys_and_rollback(
     assert body["flag"] == "eq" and body["stage"] == "pilot" and body["samples"] == 60
     assert {g["name"] for g in body["gates"]} == {
         "min_samples", "max_mismatch_rate", "latency", "max_new_failures", "lock_wait",
-        "buffers", "generic_plan", "rollback"}
+        "buffers", "generic_plan", "plan_determinism", "rollback"}
     assert {g["name"]: g["status"] for g in body["gates"]}["buffers"] == "info"  # not gated
     assert all(g["status"] in ("pass", "info") for g in body["gates"])
     assert body["locks"]["new"]["measured"] == 60  # lock waits sampled for every execution

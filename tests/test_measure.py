@@ -58,6 +58,21 @@ def test_lock_wait_is_measured_within_20_percent(shop: str) -> None:
         sampler.close()
 
 
+def sleeping(dsn: str, timeout: float = 30.0) -> None:
+    """Return once another backend of this database is inside ``pg_sleep`` (polled from a
+    connection of its own: a session's statistics snapshot is frozen within a transaction)."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as watcher:
+        while time.monotonic() < deadline:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event = 'PgSleep' AND pid <> pg_backend_pid()").fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.005)  # polling, with a deadline
+    raise AssertionError("no backend reached pg_sleep in time")
+
+
 def contention_flag(name: str, new: str, *, kind: str = "write", extra: str = "") -> str:
     return flag_yaml(name, "UPDATE items SET val = val WHERE id = %(id)s RETURNING id", new,
                      kind=kind, min_samples=1, extra=extra).replace(
@@ -101,7 +116,7 @@ def test_deadlock_in_the_new_path_is_classified(shop: str, db_admin: str,
         other.execute("BEGIN")
         other.execute("UPDATE items SET val = val WHERE id = 8")
         t.start()
-        time.sleep(0.1)  # legacy is done; the new path holds 7 and sleeps
+        sleeping(shop)  # legacy is done; the new path holds 7 and sleeps
         other.execute("UPDATE items SET val = val WHERE id = 7")  # waits until the victim dies
         other.execute("ROLLBACK")
 
@@ -128,7 +143,7 @@ def test_serialization_failure_is_classified(shop: str, make_workspace: Workspac
 
     def during(other: psycopg.Connection[Any], t: threading.Thread) -> None:
         t.start()
-        time.sleep(0.2)  # legacy ran; the new path has its snapshot and sleeps
+        sleeping(shop)  # legacy ran; the new path has its snapshot and sleeps
         other.execute("UPDATE items SET val = val + 100 WHERE id = 7")
 
     obs = pair(shop, root, "ser", during)
@@ -147,14 +162,15 @@ def test_contention_fails_the_lock_wait_gate(shop: str, make_workspace: Workspac
     def during(other: psycopg.Connection[Any], t: threading.Thread) -> None:
         other.execute("BEGIN")
         t.start()
-        time.sleep(0.1)  # legacy is done, the new path sleeps
+        sleeping(shop)  # legacy is done, the new path sleeps
         other.execute("SELECT 1 FROM items WHERE id = 7 FOR UPDATE")
-        time.sleep(0.4)
+        time.sleep(0.5)  # how long the row is held (a duration, not an ordering)
         other.execute("COMMIT")
 
     obs = pair(shop, root, "wait", during)
     assert obs.legacy_lock_wait_ns == 0
-    assert 0.2e9 < obs.new_lock_wait_ns < 0.4e9  # held until 0.5 s, wanted from 0.2 s
+    # taken as the new path's 0.2 s sleep began, held 0.5 s: wanted for about 0.3 s
+    assert 0.2e9 < obs.new_lock_wait_ns < 0.5e9
     body = judge(Workspace.load(root).flags["wait"], [obs])
     gate = next(g for g in body["gates"] if g["name"] == "lock_wait")
     assert gate["status"] == "fail" and gate["figure"] > 200

@@ -380,7 +380,13 @@ def test_stage_impact_before_and_after_a_stage_change(online: tuple[str, Path]) 
         for grp in range(10):
             ro.query("eq", acme, {"grp": grp})
         assert ro.drain()
-        time.sleep(0.2)  # a pool-statistics snapshot lands before the change
+        # a pool-statistics snapshot lands before the change (polled, with a deadline)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 10
+            while not conn.execute("SELECT count(*) FROM rollout.pool_stats WHERE 'eq' ="
+                                   " ANY(flags)").fetchone()[0]:  # type: ignore[index]
+                assert time.monotonic() < deadline, "no pool statistics recorded"
+                time.sleep(0.01)
         flag_set(session, "eq", "everyone", actor="rm", reason="serve everyone")
         deadline = time.monotonic() + 10
         while ro.decide("eq", acme).path != "new":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._analysis import analysis_view
+from ._business import business_checks, business_view
 from ._diffs import mismatches_view
 from ._environment import database_stats_view, environment_view
 from ._failures import environment_events_view, failures_view
@@ -12,6 +14,7 @@ from ._format import as_list, as_map, as_str, counts_text, number
 from ._gates import gates_view, noise_view
 from ._latency import latency_view
 from ._locks import locks_view
+from ._perturbation import perturbation_view
 from ._plans import generic_plans_view, plans_view
 from ._pools import pools_view
 from ._rollback import rollback_view
@@ -60,12 +63,15 @@ def report_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "generic_plans": generic_plans_view(
             report.get("generic_plans"), gate_limits.get("generic_plan")
         ),
+        "perturbation": perturbation_view(report.get("perturbation"), report.get("gates")),
         "pools": pools_view(report.get("pools")),
         "stage_impact": stage_impact_view(report.get("stage_impact"), stage["stage"]),
+        "business": business_view(business_checks(report.get("stage_impact"))),
         "tenants": _tenants(report.get("tenants")),
         "queries": _queries(report.get("queries")),
         "rollback": rollback_view(report.get("rollback")),
         "timeline": timeline_view(report.get("timeline"), stage["stage"]),
+        "analysis": analysis_view(as_map(report.get("timeline")).get("analysis")),
         "database_stats": database_stats_view(report.get("database_stats")),
         "environment": environment_view(report.get("environment")),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._format import as_int, as_list, as_map, as_str, clip, fmt_num, fmt_value, json_text, number
@@ -10,6 +11,25 @@ from ._format import as_int, as_list, as_map, as_str, clip, fmt_num, fmt_value, 
 HTML_MAX_SAMPLES = 10
 HTML_MAX_ENTRIES = 25
 HTML_MAX_VALUE = 300
+
+
+@dataclass(frozen=True)
+class Sides:
+    """What the two results of a diff are called: legacy and new, or (plan determinism) one
+    path's first run and its run under another plan."""
+
+    left: str = "legacy"
+    right: str = "new"
+    left_result: str = "legacy result"
+    right_result: str = "new result"
+    left_only: str = "only in legacy"
+    right_only: str = "only in new"
+
+    def label(self, side: str) -> str:
+        return {"legacy": self.left, "new": self.right}.get(side, side)
+
+
+PATHS = Sides()
 
 
 def mismatches_view(raw: Any) -> dict[str, Any] | None:
@@ -44,7 +64,7 @@ def _html_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _group_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _group_rows(entries: list[dict[str, Any]], sides: Sides = PATHS) -> list[dict[str, Any]]:
     """Consecutive rows only in one result (missing, extra) with the same columns become one
     table: a block of lost rows reads as a table, not as a stack of one-row tables."""
     out: list[dict[str, Any]] = []
@@ -59,15 +79,15 @@ def _group_rows(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             last["table"]["rows"].extend(entry["table"]["rows"])
             last["kind"] = "rows"
             labels = [row["label"] for row in last["table"]["rows"]]
-            only_legacy, only_new = labels.count("legacy"), labels.count("new")
+            only_legacy, only_new = labels.count(sides.left), labels.count(sides.right)
             if only_new == 0:
-                last["title"] = f"Rows only in legacy result ({only_legacy})"
+                last["title"] = f"Rows only in {sides.left_result} ({only_legacy})"
             elif only_legacy == 0:
-                last["title"] = f"Rows only in new result ({only_new})"
+                last["title"] = f"Rows only in {sides.right_result} ({only_new})"
             else:
                 last["title"] = (
-                    f"Rows only in one result ({only_legacy} only in legacy,"
-                    f" {only_new} only in new)"
+                    f"Rows only in one result ({only_legacy} {sides.left_only},"
+                    f" {only_new} {sides.right_only})"
                 )
             continue
         out.append(entry)
@@ -108,7 +128,7 @@ def _entry(kind: str, title: str, **fields: Any) -> dict[str, Any]:
     return view
 
 
-def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+def _html_entry(entry: Mapping[str, Any], sides: Sides = PATHS) -> dict[str, Any]:
     kind = as_str(entry.get("kind"), "unknown")
     if kind == "columns":
         legacy = [as_str(c) for c in as_list(entry.get("legacy"))]
@@ -140,13 +160,16 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "duplicate_key":
         key = as_map(entry.get("key"))
         side = as_str(entry.get("side"), "?")
+        result = {"legacy": sides.left_result, "new": sides.right_result}.get(
+            side, f"{side} result"
+        )
         return _entry(
             kind,
-            f"Duplicate key in the {side} result",
+            f"Duplicate key in the {result}",
             table={
                 "columns": [as_str(c) for c in key],
                 "changed": [True for _ in key],
-                "rows": [{"label": side, "cells": [_cell(v) for v in key.values()]}],
+                "rows": [{"label": sides.label(side), "cells": [_cell(v) for v in key.values()]}],
             },
         )
     if kind == "value":
@@ -158,8 +181,8 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
                 "columns": ["value"],
                 "changed": [True],
                 "rows": [
-                    {"label": "legacy", "cells": [_cell(legacy_value, changed=True)]},
-                    {"label": "new", "cells": [_cell(new_value, changed=True)]},
+                    {"label": sides.left, "cells": [_cell(legacy_value, changed=True)]},
+                    {"label": sides.right, "cells": [_cell(new_value, changed=True)]},
                 ],
             },
         )
@@ -172,8 +195,8 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         )
     if kind in ("missing", "extra"):
         row = as_map(entry.get("row"))
-        title = "Row only in legacy result" if kind == "missing" else "Row only in new result"
-        label = "legacy" if kind == "missing" else "new"
+        title = f"Row only in {sides.left_result if kind == 'missing' else sides.right_result}"
+        label = sides.left if kind == "missing" else sides.right
         return _entry(
             kind,
             title,
@@ -210,7 +233,7 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
                             for c in columns
                         ],
                     }
-                    for label, row in (("legacy", legacy_row), ("new", new_row))
+                    for label, row in ((sides.left, legacy_row), (sides.right, new_row))
                 ],
             },
         )
@@ -219,3 +242,12 @@ def _html_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
         f"Difference of kind {kind}",
         raw=clip(json_text(dict(entry)), HTML_MAX_VALUE * 4),
     )
+
+
+def diff_entries(raw: Any, sides: Sides = PATHS, limit: int = HTML_MAX_ENTRIES
+                 ) -> tuple[list[dict[str, Any]], int]:
+    """A diff's first ``limit`` entries as tables (rows only on one side grouped), named by
+    ``sides``; and how many entries were left out."""
+    entries = [as_map(e) for e in as_list(raw)]
+    shown = _group_rows([_html_entry(e, sides) for e in entries[:limit]], sides)
+    return shown, max(0, len(entries) - limit)

@@ -30,7 +30,7 @@ def _details_text(raw: Any, display: str = "") -> str:
     already shows, and the sources' judgements (shown apart) are left out."""
     parts = []
     for key, value in as_map(raw).items():
-        if key in SOURCE_KEYS:
+        if key in SOURCE_KEYS or _structured(value):
             continue
         if isinstance(value, Mapping):
             text = counts_text(value)
@@ -43,13 +43,32 @@ def _details_text(raw: Any, display: str = "") -> str:
     return "; ".join(parts)
 
 
+def _structured(value: Any) -> bool:
+    """Evidence made of records (business checks, parameter sets, regressions): shown in
+    its own section, never as JSON in the gates table."""
+    if isinstance(value, Mapping):
+        items = list(value.values())
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        return False
+    return any(isinstance(v, Mapping | list | tuple) for v in items)
+
+
+def _threshold(value: Any) -> str:
+    """A gate's threshold; one per check (``business``) as "name value, …"."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{as_str(k)} {fmt_num(v)}" for k, v in value.items())
+    return fmt_num(value)
+
+
 def gates_view(raw: Any) -> list[dict[str, Any]]:
     gates = []
     for item in as_list(raw):
         gate = as_map(item)
         result = gate_status(gate)
         display = as_str(gate.get("display"))
-        figure, threshold = fmt_num(gate.get("figure")), fmt_num(gate.get("threshold"))
+        figure, threshold = fmt_num(gate.get("figure")), _threshold(gate.get("threshold"))
         if display:
             summary = display
         elif gate.get("threshold") is None:

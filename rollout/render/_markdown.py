@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._analysis import md_watch
+from ._business import business_checks, md_business
 from ._context import report_context
 from ._diffs import HTML_MAX_SAMPLES, params_text
 from ._env import MARKDOWN_TEMPLATE, markdown_env
 from ._format import as_list, as_map, as_str, clip, fmt_num, fmt_value, json_text
 from ._locks import locks_view
 from ._md_escape import md_code, md_text
+from ._perturbation import md_determinism
 from ._rollback import rollback_view
 
 MD_MAX_SAMPLES = 3
@@ -75,6 +78,9 @@ def _markdown_extras(report: Mapping[str, Any]) -> dict[str, Any]:
         "samples": [_md_sample(s) for s in samples[:MD_MAX_SAMPLES]],
         "samples_total": len(samples),
         "html_samples": min(len(samples), HTML_MAX_SAMPLES),
+        "determinism_line": md_determinism(report.get("perturbation"), report.get("gates")),
+        "business_line": md_business(business_checks(report.get("stage_impact"))),
+        "watch_line": md_watch(as_map(report.get("timeline")).get("analysis")),
         **_md_script(script if isinstance(script, str) else None, MD_MAX_SCRIPT),
     }
 

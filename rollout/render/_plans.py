@@ -6,9 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._format import as_list, as_map, as_str, fmt_ms, fmt_num, fmt_ratio, number
+from ._diffs import params_text
+from ._format import as_int, as_list, as_map, as_str, clip, fmt_ms, fmt_num, fmt_ratio, number
 
 SHAPE_MAX_DEPTH = 64
+MAX_PAIRED = 20  # parameter sets shown in the paired buffers table
+MAX_CHECKS = 40  # generic-plan checks shown run by run
+MAX_RUNS = 20  # runs shown per mode and check
+MAX_SHAPE = 300
 
 
 @dataclass
@@ -129,6 +134,35 @@ def plans_view(raw: Any) -> dict[str, Any] | None:
             },
         ],
         "buffers_ratio": buffers_ratio,
+        "paired": _paired(raw),
+    }
+
+
+def _paired(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Buffers paired by parameter set (``plan_checks.plans_summary``): each set explained
+    on both paths, new ÷ legacy; None for bodies that predate it."""
+    if "paired" not in raw:
+        return None
+    pairs = [as_map(p) for p in as_list(raw.get("paired"))]
+    rows = [
+        {
+            "tenant": as_str(p.get("tenant"), "—"),
+            "params": params_text(p.get("params")),
+            "legacy_buffers": fmt_num(p.get("legacy_buffers")),
+            "new_buffers": fmt_num(p.get("new_buffers")),
+            "ratio": fmt_ratio(p.get("ratio")),
+            "more": (number(p.get("ratio")) or 0) > 1,
+            "legacy_ms": fmt_ms(p.get("legacy_ms")),
+            "new_ms": fmt_ms(p.get("new_ms")),
+        }
+        for p in pairs[:MAX_PAIRED]
+    ]
+    return {
+        "rows": rows,
+        "total": len(pairs),
+        "hidden": max(0, len(pairs) - MAX_PAIRED),
+        "median": number(raw.get("paired_ratio_median")),
+        "more": as_int(raw.get("paired_more")),
     }
 
 
@@ -169,10 +203,89 @@ def generic_plans_view(raw: Any, limit: Any) -> dict[str, Any] | None:
         for tenant, paths in by_tenant.items()
     ]
     rows.sort(key=lambda r: (not r["regressed"], r["tenant"]))
+    checks = [as_map(c) for c in as_list(raw.get("checks"))]
+    # every run of each check: bodies written since checks repeat each mode
+    repeated = any("generic_runs" in c for c in checks)
+    legacy_slower = {
+        as_str(c.get("tenant"), "(no tenant)")
+        for c in checks
+        if c.get("path") == "legacy" and c.get("looks_slower") is True
+    }
+    unconfirmed = sorted(
+        {as_str(as_map(u).get("tenant"), "(no tenant)") for u in as_list(raw.get("unconfirmed"))}
+    )
     return {
         "rows": rows,
         "regressions": len(regressed),
         "regressed_tenants": sorted(regressed),
         "worst_new_ratio": number(raw.get("worst_new_ratio")),
         "limit": number(limit),
+        "repeated": repeated,
+        "runs_per_mode": max((as_int(c.get("runs")) or 0 for c in checks), default=0),
+        "checks": [_check_runs(c, regressed, legacy_slower) for c in checks[:MAX_CHECKS]]
+        if repeated
+        else [],
+        "checks_hidden": max(0, len(checks) - MAX_CHECKS) if repeated else 0,
+        "unconfirmed": unconfirmed,
+        "rule": as_str(raw.get("rule")),
+    }
+
+
+def _runs_text(raw: Any) -> str:
+    runs = [number(x) for x in as_list(raw)]
+    text = ", ".join(f"{x:.3g}" if x is not None else "—" for x in runs[:MAX_RUNS])
+    return text + (f" … (+{len(runs) - MAX_RUNS})" if len(runs) > MAX_RUNS else "")
+
+
+def _check_runs(
+    check: Mapping[str, Any], regressed: set[str], legacy_slower: set[str]
+) -> dict[str, Any]:
+    """One generic-plan check, run by run, and what it came to in words
+    (``plan_checks.generic_row``'s judgement)."""
+    tenant = as_str(check.get("tenant"), "(no tenant)")
+    path = as_str(check.get("path"), "?")
+    generic_runs = as_list(check.get("generic_runs"))
+    runs = as_int(check.get("runs")) or min(
+        len(as_list(check.get("custom_runs"))), len(generic_runs)
+    )
+    beyond = as_int(check.get("runs_beyond"))
+    differs = check.get("differs") is True
+    consistent = check.get("consistently_slower") is True
+    looks = check.get("looks_slower") is True or consistent
+    why = "another plan" if check.get("shape_differs") is True else "other buffers"
+    if path == "new" and tenant in regressed:
+        status, words = "regression", f"consistently slower, {why}: a regression"
+    elif looks and runs < 3:
+        status = "few"
+        words = f"{runs} run{'' if runs == 1 else 's'} per mode: too few to decide"
+    elif looks and not differs:
+        status, words = "noise", "timing noise: same plan and buffers"
+    elif consistent:
+        status, words = "slower", f"consistently slower, {why}"
+    elif looks:
+        status = "inconsistent"
+        words = (
+            f"not consistent: {fmt_num(beyond)} of {len(generic_runs)} generic runs beyond "
+            "the limit"
+        )
+    else:
+        status, words = "ok", "holds up"
+    if path == "new" and tenant in legacy_slower and status != "ok":
+        words += " (legacy's generic plan is slower too: not blamed on new)"
+    c_shape, g_shape = as_str(check.get("custom_shape")), as_str(check.get("generic_shape"))
+    return {
+        "tenant": tenant,
+        "path": path,
+        "custom_runs": _runs_text(check.get("custom_runs")),
+        "generic_runs": _runs_text(generic_runs),
+        "custom_ms": number(check.get("custom_ms")),
+        "generic_ms": number(check.get("generic_ms")),
+        "ratio": number(check.get("ratio")),
+        "buffers": f"{fmt_num(check.get('custom_buffers'))} vs "
+        f"{fmt_num(check.get('generic_buffers'))}",
+        "same_shape": bool(c_shape) and c_shape == g_shape,
+        "custom_shape": clip(c_shape, MAX_SHAPE),
+        "generic_shape": clip(g_shape, MAX_SHAPE),
+        "status": status,
+        "words": words,
     }

@@ -249,17 +249,17 @@ def test_business_checks_show_in_stage_impact_and_the_comment(
     assert "Business metrics" in impact
     assert ("Each check's query ran once per sub-window (10 minutes) of the 60 minutes "
             "before the change and the 60 minutes after it") in impact
-    rows = table_rows(page, "business")
+    rows = table_rows(page, "business")  # each check: its figures, then its reason
     low, high = success["ci"]
-    assert rows[0].startswith(
-        f"checkout_success higher is better · gated {success['before']['mean']:.4g} "
-        f"6 sub-window values")
-    assert f"{success['after']['mean']:.4g} 6 sub-window values" in rows[0]
-    assert f"{success['change']:+.1%} 95% CI [{low:+.1%}, {high:+.1%}] 2.0% ✗ fail" in rows[0]
-    assert ", ".join(f"{v:.4g}" for v in success["after"]["values"]) in rows[0]
-    assert success["reason"] in rows[0]
-    assert rows[1].startswith("checkout_failures lower is better · informational")
-    assert "5.0% ✗ fail" in rows[1]
+    assert rows[0] == (
+        f"checkout_success higher is better · gated {success['before']['mean']:.4g} mean of "
+        f"6 sub-windows {success['after']['mean']:.4g} mean of 6 sub-windows "
+        f"{success['change']:+.1%} 95% CI [{low:+.1%}, {high:+.1%}] 2.0% ✗ fail")
+    assert rows[1].startswith(success["reason"])
+    values = ", ".join(f"{v:.4g}" for v in success["after"]["values"])
+    assert rows[1].endswith(f"after: {values}")
+    assert rows[2].startswith("checkout_failures lower is better · informational")
+    assert rows[2].endswith("5.0% ✗ fail") and rows[3].startswith(failures["reason"])
     gate_row = html_gate_row(page, "business")
     assert "checkout_success 0.02, checkout_failures 0.05" in gate_row  # tolerances
     assert "{" not in gate_row
@@ -513,7 +513,7 @@ def test_enormous_bodies_stay_a_page_and_a_comment() -> None:
     assert len(md) < 12_000
     assert len(page) < 3_000_000
     assert len(table_rows(page, "analysis")) == 20
-    assert len(table_rows(page, "business")) == 20
+    assert len(table_rows(page, "business")) == 2 * 20
     assert "1,980 more checks not shown" in page  # business
     assert "2,960 more checks not shown" in page  # generic plans
     assert "(5 shown, 1,995 more)" in page  # parameter sets new alone changed for

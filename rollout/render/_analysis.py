@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from ._format import (
@@ -17,6 +18,7 @@ from ._format import (
     fmt_num,
     fmt_p,
     fmt_ratio,
+    fmt_seconds,
     number,
 )
 from ._md_escape import md_code, md_text
@@ -24,6 +26,7 @@ from ._md_escape import md_code, md_text
 MAX_SHOWN = 20
 """Intervals shown in the timeline (the body keeps the latest 50)."""
 MAX_REASONS = 3
+MAX_REASON = 160  # characters of a reason in the table; the whole one in its title
 MD_MAX_TEXT = 160
 DECISIONS = {
     "continue": "continue",
@@ -77,7 +80,8 @@ def _interval(item: Mapping[str, Any]) -> dict[str, Any]:
         window_parts.append(f"{fmt_num(window.get('environment_events'))} environment "
                             "failures")
     reasons = [as_str(r) for r in as_list(item.get("reasons"))]
-    gates = [as_map(g) for g in as_list(figures.get("gates"))]
+    gates = [as_map(g) for g in as_list(figures.get("gates"))][:10]
+    open_gates = [g for g in gates if as_str(g.get("status")) in ("fail", "inconclusive")]
     return {
         "at": as_str(item.get("at"), "—"),
         "stage": as_str(item.get("stage"), "—"),
@@ -96,6 +100,7 @@ def _interval(item: Mapping[str, Any]) -> dict[str, Any]:
         if number(item.get("mismatch_p")) is not None else "—",
         "mismatch_alpha": fmt_num(mis_alpha) if mis_alpha is not None else "",
         "window": ", ".join(window_parts),
+        "window_span": _span(item.get("window_start"), item.get("window_end")),
         "stage_pairs": stage_figures.get("pairs_timed"),
         "stage_compared": stage_figures.get("compared"),
         "failed_intervals": as_int(item.get("failed_intervals")),
@@ -103,13 +108,24 @@ def _interval(item: Mapping[str, Any]) -> dict[str, Any]:
         "inconclusive_streak": as_int(item.get("inconclusive_streak")),
         "gates": [{"name": as_str(g.get("name"), "?"),
                    "mark": GATE_MARK.get(as_str(g.get("status")), "–"),
-                   "status": as_str(g.get("status"))} for g in gates[:10]],
-        "reasons": reasons[:MAX_REASONS],
+                   "status": as_str(g.get("status"))} for g in open_gates],
+        "gates_passed": bool(gates) and not open_gates,
+        "reasons": [{"text": clip(r, MAX_REASON), "full": r} for r in reasons[:MAX_REASONS]],
         "reasons_more": max(0, len(reasons) - MAX_REASONS),
         "watcher": as_str(item.get("watcher")),
         "acted_by": as_str(item.get("acted_by")),
         "report_id": as_str(item.get("report_id")),
     }
+
+
+def _span(start: Any, end: Any) -> str:
+    """How long a window was, from its two ISO times ("" when either is missing)."""
+    try:
+        seconds = (datetime.fromisoformat(as_str(end)) - datetime.fromisoformat(as_str(start))
+                   ).total_seconds()
+    except (TypeError, ValueError):
+        return ""
+    return fmt_seconds(seconds)
 
 
 def md_watch(raw: Any) -> str:
@@ -129,7 +145,7 @@ def md_watch(raw: Any) -> str:
     elif last["watcher"]:
         text += f" · by {md_text(clip(last['watcher'], 120))}"
     if last["reasons"] and last["verdict"] != "GO":
-        text += f" · {md_text(clip(last['reasons'][0], MD_MAX_TEXT))}"
+        text += f" · {md_text(clip(last['reasons'][0]['full'], MD_MAX_TEXT))}"
     text += f" · {view['total']} interval{'' if view['total'] == 1 else 's'}: "
     text += md_text(view["decisions"])
     return text

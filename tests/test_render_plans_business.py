@@ -506,16 +506,25 @@ def test_enormous_bodies_stay_a_page_and_a_comment() -> None:
     body["perturbation"]["blamed"][0]["new"] *= 500
     body["generic_plans"]["checks"] = [
         dict(body["generic_plans"]["checks"][0], generic_runs=[1.0] * 5000,
-             custom_runs=[1.0] * 5000) for _ in range(3000)]
+             custom_runs=[1.0] * 5000) for _ in range(100)]
     body["plans"]["paired"] = [{"tenant": "t", "params": {}, "legacy_buffers": 1,
                                 "new_buffers": 2, "ratio": 2.0}] * 3000
-    page, md = render_html(body), render_markdown(body)
-    assert len(md) < 12_000
+    page = render_html(body)
+    # enormous single values and thousands of distinct decisions: still one comment
+    huge = copy.deepcopy(body)
+    huge["perturbation"]["blamed"][0]["new"][0]["setting"] = "s" * 100_000
+    for i, interval in enumerate(huge["timeline"]["analysis"]):
+        interval.update(decision=f"decision-{i}", at="t" * 100_000, verdict="v" * 100_000,
+                        report_id="r" * 100_000, acted_by="a" * 100_000)
+    huge["stage_impact"]["business"][0].update(name="n" * 100_000, display="d" * 100_000)
+    for md in (render_markdown(body), render_markdown(huge)):
+        assert len(md) < 12_000
+    assert "5000 intervals: 1 decision-0, 1 decision-1" in render_markdown(huge)
     assert len(page) < 3_000_000
     assert len(table_rows(page, "analysis")) == 20
     assert len(table_rows(page, "business")) == 2 * 20
     assert "1,980 more checks not shown" in page  # business
-    assert "2,960 more checks not shown" in page  # generic plans
+    assert "60 more checks not shown" in page  # generic plans
     assert "(5 shown, 1,995 more)" in page  # parameter sets new alone changed for
     # the first parameter set's 500 settings cut to 3, the other four have one each
     assert page.count("New returned other rows under no index scans") == 3 + 4

@@ -52,7 +52,8 @@ def analysis_view(raw: Any) -> dict[str, Any] | None:
         "total": len(items),
         "hidden": max(0, len(items) - MAX_SHOWN),
         "latest": rows[0],
-        "decisions": ", ".join(f"{n} {d}" for d, n in decisions.most_common()),
+        "decisions": ", ".join(f"{n} {clip(d, 40)}" for d, n in decisions.most_common(5))
+        + (", …" if len(decisions) > 5 else ""),
         "acted": [r for r in rows if r["acted_by"]],
     }
 
@@ -135,13 +136,14 @@ def md_watch(raw: Any) -> str:
     if view is None:
         return ""
     last = view["latest"]
-    text = (f"latest interval {md_text(last['at'])}: **{md_text(last['decision'])}** "
-            f"({md_text(last['verdict'])}, stage {md_code(clip(last['stage'], 60))}; "
+    text = (f"latest interval {md_text(clip(last['at'], 40))}: "
+            f"**{md_text(clip(last['decision'], 40))}** "
+            f"({md_text(clip(last['verdict'], 20))}, stage {md_code(clip(last['stage'], 60))}; "
             f"latency {md_text(last['latency_p'])}, mismatches {md_text(last['mismatch_p'])})")
     if last["acted_by"]:
         text += f" · acted: {md_text(clip(last['acted_by'], 120))}"
         if last["report_id"]:
-            text += f", report {md_code(last['report_id'])}"
+            text += f", report {md_code(clip(last['report_id'], 60))}"
     elif last["watcher"]:
         text += f" · by {md_text(clip(last['watcher'], 120))}"
     if last["reasons"] and last["verdict"] != "GO":

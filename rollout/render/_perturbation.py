@@ -187,7 +187,7 @@ def _md_example(sample: Mapping[str, Any], raw: Any) -> str:
     where = [f"tenant {md_code(clip(sample['tenant'], MD_MAX_VALUE))}"]
     if sample["params"]:
         where.append(md_code(clip(sample["params"], MD_MAX_VALUE)))
-    text = f"{', '.join(where)}: {md_text(exposure['words'])}"
+    text = f"{', '.join(where)}: {md_text(clip(exposure['words'], MD_MAX_VALUE * 2))}"
     if exposure["statements"]:
         text += f" ({md_code(clip(exposure['statements'], MD_MAX_VALUE * 2))})"
     first_diff = _first_diff(raw)

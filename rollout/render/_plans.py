@@ -232,9 +232,10 @@ def generic_plans_view(raw: Any, limit: Any) -> dict[str, Any] | None:
 
 
 def _runs_text(raw: Any) -> str:
-    runs = [number(x) for x in as_list(raw)]
-    text = ", ".join(f"{x:.3g}" if x is not None else "—" for x in runs[:MAX_RUNS])
-    return text + (f" … (+{len(runs) - MAX_RUNS})" if len(runs) > MAX_RUNS else "")
+    items = as_list(raw)
+    runs = [number(x) for x in items[:MAX_RUNS]]
+    text = ", ".join(f"{x:.3g}" if x is not None else "—" for x in runs)
+    return text + (f" … (+{len(items) - MAX_RUNS})" if len(items) > MAX_RUNS else "")
 
 
 def _check_runs(

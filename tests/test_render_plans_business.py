@@ -289,8 +289,8 @@ def test_watcher_intervals_show_in_the_timeline_and_the_index_keeps_working(
     # the index, the watcher's row the newest for the stage
     with psycopg.connect(shop, autocommit=True) as conn:
         store = Store.open(conn)
-        [(_, _, verdict, _, files, _)] = store.latest_reports(["slow"])
-        assert (verdict, list(files)) == ("NO-GO", [])
+        [row] = store.latest_reports(["slow"])  # flag, stage, verdict, samples, files, …
+        assert (row[2], list(row[4])) == ("NO-GO", [])
         index = write_index(list(Workspace.load(root).flags.values()), store, root / "reports")
     text = " ".join(visible_text(index.read_text()).split())
     assert "pilot (killed) NO-GO 200 samples" in text

@@ -604,9 +604,10 @@ def _index_page(workspace_flags: Sequence[Flag], store: Store, out_dir: Path,
     states = read_all(store.conn)
     rows = store.latest_reports(names)
     latest: dict[str, dict[str, Any]] = {}
-    for flag_name, stage, verdict, samples, files, created_at in rows:
+    for flag_name, stage, verdict, samples, files, created_at, by_watch in rows:
         latest.setdefault(flag_name, {})[stage] = {
             "verdict": verdict, "samples": samples, "files": list(files or []),
+            "by_watch": bool(by_watch),
             "created_at": created_at.astimezone(UTC).isoformat(timespec="seconds")
             if created_at else None}
     entries = []
@@ -626,6 +627,7 @@ def _index_page(workspace_flags: Sequence[Flag], store: Store, out_dir: Path,
                 "verdict": rep["verdict"] if rep else None,
                 "samples": rep["samples"] if rep else None,
                 "created_at": rep["created_at"] if rep else None,
+                "judged_by": "rollout watch" if rep and rep["by_watch"] else None,
                 "href": f"{quote(name, safe='')}/{quote(stage + '.html', safe='')}"
                 if exists else None,
                 # the newest report of this stage wrote no HTML: the page is an older one

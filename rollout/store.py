@@ -391,9 +391,10 @@ class Store:
 
     def latest_reports(self, flags: Sequence[str]) -> list[tuple[Any, ...]]:
         """The newest report of every (flag, stage): flag, stage, verdict, samples, files,
-        created_at."""
+        created_at, and whether ``rollout watch`` judged it (over its window)."""
         return self.conn.execute(
-            "SELECT DISTINCT ON (flag, stage) flag, stage, verdict, samples, files, created_at"
+            "SELECT DISTINCT ON (flag, stage) flag, stage, verdict, samples, files, created_at,"
+            " coalesce(body->>'kind' = 'watch', false)"
             " FROM rollout.reports WHERE flag = ANY(%s) ORDER BY flag, stage, created_at DESC",
             [list(flags)]).fetchall()
 

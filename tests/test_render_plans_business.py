@@ -293,7 +293,7 @@ def test_watcher_intervals_show_in_the_timeline_and_the_index_keeps_working(
         assert (row[2], list(row[4])) == ("NO-GO", [])
         index = write_index(list(Workspace.load(root).flags.values()), store, root / "reports")
     text = " ".join(visible_text(index.read_text()).split())
-    assert "pilot (killed) NO-GO 200 samples" in text
+    assert "pilot (killed) NO-GO 200 samples (judged by rollout watch over its window)" in text
     assert "the HTML page is from an earlier report" in text
     assert 'href="slow/pilot.html"' in index.read_text()  # the page `rollout report` wrote
 

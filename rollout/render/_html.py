@@ -53,6 +53,7 @@ def _index_context(data: Mapping[str, Any]) -> dict[str, Any]:
                     "created_at": as_str(st.get("created_at")),
                     "href": href if _relative_href(href) else "",
                     "html_stale": st.get("html_stale") is True,
+                    "judged_by": as_str(st.get("judged_by")),
                 }
             )
         current = next((s for s in stages if s["current"]), None)

@@ -148,15 +148,18 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
     The request pool keeps psycopg's preparing (planning a served query on every request
     would cost more than the query): a served query ends with ``commit_and_reset``, which
     checks the server's prepared statements are exactly psycopg's own and drops them all if
-    flag SQL made or replaced one. The shadow pool never prepares: its executions end with
-    ``DEALLOCATE ALL`` anyway (docs/online.md)."""
+    flag SQL made or replaced one. It is in autocommit: a served query is one statement, its
+    own transaction, with no BEGIN and COMMIT round trips; ``run()`` turns it off for the
+    callables, which own their transactions. The shadow pool never prepares: its executions
+    end with ``DEALLOCATE ALL`` anyway (docs/online.md)."""
     def kwargs(name: str, **more: Any) -> dict[str, Any]:
         return {"application_name": f"pg-rollout-{name}", "cursor_factory": cursor_factory,
                 **more}
 
     requests = pool_config(
         {"min_size": 1, "max_size": pool_size, "open": open, "name": "rollout-requests",
-         "kwargs": kwargs("requests"), "reset": reset, "reconnect_failed": regrow},
+         "kwargs": kwargs("requests", autocommit=True), "reset": reset,
+         "reconnect_failed": regrow},
         pool_options, connect_kwargs, timeout)
     shadow = pool_config(
         {"min_size": 1, "max_size": shadow_pool_size, "open": open, "name": "rollout-shadow",

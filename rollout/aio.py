@@ -59,6 +59,12 @@ Row = TypeVar("Row")
 AConn = psycopg.AsyncConnection[Any]
 
 
+async def _autocommit_again(conn: AConn) -> None:
+    """As ``runner._autocommit_again``."""
+    with contextlib.suppress(psycopg.Error):
+        await conn.set_autocommit(True)
+
+
 class AsyncRollout(RunnerCore):
     """Decide, serve, shadow, record: the library entry point for asyncio code.
 
@@ -192,6 +198,9 @@ class AsyncRollout(RunnerCore):
                     self.pool.connection(timeout=self.request_timeout))
             except psycopg.Error as exc:
                 raise self._checkout_failed(f, d, ctx, exc) from exc
+            if conn.autocommit:  # the request pool's: callables own their transactions
+                await conn.set_autocommit(False)
+                stack.push_async_callback(_autocommit_again, conn)
             start = time.perf_counter_ns()
             try:
                 value = await fn(conn)

@@ -243,8 +243,10 @@ def _check(encoding: str, results: list[pq.abc.PGresult]) -> None:
             raise psycopg.errors.error_from_result(res, encoding=encoding)
 
 
-COMMIT_AND_RESET = (b"COMMIT; " + RESET_SESSION.replace(b"; DEALLOCATE ALL", b"")
-                    + b"; SELECT name, from_sql FROM pg_prepared_statements")
+RESET_CHECKED = (RESET_SESSION.replace(b"; DEALLOCATE ALL", b"")
+                 + b"; SELECT name, from_sql FROM pg_prepared_statements")
+"""The session reset that keeps psycopg's prepared statements, reading them to check them."""
+COMMIT_AND_RESET = b"COMMIT; " + RESET_CHECKED
 """How the runners end a served query: its transaction committed and the session reset in
 the same round trip (``commit_and_reset``), so the pool's reset has nothing left to do.
 psycopg's prepared statements stay (planning a query again on every request would cost more
@@ -260,8 +262,9 @@ def commit_and_reset(conn: psycopg.Connection[Any]) -> None:
     """Commit the served query's transaction and reset the session in one round trip,
     keeping psycopg's prepared statements if they are intact (else a second round trip
     drops them all). If it fails, the connection is not marked and the pool's reset runs in
-    full."""
-    rows = command(conn, COMMIT_AND_RESET)
+    full. On the runners' request pool the served query ran in autocommit (one statement,
+    its own transaction: no BEGIN and COMMIT round trips), so there is nothing to commit."""
+    rows = command(conn, _ending(conn))
     if not prepared_intact(conn, rows):
         command(conn, b"DEALLOCATE ALL")
         forget_prepared(conn)
@@ -269,11 +272,16 @@ def commit_and_reset(conn: psycopg.Connection[Any]) -> None:
 
 
 async def acommit_and_reset(conn: psycopg.AsyncConnection[Any]) -> None:
-    rows = await acommand(conn, COMMIT_AND_RESET)
+    rows = await acommand(conn, _ending(conn))
     if not prepared_intact(conn, rows):
         await acommand(conn, b"DEALLOCATE ALL")
         forget_prepared(conn)
     _RESET.add(conn)
+
+
+def _ending(conn: Any) -> bytes:
+    in_transaction = conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS
+    return COMMIT_AND_RESET if in_transaction else RESET_CHECKED
 
 
 def _already_reset(conn: Any) -> bool:

@@ -58,6 +58,13 @@ Conn = psycopg.Connection[Any]
 SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200, margin_ms=1000)
 
 
+def _autocommit_again(conn: Conn) -> None:
+    """Back to the request pool's autocommit after a ``run()`` callable; a connection left in
+    a failed transaction keeps it off (the pool rolls it back; ``query()`` then commits)."""
+    with contextlib.suppress(psycopg.Error):
+        conn.autocommit = True
+
+
 class Rollout(RunnerCore):
     """Decide, serve, shadow, record: the library entry point for sync code."""
 
@@ -148,9 +155,10 @@ class Rollout(RunnerCore):
                 with self.pool.connection(timeout=self._left(until)) as conn, \
                         self._request_watch(conn, until) as watch:
                     start = time.perf_counter_ns()
-                    # our cursor, whatever the pool: one statement, extended protocol; in
-                    # psycopg's transaction, committed with the session reset in one round
-                    # trip (an error leaves it to the pool's rollback and full reset)
+                    # our cursor, whatever the pool: one statement, extended protocol; on
+                    # the runner's pool in autocommit (its own transaction), else committed
+                    # with the session reset in one round trip (an error leaves it to the
+                    # pool's rollback and full reset)
                     cur = ExtendedCursor(conn).execute(sql, args)
                     res = cur.pgresult
                     rows = cur.fetchall() if res is not None and res.nfields else None
@@ -190,6 +198,9 @@ class Rollout(RunnerCore):
                 conn = stack.enter_context(self.pool.connection(timeout=self.request_timeout))
             except psycopg.Error as exc:
                 raise self._checkout_failed(f, d, ctx, exc) from exc
+            if conn.autocommit:  # the request pool's: callables own their transactions
+                conn.autocommit = False
+                stack.callback(_autocommit_again, conn)
             start = time.perf_counter_ns()
             try:
                 value = fn(conn)

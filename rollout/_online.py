@@ -131,9 +131,12 @@ def pool_config(base: Mapping[str, Any], pool_options: Mapping[str, Any] | None,
     kwargs = {"connect_timeout": CONNECT_TIMEOUT_S, **(connect_kwargs or {}),
               **base["kwargs"]}
     options = dict(pool_options or {})
-    failed = _then(base["reconnect_failed"], options.pop("reconnect_failed", None))
+    ours = {"reconnect_failed": _then(base["reconnect_failed"],
+                                      options.pop("reconnect_failed", None))}
+    if base.get("check") is not None:  # the session reset at checkout runs first
+        ours["check"] = _then(base["check"], options.pop("check", None))
     return {**base, "timeout": timeout, "reconnect_timeout": RECONNECT_TIMEOUT_S,
-            **options, "kwargs": kwargs, "reconnect_failed": failed}
+            **options, "kwargs": kwargs, **ours}
 
 
 def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
@@ -150,7 +153,12 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
     checks the server's prepared statements are exactly psycopg's own and drops them all if
     flag SQL made or replaced one. It is in autocommit: a served query is one statement, its
     own transaction, with no BEGIN and COMMIT round trips; ``run()`` turns it off for the
-    callables, which own their transactions. The shadow pool never prepares: its executions
+    callables, which own their transactions. The request pool resets a connection at
+    checkout (``check=``), not on return: psycopg_pool would hand every return to a worker
+    task first, a hop on each request; ``reset`` finds the connections a served query already
+    reset and does nothing (no round trip), and resets in full any other (a ``run()``
+    callable's, one an error or a cancellation interrupted), before anyone gets it. The
+    shadow pool resets on return, off any caller's path, and never prepares: its executions
     end with ``DEALLOCATE ALL`` anyway (docs/online.md)."""
     def kwargs(name: str, **more: Any) -> dict[str, Any]:
         return {"application_name": f"pg-rollout-{name}", "cursor_factory": cursor_factory,
@@ -158,7 +166,7 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
 
     requests = pool_config(
         {"min_size": 1, "max_size": pool_size, "open": open, "name": "rollout-requests",
-         "kwargs": kwargs("requests", autocommit=True), "reset": reset,
+         "kwargs": kwargs("requests", autocommit=True), "check": reset,
          "reconnect_failed": regrow},
         pool_options, connect_kwargs, timeout)
     shadow = pool_config(

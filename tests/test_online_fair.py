@@ -362,3 +362,51 @@ def test_running_the_served_path_again_never_writes_twice(
     assert acme_before is not None and acme_after is not None
     assert acme_after[0] == acme_before[0] + 30 * acme_after[1]
     assert ran == (30,)  # and every request's pair ran both paths in the background
+
+
+# -- the request pool's session reset at checkout ------------------------------------------
+
+STICKY_SERVED = ("SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s"
+                 " AND set_config('work_mem', '77kB', false) IS NOT NULL"
+                 " AND pg_advisory_lock(4242) IS NOT NULL ORDER BY id")
+
+
+def session_state(conn: Any) -> tuple[Any, ...]:
+    return (conn.execute("SHOW work_mem").fetchone()[0],
+            conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                         " AND pid = pg_backend_pid()").fetchone()[0])
+
+
+def test_no_session_state_reaches_the_next_request_on_the_request_pool(
+    shop: str, make_workspace: WorkspaceMaker
+) -> None:
+    """One request connection: a served query and a run() callable that change a session
+    setting and take a session advisory lock leave neither to the next request, whether the
+    served query ended normally or failed."""
+    root = make_workspace({"sticky": strict("sticky", STICKY_SERVED, STICKY_SERVED + " ")})
+    start(shop, root, "sticky")
+    with psycopg.connect(shop) as conn:
+        default = conn.execute("SHOW work_mem").fetchone()[0]  # type: ignore[index]
+
+    def dirty(conn: psycopg.Connection[Any]) -> int:
+        conn.execute("SELECT set_config('work_mem', '88kB', false),"
+                     " pg_advisory_lock(4243)")
+        conn.commit()
+        return 1
+
+    def seen(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+        state = session_state(conn)
+        conn.commit()
+        return state
+
+    acme = Context(tenant="acme")
+    with Rollout.connect(shop, workspace=root, shadow_budget=None, pool_size=1,
+                         pool_stats_interval=None) as ro:
+        ro.query("sticky", acme, {"grp": 1})
+        assert ro.run("sticky", acme, legacy=seen, new=seen) == (default, 0)
+        ro.run("sticky", acme, legacy=dirty, new=dirty)
+        assert ro.run("sticky", acme, legacy=seen, new=seen) == (default, 0)
+        with pytest.raises(psycopg.Error):  # a served query that fails
+            ro.query("sticky", acme, {"grp": "not a number"})
+        assert ro.run("sticky", acme, legacy=seen, new=seen) == (default, 0)
+        assert ro.drain(timeout=60)

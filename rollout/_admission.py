@@ -10,9 +10,9 @@ from typing import Any
 
 from .flags import Flag
 
-SHADOW_BUDGET = 0.05
+SHADOW_BUDGET = 0.02
 """The default shadow budget: seconds of background work per second of wall time, per
-process (5 %). Measured, not estimated: each job's cost is its own wall time, so when the
+process (2 %). Measured, not estimated: each job's cost is its own wall time, so when the
 host is loaded and jobs take longer, fewer are admitted (docs/online.md)."""
 BUDGET_BURST_S = 1.0
 """The budget's bucket holds at most this many seconds' worth of its share."""

@@ -87,7 +87,7 @@ class Rollout(RunnerCore):
         each ``run()``'s checkout; ``pool_options`` are psycopg_pool options of the request
         pool (``timeout``, ``max_waiting``, ``reconnect_timeout``, ``check`` ...);
         ``connect_kwargs`` extra connection arguments of both pools; ``shadow_budget`` the
-        share of wall time background work may take (default 0.05, None: no budget;
+        share of wall time background work may take (default 0.02, None: no budget;
         docs/online.md); ``meter_provider`` the OpenTelemetry provider of its metrics
         (default the global one, False none; ``metric_tenants`` adds the tenant as an
         attribute; docs/observability.md)."""

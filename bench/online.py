@@ -279,8 +279,10 @@ def _variant(db: BenchDB, flag: Flag, plan: Plan, lab: _Laboratory, v: Variant
     recorder = None
     if not v.recorder_writes:  # record() only buffers: no COPY while measuring
         recorder = Recorder(db.dsn, batch_size=10**7, flush_interval=3600.0, max_buffer=10**7)
+    # every call of ours shadowed (no shadow budget): the caller's cost of a shadowed call
     ro = Rollout.connect(db.dsn, workspace=db.workspace, queue_size=QUEUE_SIZE,
-                         recorder=recorder, shadow_workers=v.shadow_workers)
+                         recorder=recorder, shadow_workers=v.shadow_workers,
+                         shadow_budget=None)
     try:
         ctx = Context(tenant=TENANTS[0])
         d = ro.decide(FLAG, ctx)
@@ -346,12 +348,16 @@ def _round(ro: Rollout, sides: dict[str, Side],
                 wall.append(perf_counter_ns() - start)
                 cpu.append(thread_time_ns() - cpu0)
                 if is_ours:
-                    expected += 1
+                    expected += RECORDED_PER_JOB
                     if v.wait_for_jobs and v.shadow_workers:
                         _settle(stats, expected, pause=False)
             if is_ours and v.shadow_workers:
                 _settle(stats, expected)
     return r
+
+
+RECORDED_PER_JOB = 2
+"""A shadowed read leaves two observations: the pair and the online A/A check."""
 
 
 def _settle(stats: RecorderStats, expected: int, *, pause: bool = True,

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from ._observe import Ran, ShadowJob
-from ._online import background_limits
+from ._online import RunnerCore, background_limits
 from .aio import AsyncRollout
 from .execute import (
     AsyncExtendedCursor,
@@ -54,10 +54,11 @@ from .execute import (
     commit_and_reset,
     failure,
 )
+from .flags import Flag
 from .observations import PathResult
 from .privileges import check_login_async
 from .runner import Rollout
-from .targeting import Context
+from .targeting import Context, Decision
 from .workspace import Workspace
 
 R = TypeVar("R")
@@ -145,6 +146,33 @@ def _not_run(exc: Exception) -> PathResult:
     return PathResult(None, None, "08000", text[0][:300] if text else type(exc).__name__)
 
 
+def _served_error(runner: RunnerCore, f: Flag, d: Decision, ctx: Context,
+                  args: dict[str, Any], exc: Exception, raw: Any, watch: Any,
+                  attempt: int) -> None:
+    """A served query through the engine failed: return when it is a read to retry (its
+    connection was dropped, nothing ran); else record it and raise the caller's error (the
+    request deadline's when that is what cut it)."""
+    db = database_error(exc)
+    invalidated = getattr(exc, "connection_invalidated", False)
+    expired = watch is not None and watch.expired
+    if (attempt == 1 and f.kind == "read" and not expired and raw is not None
+            and (invalidated or raw.closed)):
+        return
+    runner._served_failed(f, d, ctx, args, failure(db, watch) if db is not None
+                          else _not_run(exc), sql=None if raw is None else True)
+    if expired:
+        raise runner._timed_out(f, db or psycopg.OperationalError(str(exc)),
+                                watch) or exc from exc
+    raise exc
+
+
+def _shape(result: Any) -> _Described | None:
+    """The column names and types of a result that returns rows."""
+    if result.returns_rows and result.cursor is not None and result.cursor.description:
+        return _Described(result.cursor.description)
+    return None
+
+
 def _forget_notices(dbapi_connection: Any, record: Any) -> None:
     """SQLAlchemy's psycopg dialect adds a notice handler each time NullPool "connects";
     the shadow pool's connection is lent again and again, so take it off at check-in."""
@@ -202,9 +230,7 @@ class SQLAlchemyRollout(Rollout):
                             result = conn.exec_driver_sql(text, args)
                         finally:
                             raw.cursor_factory = own
-                        shape = (_Described(result.cursor.description)
-                                 if result.returns_rows and result.cursor is not None
-                                 and result.cursor.description else None)
+                        shape = _shape(result)
                         rows = list(result.all()) if result.returns_rows else None
                         rowcount = result.rowcount
                         commit_and_reset(raw)
@@ -212,18 +238,8 @@ class SQLAlchemyRollout(Rollout):
                         elapsed = time.perf_counter_ns() - start
                 break
             except (sqlalchemy.exc.SQLAlchemyError, psycopg.Error) as exc:
-                db = database_error(exc)
-                invalidated = getattr(exc, "connection_invalidated", False)
-                expired = watch is not None and watch.expired
-                if (attempt == 1 and f.kind == "read" and not expired and raw is not None
-                        and (invalidated or raw.closed)):
-                    continue  # a read on a connection the server dropped: nothing ran
-                self._served_failed(f, d, ctx, args, failure(db, watch) if db is not None
-                                    else _not_run(exc), sql=None if raw is None else True)
-                if expired:
-                    raise self._timed_out(f, db or psycopg.OperationalError(str(exc)),
-                                          watch) or exc from exc
-                raise
+                _served_error(self, f, d, ctx, args, exc, raw, watch, attempt)
+                continue  # a read on a connection the server dropped: nothing ran
         tuples = [tuple(r) for r in rows] if rows is not None else None
         self._served_rows(f, d, ctx, args, shape, tuples, rowcount, elapsed, None, None,
                           start - asked)
@@ -351,9 +367,7 @@ class AsyncSQLAlchemyRollout(AsyncRollout):
                             result = await conn.exec_driver_sql(text, args)
                         finally:
                             raw.cursor_factory = own
-                        shape = (_Described(result.cursor.description)
-                                 if result.returns_rows and result.cursor is not None
-                                 and result.cursor.description else None)
+                        shape = _shape(result)
                         rows = list(result.all()) if result.returns_rows else None
                         rowcount = result.rowcount
                         await acommit_and_reset(raw)
@@ -361,18 +375,8 @@ class AsyncSQLAlchemyRollout(AsyncRollout):
                         elapsed = time.perf_counter_ns() - start
                 break
             except (sqlalchemy.exc.SQLAlchemyError, psycopg.Error) as exc:
-                db = database_error(exc)
-                invalidated = getattr(exc, "connection_invalidated", False)
-                expired = watch is not None and watch.expired
-                if (attempt == 1 and f.kind == "read" and not expired and raw is not None
-                        and (invalidated or raw.closed)):
-                    continue
-                self._served_failed(f, d, ctx, args, failure(db, watch) if db is not None
-                                    else _not_run(exc), sql=None if raw is None else True)
-                if expired:
-                    raise self._timed_out(f, db or psycopg.OperationalError(str(exc)),
-                                          watch) or exc from exc
-                raise
+                _served_error(self, f, d, ctx, args, exc, raw, watch, attempt)
+                continue  # a read on a connection the server dropped: nothing ran
         tuples = [tuple(r) for r in rows] if rows is not None else None
         self._served_rows(f, d, ctx, args, shape, tuples, rowcount, elapsed, None, None,
                           start - asked)

@@ -46,3 +46,13 @@ def table_checksums(dsn: str) -> dict[str, tuple[int, str]]:
             assert row is not None
             out[f"{schema}.{table}"] = (int(row[0]), str(row[1]))
     return out
+
+
+def one_line(capsys: pytest.CaptureFixture[str], root: Path) -> str:
+    """`rollout check --offline`: exit 2 and exactly one line, no traceback."""
+    result = run_cli(capsys, "check", "--offline", "--workspace", root)
+    assert result.code == 2, result
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err and "internal error" not in result.err
+    return lines[0]

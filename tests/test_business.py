@@ -25,7 +25,7 @@ from rollout.flags import Flag
 from rollout.store import Store
 from rollout.workspace import Workspace
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import one_line, run_cli, table_checksums
 
 SQL = "SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 SUCCESS = ("SELECT avg(ok::int)::float8 FROM checkouts"
@@ -53,15 +53,6 @@ def business_flag(name: str, *checks: str) -> str:
     return flag_yaml(name, SQL, SQL.replace("SELECT id", "SELECT items.id"),
                      extra="business:\n" + "".join(checks))
 
-
-def one_line(capsys: pytest.CaptureFixture[str], root: Path) -> str:
-    """`rollout check --offline`: exit 2 and exactly one line, no traceback."""
-    result = run_cli(capsys, "check", "--offline", "--workspace", root)
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert "Traceback" not in result.err and "internal error" not in result.err
-    return lines[0]
 
 
 def line_of(text: str, needle: str, after: str = "business:") -> int:

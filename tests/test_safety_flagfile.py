@@ -18,20 +18,11 @@ import pytest
 
 from rollout import Workspace
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import one_line, run_cli, table_checksums
 
 SAMPLE = "  sample: SELECT DISTINCT grp FROM items WHERE tenant = %(tenant)s LIMIT %(limit)s\n"
 TENANTS = "  tenants: SELECT DISTINCT tenant FROM items ORDER BY 1\n"
 
-
-def one_line(capsys: pytest.CaptureFixture[str], root: Path) -> str:
-    """`rollout check --offline`: exit 2 and exactly one line, no traceback."""
-    result = run_cli(capsys, "check", "--offline", "--workspace", root)
-    assert result.code == 2, result
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert "Traceback" not in result.err and "internal error" not in result.err
-    return lines[0]
 
 
 # -- row 1 and row 12: one statement; reads are reads --------------------------------------

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from .errors import (  # noqa: E402
-    ConnectionFailed,
-    FlagFileError,
-    InputError,
-    RolloutError,
-    StoreError,
-)
+from ._version import __version__
+from .errors import ConnectionFailed, FlagFileError, InputError, RolloutError, StoreError
 
 if TYPE_CHECKING:
     from ._online import RequestTimeout, RunnerStats
@@ -21,37 +14,6 @@ if TYPE_CHECKING:
     from .runner import Rollout
     from .targeting import Context, Decision
     from .workspace import Workspace
-
-# Public names imported on first use (PEP 562): `rollout flag kill` must not pay for the
-# runners (psycopg_pool, the online core) or anything they pull in; in an incident the kill
-# is as late as the slowest import.
-_LAZY = {
-    "AsyncRollout": "aio",
-    "Flag": "flags",
-    "Rollout": "runner",
-    "RequestTimeout": "_online",
-    "RunnerStats": "_online",
-    "Context": "targeting",
-    "Decision": "targeting",
-    "Workspace": "workspace",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        # AttributeError lets `from rollout import scratch` fall back to the submodule.
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
 
 __all__ = [
     "AsyncRollout",
@@ -69,3 +31,36 @@ __all__ = [
     "Workspace",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The public names below load on first use (PEP 562): `rollout flag kill` must not pay
+    for the runners (psycopg_pool, the online core) or anything they pull in; in an incident
+    the kill is as late as the slowest import. Each import is written out, not computed, so
+    the import graph (tests/test_import_graph.py) sees it."""
+    value: Any
+    if name == "Rollout":
+        from .runner import Rollout as value
+    elif name == "AsyncRollout":
+        from .aio import AsyncRollout as value
+    elif name == "RequestTimeout":
+        from ._online import RequestTimeout as value
+    elif name == "RunnerStats":
+        from ._online import RunnerStats as value
+    elif name == "Flag":
+        from .flags import Flag as value
+    elif name == "Context":
+        from .targeting import Context as value
+    elif name == "Decision":
+        from .targeting import Decision as value
+    elif name == "Workspace":
+        from .workspace import Workspace as value
+    else:
+        # AttributeError lets `from rollout import scratch` fall back to the submodule.
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

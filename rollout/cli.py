@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import __version__, commands
+from . import commands
+from ._version import __version__
 from .connection import (
     SHADOW_LOGIN,
     embedded_status,

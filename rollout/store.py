@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from . import __version__
+from ._version import __version__
 from .errors import StoreError
 from .observations import COLUMNS, Observation
 from .plans import PlanSample

@@ -26,13 +26,25 @@ from . import __version__
 from .errors import InputError, StoreError
 from .figures import StoreEvidence, served_window
 from .flags import Flag
+from .model import (
+    Environment,
+    Json,
+    JsonObject,
+    Pools,
+    Queries,
+    Report,
+    RollbackPlan,
+    SampleCounts,
+    Timeline,
+)
+from .model_json import read, report_body, report_json
 from .observations import Observation
 from .render import render_html, render_index, render_markdown
 from .rollback import verification_for
 from .state import events, read_all, read_state
 from .store import Store
 from .summaries import ENVIRONMENT_WINDOW, PoolSignal, failure_class
-from .verdict import judge_evidence, pool_attention
+from .verdict import assess, pool_attention
 from .workspace import Workspace
 
 SCHEMA_VERSION = 2
@@ -47,15 +59,26 @@ class WrittenReport:
     report_id: uuid.UUID
     verdict: str
     body: dict[str, Any]
+    """The JSON body, as written to the JSON file and ``rollout.reports``."""
     files: list[Path]
+    report: Report
 
 
 def build_report(flag: Flag, stage: str, store: Store, *, database: str,
                  target_dsn: str | None = None, business_dsn: str | None = None,
-                 allow_superuser: bool = False) -> dict[str, Any]:
-    """Everything a release manager needs for one stage, JSON-ready. With
-    ``business_dsn``, the flag's business checks run around the stage's change (on a
-    connection of their own, as the least-privilege login) and join the verdict."""
+                 allow_superuser: bool = False) -> dict[str, Json]:
+    """``assemble_report`` as its JSON body, validated against the report schema."""
+    return report_body(assemble_report(flag, stage, store, database=database,
+                                       target_dsn=target_dsn, business_dsn=business_dsn,
+                                       allow_superuser=allow_superuser))
+
+
+def assemble_report(flag: Flag, stage: str, store: Store, *, database: str,
+                    target_dsn: str | None = None, business_dsn: str | None = None,
+                    allow_superuser: bool = False) -> Report:
+    """Everything a release manager needs for one stage. With ``business_dsn``, the flag's
+    business checks run around the stage's change (on a connection of their own, as the
+    least-privilege login) and join the verdict."""
     from .business import business_gate, stage_business
     from .perturb import read as read_perturbations
     from .plans import read_generic_checks
@@ -81,7 +104,7 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
         runs = store.runs(flag.name, stage, flag.sql_hash)
         evidence.pool_signals = pool_signals_between(store, flag.name, seen["online_first"],
                                                      seen["online_last"])
-        core = judge_evidence(
+        core = assess(
             flag, evidence, plans=store.plans(flag.name, stage, flag.sql_hash),
             generic=read_generic_checks(store.conn, flag.name, stage, flag.sql_hash),
             perturbations=read_perturbations(store.conn, flag.name, stage, flag.sql_hash),
@@ -93,44 +116,64 @@ def build_report(flag: Flag, stage: str, store: Store, *, database: str,
         flag_timeline = timeline(store, flag)
         flag_timeline["analysis"] = analysis_history(store.conn, flag.name, limit=50)
     attention = pool_attention(pools)
-    if attention:
-        core["reasons"].append(attention)
+    reasons = [*core.reasons, *([attention] if attention else [])]
     versions = sorted({str(r["server_version"]) for r in runs if r["server_version"]})
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "report_id": str(uuid.uuid4()),
-        "flag": flag.name,
-        "description": flag.description,
-        "owner": flag.owner,
-        "kind": flag.kind,
-        "stage": stage,
-        "stages": [s.name for s in flag.stages],
-        "sql_hash": flag.sql_hash,
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "toolkit_version": __version__,
-        **core,
-        "queries": {"legacy": flag.legacy.sql, "new": flag.new.sql,
-                    "legacy_source": flag.legacy.source, "new_source": flag.new.source},
-        "rollback": rollback_plan(flag, stage, verification),
-        "stage_impact": impact,
-        "pools": pools,
-        "timeline": flag_timeline,
-        "database_stats": _database_stats(runs),
-        "environment": {
-            "server_version": ", ".join(versions) or None,
-            "database": database,
-            "runs": [str(r["run_id"]) for r in runs],
-            "first_observation": seen["first"].isoformat(timespec="seconds")
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        report_id=str(uuid.uuid4()),
+        flag=flag.name,
+        description=flag.description,
+        owner=flag.owner,
+        kind=flag.kind,
+        stage=stage,
+        stages=[s.name for s in flag.stages],
+        sql_hash=flag.sql_hash,
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        toolkit_version=__version__,
+        verdict=core.verdict,
+        reasons=reasons,
+        samples=core.samples,
+        incomplete_runs=core.incomplete_runs,
+        gates=core.gates,
+        mismatches=core.mismatches,
+        failures=core.failures,
+        environment_events=core.environment_events,
+        locks=core.locks,
+        tenants=core.tenants,
+        noise=core.noise,
+        latency=core.latency,
+        sources=core.sources,
+        plans=core.plans,
+        generic_plans=core.generic_plans,
+        perturbation=core.perturbation,
+        queries=Queries(flag.legacy.sql, flag.new.sql, flag.legacy.source, flag.new.source),
+        rollback=rollback_plan(flag, stage, verification),
+        # business checks and the watcher's intervals are their stages' own records
+        stage_impact=_json_object(impact),
+        pools=read(Pools, pools, strict=True),
+        timeline=read(Timeline, flag_timeline, strict=True),
+        database_stats=_database_stats(runs),
+        environment=Environment(
+            server_version=", ".join(versions) or None,
+            database=database,
+            runs=[str(r["run_id"]) for r in runs],
+            first_observation=seen["first"].isoformat(timespec="seconds")
             if seen["first"] else None,
-            "last_observation": seen["last"].isoformat(timespec="seconds")
+            last_observation=seen["last"].isoformat(timespec="seconds")
             if seen["last"] else None,
-            "toolkit_version": __version__,
-            "samples": {"ab": seen["count"], "online": seen["by_source"]["online"],
-                        "offline": seen["by_source"]["offline"]},
-            "run_seconds": sum((r["finished_at"] - r["started_at"]).total_seconds()
-                               for r in runs if r["finished_at"] is not None),
-        },
-    }
+            toolkit_version=__version__,
+            samples=SampleCounts(seen["count"], seen["by_source"]["online"],
+                                 seen["by_source"]["offline"]),
+            run_seconds=sum((r["finished_at"] - r["started_at"]).total_seconds()
+                            for r in runs if r["finished_at"] is not None),
+        ),
+    )
+
+
+def _json_object(value: Mapping[str, Any] | None) -> JsonObject | None:
+    """A record another stage built (business checks, watcher intervals) as JSON values:
+    the JSON text ``json.dumps(..., default=str)`` always wrote for it."""
+    return None if value is None else dict(json.loads(json.dumps(value, default=str)))
 
 
 @contextlib.contextmanager
@@ -333,7 +376,7 @@ def command(*argv: str) -> str:
 
 
 def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  ) -> RollbackPlan:
     """The two steps back: return serving to the previous stage (or kill), then undo schema."""
     names = [s.name for s in flag.stages]
     i = names.index(stage)
@@ -355,17 +398,19 @@ def rollback_plan(flag: Flag, stage: str, verification: Mapping[str, Any] | None
                      "first)")
     else:
         steps.append("No rollback script: the schema change cannot be undone by the toolkit")
-    return {
-        "script_path": rb.script_path, "script": rb.script,
-        "migration_path": rb.migration_path, "migration": rb.migration,
-        "none_reason": rb.none_reason,
-        "verified": bool(verification and verification.get("verified")),
-        "verification": (verification or {}).get("status", "not verified"),
-        "verification_details": dict(verification) if verification else None,
-        "hazards": list((verification or {}).get("hazards") or []),
-        "flag_command": flag_command,
-        "steps": steps,
-    }
+    details = _json_object(verification) if verification else None
+    hazards = (details or {}).get("hazards")
+    return RollbackPlan(
+        script_path=rb.script_path, script=rb.script,
+        migration_path=rb.migration_path, migration=rb.migration,
+        none_reason=rb.none_reason,
+        verified=bool(verification and verification.get("verified")),
+        verification=str((verification or {}).get("status", "not verified")),
+        verification_details=details,
+        hazards=[h for h in hazards if isinstance(h, dict)] if isinstance(hazards, list) else [],
+        flag_command=flag_command,
+        steps=steps,
+    )
 
 
 def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, database: str,
@@ -388,12 +433,13 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
         raise flag.unknown_stage(stage)
     root = _output_folder(out_dir)
     folder = report_folder(root, flag.name, stage)
-    body = build_report(flag, stage, store, database=database, target_dsn=target_dsn,
-                        business_dsn=business_dsn, allow_superuser=allow_superuser)
+    model = assemble_report(flag, stage, store, database=database, target_dsn=target_dsn,
+                            business_dsn=business_dsn, allow_superuser=allow_superuser)
+    body = report_body(model)  # validated against the schema before anything is written
     rendered = {
-        "html": lambda: render_html(body),
-        "md": lambda: render_markdown(body),
-        "json": lambda: json.dumps(body, indent=2, sort_keys=False, default=str) + "\n",
+        "html": lambda: render_html(model),
+        "md": lambda: render_markdown(model),
+        "json": lambda: report_json(model),
     }
     texts = {folder / f"{stage}.{fmt}": rendered[fmt]() for fmt in formats}
     files = [out_dir / flag.name / f"{stage}.{fmt}" for fmt in formats]  # as the user named it
@@ -401,8 +447,9 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
         try:
             with store.conn.transaction():
                 report_id = store.save_report(
-                    flag=flag.name, stage=stage, sql_hash=flag.sql_hash, verdict=body["verdict"],
-                    samples=body["samples"], body=body, files=[str(f) for f in files])
+                    flag=flag.name, stage=stage, sql_hash=flag.sql_hash,
+                    verdict=str(model.verdict), samples=model.samples or 0, body=body,
+                    files=[str(f) for f in files])
                 for path, text in texts.items():
                     replacement.stage(path, text)
                 # read inside the transaction: the index lists the report being written
@@ -412,7 +459,7 @@ def write_report(flag: Flag, stage: str, store: Store, out_dir: Path, *, databas
         except psycopg.Error as exc:
             raise StoreError(f"cannot save the report in rollout.reports: "
                              f"{_first_line(exc)}") from None
-    return WrittenReport(report_id, body["verdict"], body, files)
+    return WrittenReport(report_id, str(model.verdict), body, files, model)
 
 
 def report_folder(root: Path, flag: str, stage: str) -> Path:

@@ -14,12 +14,26 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from scipy import stats
 
 from . import plan_checks
 from .flags import Flag
+from .model import (
+    EnvironmentEvent,
+    Failures,
+    GateResult,
+    IncompleteRun,
+    Judgement,
+    Latency,
+    Locks,
+    Mismatches,
+    Noise,
+    SourceEvidence,
+    Tenant,
+)
+from .model_json import read, to_json
 from .observations import Observation
 from .summaries import (
     MIN_LATENCY_PAIRS,
@@ -32,6 +46,8 @@ from .summaries import (
     tenants_summary,
 )
 from .summaries import failure_class as failure_class  # re-exported: reports classify too
+
+T = TypeVar("T")
 
 GO, NO_GO, INCONCLUSIVE = "GO", "NO-GO", "INCONCLUSIVE"
 EXIT_CODES = {GO: 0, NO_GO: 1, INCONCLUSIVE: 3}
@@ -51,12 +67,18 @@ class Gate:
     """Undecided for want of evidence (too few samples, nothing compared), not for doubt:
     another source's pass outweighs it (``combine``)."""
 
+    def result(self) -> GateResult:
+        """The gate as a report shows it."""
+        return GateResult(self.name, self.status,
+                          None if self.status == "info" else self.status == "pass",
+                          self.figure, self.threshold, self.confidence, self.display,
+                          self.reason, self.details)
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status,
-                "passed": None if self.status == "info" else self.status == "pass",
-                "figure": self.figure, "threshold": self.threshold,
-                "confidence": self.confidence, "display": self.display, "reason": self.reason,
-                **({"details": self.details} if self.details else {})}
+        """The gate's JSON form (``model_json``)."""
+        body = to_json(self.result())
+        assert isinstance(body, dict)
+        return body
 
 
 SOURCES = ("offline", "online")
@@ -107,9 +129,9 @@ def judge(flag: Flag, observations: Sequence[Observation], *,
           rollback: Mapping[str, Any] | None = None,
           runs: Sequence[Mapping[str, Any]] = (), pool_signals: Sequence[PoolSignal] = (),
           seed: int = 0) -> dict[str, Any]:
-    """The verdict and every figure behind it, as the JSON-ready core of a report, from
-    observations in memory (``judge_evidence`` tells the rules; a stage in the store is
-    judged by the database, ``figures.StoreEvidence``)."""
+    """The verdict and every figure behind it, as the JSON core of a report, from
+    observations in memory (``assess`` tells the rules; a stage in the store is judged by
+    the database, ``figures.StoreEvidence``)."""
     return judge_evidence(flag, Listed(flag, observations, noise, pool_signals, seed),
                           plans=plans, generic=generic, perturbations=perturbations,
                           rollback=rollback, runs=runs)
@@ -122,7 +144,26 @@ def judge_evidence(flag: Flag, evidence: StageEvidence, *,
                    rollback: Mapping[str, Any] | None = None,
                    runs: Sequence[Mapping[str, Any]] = (),
                    extra_gates: Sequence[Gate] = ()) -> dict[str, Any]:
-    """The verdict and every figure behind it, as the JSON-ready core of a report.
+    """``assess`` in its JSON form (``model_json``), for callers that keep JSON: the
+    watcher's records, tests comparing figures."""
+    body = to_json(assess(flag, evidence, plans=plans, generic=generic,
+                          perturbations=perturbations, rollback=rollback, runs=runs,
+                          extra_gates=extra_gates))
+    assert isinstance(body, dict)
+    return body
+
+
+def assess(flag: Flag, evidence: StageEvidence, *,
+           plans: Sequence[Mapping[str, Any]] = (),
+           generic: Sequence[Mapping[str, Any]] = (),
+           perturbations: Sequence[Mapping[str, Any]] = (),
+           rollback: Mapping[str, Any] | None = None,
+           runs: Sequence[Mapping[str, Any]] = (),
+           extra_gates: Sequence[Gate] = ()) -> Judgement:
+    """The verdict and every figure behind it: the judged core of a report.
+
+    The figures ``evidence`` gives are plain JSON-shaped records (``figures``,
+    ``summaries``); they become model objects here, where the judge hands them on.
 
     Plan evidence (EXPLAIN samples, generic-plan checks, plan perturbation) is judged by
     ``plan_checks``, whose gates no single sample can flip (docs/gates.md); ``extra_gates``
@@ -198,24 +239,39 @@ def judge_evidence(flag: Flag, evidence: StageEvidence, *,
             for ev in e.figures["environment_events"]]
     else:
         everything = present[0].figures
-    return {
-        "verdict": verdict,
-        "reasons": reasons,
-        "samples": sum(sizes.get(src, 0) for src in SOURCES),
-        "incomplete_runs": incomplete,
-        "gates": [x.as_dict() for x in gates],
-        **{k: v for k, v in everything.items() if k != "environment"},
-        "latency": {**judged[decided[0]].figures["latency"], "source": decided[0]},
-        "noise": judged[decided[0]].figures["noise"],
-        "sources": {e.source: {"samples": e.samples,
-                               "gates": [x.as_dict() for x in e.gates],
-                               **{k: v for k, v in e.figures.items()
-                                  if k in ("latency", "noise", "mismatches", "failures")}}
-                    for e in present if e.samples},
-        "plans": plans_fig,
-        "generic_plans": generic_fig,
-        "perturbation": perturb_fig,
-    }
+    decider = judged[decided[0]].figures
+    return Judgement(
+        verdict=verdict,
+        reasons=reasons,
+        samples=sum(sizes.get(src, 0) for src in SOURCES),
+        incomplete_runs=[_model(IncompleteRun, r) for r in incomplete],
+        gates=[x.result() for x in gates],
+        mismatches=_model(Mismatches, everything["mismatches"]),
+        failures=_model(Failures, everything["failures"]),
+        environment_events=[_model(EnvironmentEvent, ev)
+                            for ev in everything["environment_events"]],
+        locks=_model(Locks, everything["locks"]),
+        tenants=[_model(Tenant, t) for t in everything["tenants"]],
+        noise=_model(Noise, decider["noise"]),
+        latency=_model(Latency, {**decider["latency"], "source": decided[0]}),
+        sources={e.source: _source(e) for e in present if e.samples},
+        plans=plans_fig,
+        generic_plans=generic_fig,
+        perturbation=perturb_fig,
+    )
+
+
+def _model(cls: type[T], figures: Mapping[str, Any]) -> T:
+    """Figures computed as plain records (``figures``, ``summaries``) as a model object;
+    a figure of the wrong type is a bug here, not something to render around."""
+    return read(cls, figures, strict=True)
+
+
+def _source(e: Evidence) -> SourceEvidence:
+    return SourceEvidence(
+        e.samples, [x.result() for x in e.gates], _model(Mismatches, e.figures["mismatches"]),
+        _model(Failures, e.figures["failures"]), _model(Noise, e.figures["noise"]),
+        _model(Latency, e.figures["latency"]))
 
 
 def _tie_hints(flag: Flag) -> list[str]:

@@ -30,20 +30,21 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from rollout.render import render_html, render_index
+from rollout.render import render_index
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.test_render import (
+from tests.report_builder import (
     XSS,
     hostile_report,
+    html_page,
     index_data,
     make_report,
     many_samples_report,
     none_needed_report,
     schema_v1_report,
+    shadow_and_report,
     timeline_report,
     verified_report,
 )
-from tests.test_report import shadow_and_report
 from tests.test_shadow import EQUIVALENT
 
 BROWSER_ENV = "ROLLOUT_BROWSER"
@@ -375,7 +376,7 @@ def test_the_harness_sees_scripts_requests_and_console_errors(
 def test_the_csp_blocks_injected_markup(browser: DevTools, tmp_path: Path) -> None:
     """Had escaping failed, the report's Content-Security-Policy would still stop markup from
     running or fetching, and the browser would say so (which assert_clean treats as failure)."""
-    report_page = render_html(make_report())
+    report_page = html_page(make_report())
     head = report_page[: report_page.index("</head>")]
     page = write(
         tmp_path / "injected.html",
@@ -420,7 +421,7 @@ def cut_short_report() -> dict[str, Any]:
 @pytest.mark.parametrize("name", list(REPORTS))
 def test_report_in_the_browser(browser: DevTools, tmp_path: Path, name: str) -> None:
     make, verdict = REPORTS[name]
-    page = write(tmp_path / f"{name}.html", render_html(make()))
+    page = write(tmp_path / f"{name}.html", html_page(make()))
     v = visit(browser, page, tmp_path / f"{name}.png")
     assert_clean(v)
     assert_verdict_on_first_screen(v, verdict)
@@ -435,7 +436,7 @@ def test_report_in_the_browser(browser: DevTools, tmp_path: Path, name: str) -> 
 
 
 def test_report_on_a_phone_screen(browser: DevTools, tmp_path: Path) -> None:
-    page = write(tmp_path / "phone.html", render_html(make_report(verdict="NO-GO")))
+    page = write(tmp_path / "phone.html", html_page(make_report(verdict="NO-GO")))
     v = visit(browser, page, tmp_path / "phone.png", viewport=PHONE)
     assert_clean(v)
     assert_verdict_on_first_screen(v, "NO-GO")
@@ -453,7 +454,7 @@ def test_hostile_report_runs_nothing(browser: DevTools, tmp_path: Path) -> None:
     report["flag"] = tricks[1]
     report["mismatches"]["samples"][0]["tenant"] = tricks[0]
     report["rollback"]["script"] = "\n".join(f"-- {t}\nSELECT '{t}';" for t in tricks)
-    v = visit(browser, write(tmp_path / "hostile.html", render_html(report)), tmp_path / "h.png")
+    v = visit(browser, write(tmp_path / "hostile.html", html_page(report)), tmp_path / "h.png")
     assert_clean(v)
     for text in (XSS, *tricks):
         assert text in v.page["text"]  # shown as text, not run as markup

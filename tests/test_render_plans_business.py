@@ -22,13 +22,23 @@ from rollout.plan_checks import (
     perturbation_gate,
     perturbation_summary,
 )
-from rollout.render import render_html, render_markdown
 from rollout.report import write_index
 from rollout.store import Store
 from rollout.watch import watch
 from rollout.workspace import Workspace
 from tests.conftest import WorkspaceMaker
 from tests.helpers import run_cli, table_checksums
+from tests.report_builder import (
+    canary_report,
+    html_page,
+    make_report,
+    markdown_comment,
+    schema_errors,
+    schema_v1_report,
+    section,
+    timeline_report,
+    visible_text,
+)
 from tests.test_browser import (
     BROWSER,
     DevTools,
@@ -42,15 +52,6 @@ from tests.test_generic_robust import LIMIT, OUTLIER, SLOW_GENERIC, checks
 from tests.test_generic_robust import tasks as tasks  # the skewed table's fixture
 from tests.test_perturbation import FULL, NO_TIE_BREAK, flag_file
 from tests.test_perturbation import orders as orders  # the tied orders' fixture
-from tests.test_render import (
-    canary_report,
-    make_report,
-    schema_errors,
-    schema_v1_report,
-    section,
-    timeline_report,
-    visible_text,
-)
 from tests.test_watch import analysis_flag, quiet, record, session, start
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -194,7 +195,7 @@ def test_every_generic_run_is_shown_and_judged_in_words(tasks: str) -> None:
     body["gates"] = [g for g in body["gates"] if g["name"] != "generic_plan"]
     body["gates"].append(generic_gate(summary, LIMIT).as_dict())
     assert schema_errors(body) == []
-    page, md = render_html(body), render_markdown(body)
+    page, md = html_page(body), markdown_comment(body)
     rows = {" ".join(r.split()[:2]): r for r in table_rows(page, "compact generic-runs")}
     assert set(rows) == {"acme legacy", "acme new", "globex legacy", "globex new",
                          "initech new"}
@@ -332,7 +333,7 @@ def test_the_timeline_shows_the_latest_20_intervals_and_counts_the_rest() -> Non
     body = with_displays(timeline_report(stage="canary"))
     body["timeline"]["analysis"] = [analysis_interval(i) for i in range(50)]
     assert schema_errors(body) == []
-    page = render_html(body)
+    page = html_page(body)
     assert len(table_rows(page, "analysis")) == 20
     timeline = section(page, "timeline", "tenants")
     assert "Watcher analysis (newest first, 20 of 50)" in timeline
@@ -433,7 +434,7 @@ def test_bodies_without_the_new_keys_render_as_before(name: str) -> None:
     """Reports written before these keys existed: no new heading, table or line; the
     generic-plan check still reads as one run per mode."""
     old = OLD_BODIES[name]()
-    page, md = render_html(old), render_markdown(old)
+    page, md = html_page(old), markdown_comment(old)
     for marker in NEW_HEADINGS:
         assert marker not in page and marker not in md, marker
     for head in ("**Plan determinism:**", "**Business metrics:**", "**Watcher:**"):
@@ -445,7 +446,7 @@ def test_bodies_without_the_new_keys_render_as_before(name: str) -> None:
 def test_every_new_section_validates_and_reads() -> None:
     body = sections_body()
     assert schema_errors(body) == []
-    page, md = render_html(body), render_markdown(body)
+    page, md = html_page(body), markdown_comment(body)
     for marker in ("Plan determinism", "Business metrics", "Watcher analysis"):
         assert marker in page
     for head in ("**Plan determinism:** ❌", "**Business metrics:** ❌", "**Watcher:**"):
@@ -481,7 +482,7 @@ def test_hostile_names_stay_data_in_every_new_section() -> None:
     """A tenant, a planner setting, a check name, a watcher identity, a stage: markup in any
     of them is shown as text in the page and escaped in the comment."""
     body = sections_body(EVIL)
-    page, md = render_html(body), render_markdown(body)
+    page, md = html_page(body), markdown_comment(body)
     assert "<img" not in page
     shown = visible_text(page)
     assert f"Tenant acme{EVIL}" in shown
@@ -509,7 +510,7 @@ def test_enormous_bodies_stay_a_page_and_a_comment() -> None:
              custom_runs=[1.0] * 5000) for _ in range(100)]
     body["plans"]["paired"] = [{"tenant": "t", "params": {}, "legacy_buffers": 1,
                                 "new_buffers": 2, "ratio": 2.0}] * 3000
-    page = render_html(body)
+    page = html_page(body)
     # enormous single values and thousands of distinct decisions: still one comment
     huge = copy.deepcopy(body)
     huge["perturbation"]["blamed"][0]["new"][0]["setting"] = "s" * 100_000
@@ -517,9 +518,9 @@ def test_enormous_bodies_stay_a_page_and_a_comment() -> None:
         interval.update(decision=f"decision-{i}", at="t" * 100_000, verdict="v" * 100_000,
                         report_id="r" * 100_000, acted_by="a" * 100_000)
     huge["stage_impact"]["business"][0].update(name="n" * 100_000, display="d" * 100_000)
-    for md in (render_markdown(body), render_markdown(huge)):
+    for md in (markdown_comment(body), markdown_comment(huge)):
         assert len(md) < 12_000
-    assert "5000 intervals: 1 decision-0, 1 decision-1" in render_markdown(huge)
+    assert "5000 intervals: 1 decision-0, 1 decision-1" in markdown_comment(huge)
     assert len(page) < 3_000_000
     assert len(table_rows(page, "analysis")) == 20
     assert len(table_rows(page, "business")) == 2 * 20
@@ -538,8 +539,8 @@ def test_a_copy_of_a_body_renders_the_same() -> None:
     """Rendering never changes the body it reads (the JSON file is written from it)."""
     body = sections_body()
     kept = copy.deepcopy(body)
-    render_html(body)
-    render_markdown(body)
+    html_page(body)
+    markdown_comment(body)
     assert body == kept
 
 
@@ -550,7 +551,7 @@ def test_a_copy_of_a_body_renders_the_same() -> None:
 def test_the_new_sections_in_the_browser(browser: DevTools, tmp_path: Path) -> None:
     body = sections_body(EVIL)
     page = tmp_path / "sections.html"
-    page.write_text(render_html(body), encoding="utf-8")
+    page.write_text(html_page(body), encoding="utf-8")
     v = visit(browser, page, tmp_path / "sections.png")
     assert_clean(v)  # the hostile names ran nothing, fetched nothing
     assert_verdict_on_first_screen(v, "NO-GO")

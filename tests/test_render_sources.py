@@ -13,9 +13,17 @@ import pytest
 
 from rollout import Context, Rollout
 from rollout.commands import Session, flag_set
-from rollout.render import render_html, render_markdown
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli
+from tests.report_builder import (
+    html_page,
+    make_report,
+    markdown_comment,
+    schema_errors,
+    schema_v1_report,
+    section,
+    visible_text,
+)
 from tests.test_browser import (
     BROWSER,
     DevTools,
@@ -24,13 +32,6 @@ from tests.test_browser import (
     visit,
 )
 from tests.test_browser import browser as browser  # the module's Chromium, for the last test
-from tests.test_render import (
-    make_report,
-    schema_errors,
-    schema_v1_report,
-    section,
-    visible_text,
-)
 from tests.test_shadow import EQUIVALENT
 
 LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
@@ -295,7 +296,7 @@ def test_bodies_without_sources_render_as_before() -> None:
     """Schema 1 and 2 bodies written before sources existed: no source is claimed, nothing
     new appears, the latency line reads as it did."""
     for old in (make_report(), schema_v1_report(), without_sources(two_source_body())):
-        page, md = render_html(old), render_markdown(old)
+        page, md = html_page(old), markdown_comment(old)
         for text in ("evidence-by-source", "Evidence by source", "decided by", "Figures from",
                      "not measured online", "(online)", "(offline)"):
             assert text not in page and text not in md, text
@@ -308,7 +309,7 @@ def test_bodies_without_sources_render_as_before() -> None:
 def test_hand_built_two_source_body_validates_and_shows_event_sources() -> None:
     body = two_source_body()
     assert schema_errors(body) == []
-    page, md = render_html(body), render_markdown(body)
+    page, md = html_page(body), markdown_comment(body)
     events = part(page, "failures", "locks")
     assert "Minute (UTC) Source Path SQLSTATE" in events
     assert "2026-03-02T10:14+00:00 online new 57P01" in events
@@ -361,7 +362,7 @@ def test_hostile_source_names_and_judgements_are_escaped() -> None:
         latency_gate["details"]["by_source"].pop("online"), display=evil, reason=evil)
     body["latency"]["source"] = evil
     body["environment_events"][0]["source"] = evil
-    page, md = render_html(body), render_markdown(body)
+    page, md = html_page(body), markdown_comment(body)
     assert evil not in page and "<img" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert evil in visible_text(page)
@@ -395,8 +396,8 @@ def test_a_body_with_thousands_of_sources_stays_a_comment() -> None:
     many_gates = [dict(online["gates"][0], name=f"gate_{i}") for i in range(500)]
     for i in range(3000):
         body["sources"][f"source-{i:04d}"] = dict(online, gates=many_gates)
-    md = render_markdown(body)
+    md = markdown_comment(body)
     assert len(md) < 12_000
-    page = render_html(body)
+    page = html_page(body)
     # offline, online and the first two unknown ones, no more
     assert "source-0000" in page and "source-0001" in page and "source-0002" not in page

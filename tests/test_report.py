@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -12,20 +11,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli
+from tests.report_builder import CONTRACT_KEYS, shadow_and_report
 from tests.test_shadow import DIFFERENT, EQUIVALENT
-
-CONTRACT_KEYS = {"verdict", "reasons", "flag", "stage", "samples", "gates", "mismatches",
-                 "latency", "locks", "failures", "rollback"}
-
-
-def shadow_and_report(capsys: pytest.CaptureFixture[str], root: Path, dsn: str, flag: str,
-                      samples: int) -> tuple[int, dict[str, object], str]:
-    r = run_cli(capsys, "shadow", flag, "--samples", str(samples), "--seed", "11",
-                "--workspace", root, "--dsn", dsn)
-    assert r.code == 0, r.err
-    rep = run_cli(capsys, "report", flag, "--workspace", root, "--dsn", dsn)
-    body = json.loads((root / "reports" / flag / "pilot.json").read_text())
-    return rep.code, body, rep.out + rep.err
 
 
 def test_go_report_has_contract_keys_and_rollback(

@@ -16,8 +16,8 @@ from rollout.commands import Session, flag_set
 from rollout.store import Store
 from tests.conftest import WorkspaceMaker
 from tests.helpers import run_cli, table_checksums
+from tests.report_builder import schema_errors
 from tests.test_environment_failures import shadowed
-from tests.test_render import schema_errors
 from tests.test_shadow import EQUIVALENT
 
 NOTHING = "no running service recorded pool figures for this stage"

@@ -23,7 +23,6 @@ from rollout.errors import InputError
 from rollout.execute import Limits
 from rollout.flags import Flag
 from rollout.observations import Observation
-from rollout.render import render_html, render_markdown
 from rollout.report import build_report, write_report
 from rollout.shadow import RunOptions
 from rollout.store import Store
@@ -31,7 +30,7 @@ from rollout.verdict import judge
 from rollout.workspace import Workspace
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli, table_checksums
-from tests.test_render import schema_errors, visible_text
+from tests.report_builder import html_page, markdown_comment, schema_errors, visible_text
 from tests.test_shadow import EQUIVALENT
 
 LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
@@ -167,8 +166,8 @@ def test_every_missing_figure_is_judged_in_words_and_renders(
     report = {"schema_version": 2, "flag": "f", "stage": "pilot", "stages": ["pilot"],
               "rollback": {"steps": ["a", "b"], "flag_command": "rollout flag kill f"},
               **body}
-    assert verdict in render_html(report)
-    assert verdict in render_markdown(report)
+    assert verdict in html_page(report)
+    assert verdict in markdown_comment(report)
 
 
 # -- row 4: every command shown is shell-quoted ------------------------------------------------
@@ -208,8 +207,8 @@ def test_commands_in_reports_are_shell_quoted(
     assert rb["flag_command"] == shown["flag"]
     assert shown["flag"] in rb["steps"][0] and shown["apply"] in rb["steps"][1]
     assert any(f"`{shown['verify']}`" in r for r in body["reasons"])
-    page = html.unescape(render_html(body))
-    md = render_markdown(body)
+    page = html.unescape(html_page(body))
+    md = markdown_comment(body)
     for key in ("flag", "apply", "verify", "aa"):
         assert shown[key] in page, key
     assert f"```sh\n{shown['flag']}\n```" in md
@@ -478,10 +477,10 @@ def test_hazards_beyond_the_database_call_for_attention(make_workspace: Workspac
                            "script": "SELECT 1;", "verified": True, "hazards": [hazard],
                            "verification_details": verification},
               **body}
-    page = render_html(report)
+    page = html_page(report)
     assert "<script>x" not in page
     table = visible_text(page[page.index('id="hazards"'):])
     assert "Beyond the database" in table and html.unescape(beyond) in table
-    md = render_markdown(report)
+    md = markdown_comment(report)
     assert "1 statement reaching beyond the database (CREATE ROLE acts" in md
 

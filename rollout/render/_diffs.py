@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._format import as_int, as_list, as_map, as_str, clip, fmt_num, fmt_value, json_text, number
+from ..model import Mismatches, MismatchSample
+from ._format import as_list, as_map, as_str, clip, fmt_num, fmt_value, json_text, number
 
 HTML_MAX_SAMPLES = 10
 HTML_MAX_ENTRIES = 25
@@ -32,18 +33,18 @@ class Sides:
 PATHS = Sides()
 
 
-def mismatches_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def mismatches_view(mismatches: Mismatches | None) -> dict[str, Any] | None:
+    if mismatches is None:
         return None
-    samples = [as_map(s) for s in as_list(raw.get("samples"))]
+    samples = mismatches.samples
     shown = samples[:HTML_MAX_SAMPLES]
-    omitted = as_int(raw.get("samples_omitted")) or 0
+    omitted = mismatches.samples_omitted or 0
     return {
-        "count": raw.get("count"),
-        "compared": raw.get("compared"),
-        "rate": raw.get("rate"),
-        "noise_rate": number(raw.get("noise_rate")),
-        "by_kind": [(as_str(k), v) for k, v in as_map(raw.get("by_kind")).items()],
+        "count": mismatches.count,
+        "compared": mismatches.compared,
+        "rate": mismatches.rate,
+        "noise_rate": number(mismatches.noise_rate),
+        "by_kind": list(mismatches.by_kind.items()),
         "samples": [_html_sample(s) for s in shown],
         "samples_total": len(samples),
         "samples_omitted": omitted,
@@ -53,14 +54,14 @@ def mismatches_view(raw: Any) -> dict[str, Any] | None:
     }
 
 
-def _html_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
-    entries = [as_map(e) for e in as_list(sample.get("diff"))]
+def _html_sample(sample: MismatchSample) -> dict[str, Any]:
+    entries = sample.diff  # the comparison's own records (rollout.compare)
     return {
-        "tenant": as_str(sample.get("tenant"), "—"),
-        "params": params_text(sample.get("params")),
+        "tenant": "—" if sample.tenant is None else sample.tenant,
+        "params": params_text(sample.params),
         "entries": _group_rows([_html_entry(e) for e in entries[:HTML_MAX_ENTRIES]]),
         "hidden_entries": max(0, len(entries) - HTML_MAX_ENTRIES),
-        "truncated": bool(sample.get("truncated")),
+        "truncated": bool(sample.truncated),
     }
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ._format import as_list, as_map, as_str, fmt_num, number
+from ..model import Environment
+from ._format import fmt_num, number
 
 DATABASE_STATS = (
     ("xact_commit", "transactions committed"),
@@ -32,36 +32,40 @@ def _connection_parts(text: str) -> dict[str, str]:
         parsed = conninfo_to_dict(text)
     except psycopg.Error:  # not a connection string: it is still shown verbatim
         return {}
-    return {k: as_str(parsed[k]) for k in ("host", "port", "dbname", "user") if parsed.get(k)}
+    return {k: str(parsed[k]) for k in ("host", "port", "dbname", "user") if parsed.get(k)}
 
 
-def environment_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def environment_view(env: Environment | None) -> dict[str, Any] | None:
+    if env is None:
         return None
-    database = as_str(raw.get("database"), "—")
+    database = _or_dash(env.database)
     parts = _connection_parts(database)
-    samples = as_map(raw.get("samples"))
+    samples = env.samples
     return {
-        "server_version": as_str(raw.get("server_version"), "—"),
+        "server_version": _or_dash(env.server_version),
         "database": database,
         "host": parts.get("host", ""),
         "socket": parts.get("host", "").startswith("/"),
         "port": parts.get("port", ""),
         "dbname": parts.get("dbname", ""),
         "user": parts.get("user", ""),
-        "toolkit_version": as_str(raw.get("toolkit_version"), "—"),
-        "runs": [as_str(r) for r in as_list(raw.get("runs"))],
-        "first_observation": as_str(raw.get("first_observation"), "—"),
-        "last_observation": as_str(raw.get("last_observation"), "—"),
-        "run_seconds": number(raw.get("run_seconds")),
-        "samples": ({k: samples.get(k) for k in ("ab", "online", "offline")} if samples else None),
+        "toolkit_version": _or_dash(env.toolkit_version),
+        "runs": list(env.runs),
+        "first_observation": _or_dash(env.first_observation),
+        "last_observation": _or_dash(env.last_observation),
+        "run_seconds": number(env.run_seconds),
+        "samples": ({"ab": samples.ab, "online": samples.online, "offline": samples.offline}
+                    if samples is not None else None),
     }
 
 
-def database_stats_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping) or not raw:
+def _or_dash(text: str | None) -> str:
+    return "—" if text is None else text
+
+
+def database_stats_view(stats: dict[str, int]) -> dict[str, Any] | None:
+    if not stats:
         return None
-    stats = {as_str(k): v for k, v in raw.items()}
     rows = [
         {
             "key": key,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
+from ..model import EnvironmentEvent, Failures, PathFailures
 from ..verdict import failure_class
-from ._format import as_int, as_map, as_str, counts_text, number
+from ._format import as_int, counts_text, number
 
 # Condition names for the SQLSTATEs a shadow run is most likely to meet.
 SQLSTATE_NAMES = {
@@ -66,14 +67,14 @@ def _sqlstate_class(code: str) -> str:
     return failure_class(code) or "other"
 
 
-def _class_counts(path: Mapping[str, Any]) -> dict[str, Any]:
+def _class_counts(path: PathFailures) -> dict[str, Any]:
     """A path's failures by class; schema 1 bodies only have SQLSTATEs, so classify those."""
-    if isinstance(path.get("by_class"), Mapping):
-        return {as_str(k): v for k, v in as_map(path.get("by_class")).items()}
+    if "by_class" not in path.absent:
+        return dict(path.by_class)
     out: dict[str, Any] = {}
-    for code, n in as_map(path.get("by_sqlstate")).items():
-        cls = _sqlstate_class(as_str(code))
-        out[cls] = out.get(cls, 0) + (as_int(n) or 0)
+    for code, n in path.by_sqlstate.items():
+        cls = _sqlstate_class(code)
+        out[cls] = out.get(cls, 0) + n
     return out
 
 
@@ -83,15 +84,15 @@ def ordered_classes(names: Iterable[str]) -> list[str]:
     return known + sorted(present - set(FAILURE_CLASSES))
 
 
-def failures_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def failures_view(failures: Failures | None) -> dict[str, Any] | None:
+    if failures is None:
         return None
-    legacy, new = as_map(raw.get("legacy")), as_map(raw.get("new"))
-    by_legacy, by_new = as_map(legacy.get("by_sqlstate")), as_map(new.get("by_sqlstate"))
-    codes = sorted({as_str(c) for c in (*by_legacy, *by_new)})
+    legacy, new = failures.legacy or PathFailures(), failures.new or PathFailures()
+    by_legacy, by_new = legacy.by_sqlstate, new.by_sqlstate
+    codes = sorted({*by_legacy, *by_new})
     class_legacy, class_new = _class_counts(legacy), _class_counts(new)
-    new_only_by_class = raw.get("new_only_by_class")
-    only = as_map(new_only_by_class)
+    reported = "new_only_by_class" not in failures.absent
+    only = failures.new_only_by_class
     classes = []
     code_classes = [_sqlstate_class(code) for code in codes]  # so no SQLSTATE goes unshown
     for cls in ordered_classes([*class_legacy, *class_new, *only, *code_classes]):
@@ -100,7 +101,7 @@ def failures_view(raw: Any) -> dict[str, Any] | None:
                 "name": cls,
                 "legacy": class_legacy.get(cls, 0),
                 "new": class_new.get(cls, 0),
-                "new_only": only.get(cls, 0) if isinstance(new_only_by_class, Mapping) else None,
+                "new_only": only.get(cls, 0) if reported else None,
                 "sqlstates": [
                     {
                         "code": code,
@@ -114,9 +115,9 @@ def failures_view(raw: Any) -> dict[str, Any] | None:
             }
         )
     return {
-        "legacy": legacy.get("count"),
-        "new": new.get("count"),
-        "new_only": raw.get("new_only"),
+        "legacy": legacy.count,
+        "new": new.count,
+        "new_only": failures.new_only,
         "new_only_text": counts_text(only),
         "legacy_text": counts_text(class_legacy),
         "new_text": counts_text(class_new),
@@ -134,19 +135,17 @@ def failures_view(raw: Any) -> dict[str, Any] | None:
     }
 
 
-def environment_events_view(raw: Any) -> dict[str, Any] | None:
+def environment_events_view(events: list[EnvironmentEvent] | None) -> dict[str, Any] | None:
     """Environment failures (connection exceptions, shutdowns, too many connections) by
     minute, path and SQLSTATE (and source, offline or online, when both were judged), and
     how many of them counted against their path's gate."""
-    if not isinstance(raw, list):
+    if events is None:
         return None
     rows = []
-    for item in raw:
-        e = as_map(item)
-        code = as_str(e.get("sqlstate"))
-        count, counted = as_int(e.get("count")) or 0, as_int(e.get("counted")) or 0
-        rows.append({"at": as_str(e.get("at"), "—"), "path": as_str(e.get("path"), "—"),
-                     "source": as_str(e.get("source")),
+    for e in events:
+        code = e.sqlstate or ""
+        count, counted = e.count or 0, e.counted or 0
+        rows.append({"at": _or_dash(e.at), "path": _or_dash(e.path), "source": e.source or "",
                      "code": code, "name": SQLSTATE_NAMES.get(code, ""), "count": count,
                      "counted": counted, "excused": max(count - counted, 0)})
     return {"rows": rows, "count": sum(r["count"] for r in rows),
@@ -154,3 +153,7 @@ def environment_events_view(raw: Any) -> dict[str, Any] | None:
             "excused": sum(r["excused"] for r in rows),
             # judged per source when both are present: say which one each event belongs to
             "by_source": any(r["source"] for r in rows)}
+
+
+def _or_dash(text: str | None) -> str:
+    return "—" if text is None else text

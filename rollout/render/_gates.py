@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import GateResult, Noise
 from ._format import as_list, as_map, as_pair, as_str, counts_text, fmt_num, number
 
 GATE_STATUSES = ("pass", "fail", "inconclusive", "info")
@@ -18,6 +19,11 @@ def gate_status(gate: Mapping[str, Any]) -> str:
         return status
     passed = gate.get("passed")
     return "pass" if passed is True else "fail" if passed is False else "n/a"
+
+
+def result_of(gate: GateResult) -> str:
+    """``gate_status`` of a model gate."""
+    return gate_status({"status": gate.status, "passed": gate.passed})
 
 
 SOURCE_KEYS = ("decided_by", "by_source")
@@ -62,34 +68,32 @@ def _threshold(value: Any) -> str:
     return fmt_num(value)
 
 
-def gates_view(raw: Any) -> list[dict[str, Any]]:
-    gates = []
-    for item in as_list(raw):
-        gate = as_map(item)
-        result = gate_status(gate)
-        display = as_str(gate.get("display"))
-        figure, threshold = fmt_num(gate.get("figure")), _threshold(gate.get("threshold"))
-        if display:
-            summary = display
-        elif gate.get("threshold") is None:
-            summary = figure
-        else:
-            summary = f"{figure} (threshold {threshold})"
-        gates.append(
-            {
-                "name": as_str(gate.get("name"), "(unnamed gate)"),
-                "figure": display or figure,
-                "threshold": threshold,
-                "threshold_value": gate.get("threshold"),
-                "summary": summary,
-                "result": result,
-                "confidence": number(gate.get("confidence")),
-                "details": _details_text(gate.get("details"), display),
-                "reason": as_str(gate.get("reason")),
-                **_gate_sources(gate.get("details")),
-            }
-        )
-    return gates
+def gates_view(gates: list[GateResult]) -> list[dict[str, Any]]:
+    return [_gate_view(gate) for gate in gates]
+
+
+def _gate_view(gate: GateResult) -> dict[str, Any]:
+    result = result_of(gate)
+    display = gate.display or ""
+    figure, threshold = fmt_num(gate.figure), _threshold(gate.threshold)
+    if display:
+        summary = display
+    elif gate.threshold is None:
+        summary = figure
+    else:
+        summary = f"{figure} (threshold {threshold})"
+    return {
+        "name": "(unnamed gate)" if gate.name is None else gate.name,
+        "figure": display or figure,
+        "threshold": threshold,
+        "threshold_value": gate.threshold,
+        "summary": summary,
+        "result": result,
+        "confidence": number(gate.confidence),
+        "details": _details_text(gate.details, display),
+        "reason": gate.reason or "",
+        **_gate_sources(gate.details),
+    }
 
 
 def _gate_sources(raw: Any) -> dict[str, Any]:
@@ -112,20 +116,20 @@ def _gate_sources(raw: Any) -> dict[str, Any]:
     return {"decided_by": decided, "by_source": by_source}
 
 
-def noise_view(raw: Any, flag: str, stage: str) -> dict[str, Any] | None:
+def noise_view(noise: Noise | None, flag: str, stage: str) -> dict[str, Any] | None:
     """The A/A calibration (legacy against itself); None for bodies that predate it."""
-    if not isinstance(raw, Mapping):
+    if noise is None:
         return None
-    samples = number(raw.get("samples")) or 0
     command = f"rollout shadow {shlex.quote(flag)}"
     if stage and stage != "—":
         command += f" --stage {shlex.quote(stage)}"
+    ci = noise.latency_ci
     return {
-        "ran": samples > 0,
-        "samples": raw.get("samples"),
-        "compared": raw.get("compared"),
-        "mismatch_rate": number(raw.get("mismatch_rate")),
-        "latency_ratio": number(raw.get("latency_ratio")),
-        "latency_ci": as_pair(raw.get("latency_ci")),
+        "ran": (number(noise.samples) or 0) > 0,
+        "samples": noise.samples,
+        "compared": noise.compared,
+        "mismatch_rate": number(noise.mismatch_rate),
+        "latency_ratio": number(noise.latency_ratio),
+        "latency_ci": as_pair(ci),
         "command": command + " --aa",
     }

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import Report
 from ._context import VERDICT_CLASS, report_context
 from ._env import HTML_TEMPLATE, INDEX_TEMPLATE, html_env
 from ._format import as_int, as_list, as_map, as_str, clip
@@ -13,7 +14,7 @@ from ._format import as_int, as_list, as_map, as_str, clip
 INDEX_MAX_DESCRIPTION = 160
 
 
-def render_html(report: Mapping[str, Any]) -> str:
+def render_html(report: Report) -> str:
     """Render ``report`` to one self-contained HTML page (inline CSS and SVG, no network)."""
     return html_env().get_template(HTML_TEMPLATE).render(r=report_context(report))
 

@@ -6,27 +6,28 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import Latency, PathLatency
 from ._ecdf import latency_ecdf
-from ._format import as_int, as_map, as_pair, fmt_ms, number
+from ._format import as_pair, fmt_ms, number
 
 QUANTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"))
 
 
-def _path_quantiles(raw: Any) -> dict[str, Any]:
-    path = as_map(raw)
+def _path_quantiles(path: PathLatency | None) -> dict[str, Any]:
+    path = path or PathLatency()
     return {
-        **{label: path.get(key) for label, key in QUANTILES},
-        "mean": path.get("mean_ms"),
-        "n": path.get("n"),
+        **{label: getattr(path, key) for label, key in QUANTILES},
+        "mean": path.mean_ms,
+        "n": path.n,
     }
 
 
-def latency_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def latency_view(lat: Latency | None) -> dict[str, Any] | None:
+    if lat is None:
         return None
-    legacy = _path_quantiles(raw.get("legacy"))
-    new = _path_quantiles(raw.get("new"))
-    quantile = number(raw.get("quantile"))
+    legacy = _path_quantiles(lat.legacy)
+    new = _path_quantiles(lat.new)
+    quantile = number(lat.quantile)
     gated = f"p{quantile * 100:g}" if quantile is not None else ""
     rows = []
     for label in [*(q for q, _ in QUANTILES), "mean"]:
@@ -41,26 +42,26 @@ def latency_view(raw: Any) -> dict[str, Any] | None:
                 "gated": label == gated,
             }
         )
-    tolerance = number(raw.get("effective_tolerance"))
-    confidence = number(raw.get("confidence"))
+    tolerance = number(lat.effective_tolerance)
+    confidence = number(lat.confidence)
     return {
         "gated": gated or "chosen quantile",
         "rows": rows,
         "n_legacy": legacy["n"],
         "n_new": new["n"],
         # schema 1 bodies have no Hodges-Lehmann estimate at all: say nothing about it
-        "hl_reported": "hl_ratio" in raw,
-        "hl_ratio": number(raw.get("hl_ratio")),
-        "hl_ci": as_pair(raw.get("hl_ci")),
-        "ratio": number(raw.get("ratio")),
-        "ci": as_pair(raw.get("ratio_ci")),
+        "hl_reported": "hl_ratio" not in lat.absent,
+        "hl_ratio": number(lat.hl_ratio),
+        "hl_ci": as_pair(lat.hl_ci),
+        "ratio": number(lat.ratio),
+        "ci": as_pair(lat.ratio_ci),
         "confidence": confidence,
         "alpha": 1 - confidence if confidence is not None else None,
-        "change_pct": raw.get("change_pct"),
-        "mann_whitney_p": number(raw.get("mann_whitney_p")),
+        "change_pct": lat.change_pct,
+        "mann_whitney_p": number(lat.mann_whitney_p),
         "tolerance": tolerance,
         "limit": 1 + tolerance if tolerance is not None else None,
-        "samples_needed": as_int(raw.get("samples_needed")),
+        "samples_needed": lat.samples_needed,
         "chart": _latency_chart(legacy, new, gated),
         "ecdf": latency_ecdf(legacy, new),
     }

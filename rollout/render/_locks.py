@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
-from ._format import as_list, as_map, as_str, fmt_ms, fmt_num, number
+from ..model import Locks, PathLocks
+from ._format import fmt_ms, fmt_num, number
 
 # Per-path lock-wait figures: key, label, unit.
 LOCK_METRICS = (
@@ -16,7 +18,6 @@ LOCK_METRICS = (
     ("max_wait_ms", "longest wait", "ms"),
     ("lock_timeouts", "lock timeouts (55P03)", "count"),
 )
-LOCK_LISTS = ("held", "waited_on")
 
 # Table-level lock modes, weakest first (PostgreSQL's conflict table order).
 LOCK_STRENGTH = {
@@ -39,14 +40,9 @@ def _lock_value(value: Any, unit: str) -> str:
     return fmt_ms(value) if unit == "ms" else fmt_num(value)
 
 
-def parse_holds(raw: Any) -> list[tuple[str, str]]:
+def parse_holds(holds: list[list[str]]) -> list[tuple[str, str]]:
     """[[relation, mode], ...] as pairs; malformed items are skipped."""
-    out = []
-    for item in as_list(raw):
-        pair = as_list(item)
-        if len(pair) >= 2:
-            out.append((as_str(pair[0]), as_str(pair[1])))
-    return out
+    return [(pair[0], pair[1]) for pair in holds if len(pair) >= 2]
 
 
 def lock_strength(mode: str) -> int:
@@ -76,16 +72,14 @@ def _sentence(*parts: str | list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _lock_differences(
-    raw: Mapping[str, Any], legacy: Mapping[str, Any], new: Mapping[str, Any]
-) -> list[dict[str, Any]]:
+def _lock_differences(locks: Locks, legacy: PathLocks, new: PathLocks) -> list[dict[str, Any]]:
     """Sentences for the locks one path takes and the other does not, grouped by relation
     (relations in the same situation share a sentence); stronger locks on the new path first."""
-    only_new = parse_holds(raw.get("only_new_holds"))
-    only_legacy = parse_holds(raw.get("only_legacy_holds"))
-    full = isinstance(legacy.get("held"), list) and isinstance(new.get("held"), list)
-    held_legacy = parse_holds(legacy.get("held")) if full else only_legacy
-    held_new = parse_holds(new.get("held")) if full else only_new
+    only_new = parse_holds(locks.only_new_holds)
+    only_legacy = parse_holds(locks.only_legacy_holds)
+    full = _has(legacy, "held") and _has(new, "held")
+    held_legacy = parse_holds(legacy.held) if full else only_legacy
+    held_new = parse_holds(new.held) if full else only_new
     groups: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[str]] = {}
     for relation in dict.fromkeys(r for r, _ in (*only_new, *only_legacy)):
         extra_new = _modes(only_new, relation)
@@ -145,42 +139,37 @@ def _lock_differences(
     return out
 
 
-def locks_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def _has(path: PathLocks, key: str) -> bool:
+    """Whether the body reported ``key`` for the path (schema 1 reported lock timeouts only)."""
+    return key not in path.absent
+
+
+def locks_view(locks: Locks | None) -> dict[str, Any] | None:
+    if locks is None:
         return None
-    legacy, new = as_map(raw.get("legacy")), as_map(raw.get("new"))
+    # a path the body did not report at all: every figure absent
+    nothing = PathLocks(absent=frozenset(f.name for f in fields(PathLocks)))
+    legacy, new = locks.legacy or nothing, locks.new or nothing
     rows = []
-    known = {key for key, _, _ in LOCK_METRICS}
     for key, label, unit in LOCK_METRICS:
-        if key in legacy or key in new:
-            lv, nv = number(legacy.get(key)), number(new.get(key))
+        if _has(legacy, key) or _has(new, key):
+            lv, nv = number(getattr(legacy, key)), number(getattr(new, key))
             worse = key != "measured" and lv is not None and nv is not None and nv > lv
             rows.append(
                 {
                     "metric": label,
-                    "legacy": _lock_value(legacy.get(key), unit),
-                    "new": _lock_value(new.get(key), unit),
+                    "legacy": _lock_value(getattr(legacy, key), unit),
+                    "new": _lock_value(getattr(new, key), unit),
                     "worse": worse,
                 }
             )
-    for key in dict.fromkeys([*legacy, *new]):
-        if key in known or key in LOCK_LISTS:
-            continue
-        rows.append(
-            {
-                "metric": as_str(key).replace("_", " "),
-                "legacy": fmt_num(legacy.get(key)),
-                "new": fmt_num(new.get(key)),
-                "worse": False,
-            }
-        )
-    waited_legacy, waited_new = as_map(legacy.get("waited_on")), as_map(new.get("waited_on"))
+    waited_legacy, waited_new = legacy.waited_on, new.waited_on
     waited = [
-        {"lock": as_str(k), "legacy": waited_legacy.get(k, 0), "new": waited_new.get(k, 0)}
+        {"lock": k, "legacy": waited_legacy.get(k, 0), "new": waited_new.get(k, 0)}
         for k in dict.fromkeys([*waited_legacy, *waited_new])
     ]
     waited.sort(key=lambda w: (-(number(w["legacy"]) or 0) - (number(w["new"]) or 0), w["lock"]))
-    held_legacy, held_new = parse_holds(legacy.get("held")), parse_holds(new.get("held"))
+    held_legacy, held_new = parse_holds(legacy.held), parse_holds(new.held)
     relations = sorted({r for r, _ in (*held_legacy, *held_new)})
     held = []
     for rel in relations:
@@ -196,8 +185,8 @@ def locks_view(raw: Any) -> dict[str, Any] | None:
     return {
         "rows": rows,
         "waited_on": waited,
-        "differences": _lock_differences(raw, legacy, new),
+        "differences": _lock_differences(locks, legacy, new),
         "held": held,
-        "held_known": isinstance(legacy.get("held"), list) or isinstance(new.get("held"), list),
-        "note": as_str(raw.get("note")),
+        "held_known": _has(legacy, "held") or _has(new, "held"),
+        "note": locks.note or "",
     }

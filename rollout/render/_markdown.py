@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import MismatchSample, Report
 from ._analysis import md_watch
 from ._business import business_checks, md_business
 from ._context import report_context
@@ -40,15 +41,15 @@ MD_MAX_DIFFERENCES = 3
 MD_MAX_LOCK_LINES = 3
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
+def render_markdown(report: Report) -> str:
     """Render ``report`` to Markdown short enough for a pull-request comment."""
     ctx = report_context(report)
     ctx["md"] = _markdown_extras(report)
     template = markdown_env().get_template(MARKDOWN_TEMPLATE)
     text = template.render(r=ctx)
-    script = as_map(report.get("rollback")).get("script")
+    script = report.rollback.script if report.rollback else None
     excess = len(text) - MD_BUDGET
-    if excess > 0 and isinstance(script, str) and ctx["md"]["script"] is not None:
+    if excess > 0 and script is not None and ctx["md"]["script"] is not None:
         # everything else is bounded; the script gives way to stay within a comment
         keep = len(ctx["md"]["script"]) - excess - 100
         ctx["md"].update(_md_script(script, keep))
@@ -56,14 +57,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return text
 
 
-def _markdown_extras(report: Mapping[str, Any]) -> dict[str, Any]:
-    mismatches = as_map(report.get("mismatches"))
-    samples = [as_map(s) for s in as_list(mismatches.get("samples"))]
-    rollback = as_map(report.get("rollback"))
-    script = rollback.get("script")
-    locks = locks_view(report.get("locks"))
+def _markdown_extras(report: Report) -> dict[str, Any]:
+    samples = report.mismatches.samples if report.mismatches else []
+    script = report.rollback.script if report.rollback else None
+    locks = locks_view(report.locks)
     differences = locks["differences"] if locks else []
-    rb = rollback_view(rollback) if rollback else None
+    rb = rollback_view(report.rollback)
     rb_differences = (
         [*rb["differences"], *rb["migration_differences"]] if rb and not rb["verified"] else []
     )
@@ -78,10 +77,10 @@ def _markdown_extras(report: Mapping[str, Any]) -> dict[str, Any]:
         "samples": [_md_sample(s) for s in samples[:MD_MAX_SAMPLES]],
         "samples_total": len(samples),
         "html_samples": min(len(samples), HTML_MAX_SAMPLES),
-        "determinism_line": md_determinism(report.get("perturbation"), report.get("gates")),
-        "business_line": md_business(business_checks(report.get("stage_impact"))),
-        "watch_line": md_watch(as_map(report.get("timeline")).get("analysis")),
-        **_md_script(script if isinstance(script, str) else None, MD_MAX_SCRIPT),
+        "determinism_line": md_determinism(report.perturbation, report.gates),
+        "business_line": md_business(business_checks(report.stage_impact)),
+        "watch_line": md_watch(report.timeline.analysis if report.timeline else None),
+        **_md_script(script, MD_MAX_SCRIPT),
     }
 
 
@@ -146,20 +145,20 @@ def _md_row(row: Mapping[str, Any]) -> str:
     return md_code(clip(text, MD_MAX_VALUE * 2))
 
 
-def _md_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
+def _md_sample(sample: MismatchSample) -> dict[str, Any]:
     entries = sorted(
-        (as_map(e) for e in as_list(sample.get("diff"))),
+        sample.diff,
         key=lambda e: MD_ENTRY_ORDER.get(as_str(e.get("kind")), len(MD_ENTRY_ORDER)),
     )
     lines = [_md_entry(e) for e in entries[:MD_MAX_ENTRIES]]
     hidden = len(entries) - MD_MAX_ENTRIES
     if hidden > 0:
         lines.append(f"… {hidden} more difference{'s' if hidden != 1 else ''}")
-    if sample.get("truncated"):
+    if sample.truncated:
         lines.append("… diff truncated by the collector")
-    params = params_text(sample.get("params"))
+    params = params_text(sample.params)
     return {
-        "tenant": md_text(clip(as_str(sample.get("tenant"), "—"), MD_MAX_VALUE)),
+        "tenant": md_text(clip("—" if sample.tenant is None else sample.tenant, MD_MAX_VALUE)),
         "params": md_code(clip(params, MD_MAX_VALUE * 2)) if params else "",
         "lines": lines,
     }

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import GateResult
 from ._diffs import Sides, diff_entries, params_text
 from ._format import as_int, as_list, as_map, as_str, clip, fmt_num, fmt_value, number
-from ._gates import gate_status
+from ._gates import result_of
 from ._md_escape import md_code, md_text
 
 SAME_PLAN = "same plan"
@@ -30,16 +31,12 @@ SAMPLE_PATHS = {"blamed": ("new",), "both": ("legacy", "new"), "legacy_only": ("
                 "order_only": ("new",)}
 
 
-def determinism_gate(gates: Any) -> Mapping[str, Any] | None:
-    """The ``plan_determinism`` gate of a body, if it has one."""
-    for item in as_list(gates):
-        gate = as_map(item)
-        if gate.get("name") == "plan_determinism":
-            return gate
-    return None
+def determinism_gate(gates: list[GateResult]) -> GateResult | None:
+    """The ``plan_determinism`` gate of a report, if it has one."""
+    return next((g for g in gates if g.name == "plan_determinism"), None)
 
 
-def perturbation_view(raw: Any, gates: Any) -> dict[str, Any] | None:
+def perturbation_view(raw: Any, gates: list[GateResult]) -> dict[str, Any] | None:
     """The body's ``perturbation`` (``plan_checks.perturbation_summary``) for the Plans
     section: what ran, how many parameter sets each kind of change hit, and for each shown
     parameter set what changed under which setting, in words and as a diff. None for bodies
@@ -64,8 +61,8 @@ def perturbation_view(raw: Any, gates: Any) -> dict[str, Any] | None:
         "elapsed_ms": number(raw.get("elapsed_ms")),
         "settings": settings[:MAX_SETTINGS],
         "settings_more": max(0, len(settings) - MAX_SETTINGS),
-        "result": gate_status(gate) if gate else None,
-        "reason": as_str(gate.get("reason")) if gate else "",
+        "result": result_of(gate) if gate else None,
+        "reason": (gate.reason or "") if gate else "",
         "kinds": kinds,
         "count": {k["key"]: k["count"] for k in kinds},
     }
@@ -150,7 +147,7 @@ def _exposure(path: str, item: Mapping[str, Any], ignored: bool) -> dict[str, An
 # -- the Markdown line ---------------------------------------------------------------------------
 
 
-def md_determinism(raw: Any, gates: Any) -> str:
+def md_determinism(raw: Any, gates: list[GateResult]) -> str:
     """One pre-escaped Markdown line: the plan-determinism judgement, and for a NO-GO the
     first parameter set that exposed it with its settings and its first difference; "" when
     the body has no perturbation or nothing was perturbed."""

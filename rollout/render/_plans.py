@@ -3,76 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from ..plans import PlanShape
 from ._diffs import params_text
 from ._format import as_int, as_list, as_map, as_str, clip, fmt_ms, fmt_num, fmt_ratio, number
 
-SHAPE_MAX_DEPTH = 64
 MAX_PAIRED = 20  # parameter sets shown in the paired buffers table
 MAX_CHECKS = 40  # generic-plan checks shown run by run
 MAX_RUNS = 20  # runs shown per mode and check
 MAX_SHAPE = 300
 
 
-@dataclass
-class _ShapeNode:
-    label: str
-    children: list[_ShapeNode] = field(default_factory=list)
-
-
-def _shape_parse(text: str) -> _ShapeNode | None:
-    """Parse plans.shape() text, "Node on rel (child, child)", into a tree; None when the
-    text does not parse (a relation name with brackets or commas), so it is shown verbatim."""
-    pos = 0
-
-    def node(depth: int) -> _ShapeNode:
-        nonlocal pos
-        if depth > SHAPE_MAX_DEPTH:
-            raise ValueError("too deep")
-        ends = [
-            i for i in (text.find(" (", pos), text.find(", ", pos), text.find(")", pos)) if i >= 0
-        ]
-        end = min(ends, default=len(text))
-        label = text[pos:end]
-        if not label.strip():
-            raise ValueError("empty node")
-        pos = end
-        result = _ShapeNode(label)
-        if text.startswith(" (", pos):
-            pos += 2
-            result.children.append(node(depth + 1))
-            while text.startswith(", ", pos):
-                pos += 2
-                result.children.append(node(depth + 1))
-            if not text.startswith(")", pos):
-                raise ValueError("unbalanced")
-            pos += 1
-        return result
-
-    try:
-        root = node(0)
-    except ValueError:
-        return None
-    return root if pos == len(text) else None
-
-
 def _shape_lines(shape: str) -> list[str]:
-    """A plan shape as an indented tree, one node per line."""
-    root = _shape_parse(shape)
-    if root is None:
-        return [shape]
-    lines = [root.label]
-
-    def walk(node: _ShapeNode, prefix: str) -> None:
-        for i, child in enumerate(node.children):
-            last = i == len(node.children) - 1
-            lines.append(f"{prefix}{'└─ ' if last else '├─ '}{child.label}")
-            walk(child, prefix + ("   " if last else "│  "))
-
-    walk(root, "")
-    return lines
+    """A plan shape as an indented tree, one node per line (as its text when it does not
+    read back as a tree)."""
+    tree = PlanShape.parse(shape)
+    return [shape] if tree is None else tree.lines()
 
 
 def _plan_path(raw: Any) -> dict[str, Any]:

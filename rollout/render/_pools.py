@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ._format import as_map, as_str, fmt_ms, fmt_num, number
+from ..model import PoolFigures, Pools, PoolWindow
+from ._format import fmt_ms, fmt_num, number
 
 POOLS = (("requests", "requests (served path)"), ("shadow", "shadow (background path)"))
 NOTHING_RECORDED = "no running service recorded pool figures for this stage"
 
 
-def pools_view(raw: Any) -> dict[str, Any] | None:
+def pools_view(pools: Pools | None) -> dict[str, Any] | None:
     """None for a report written before pool figures were added; else the window, a row per
     figure with a column per pool, a one-line summary per pool and whether any service
     recorded anything (``recorded``)."""
-    if not isinstance(raw, Mapping):
+    if pools is None:
         return None
-    window = as_map(raw.get("window"))
-    pools = [(name, label, as_map(raw.get(name))) for name, label in POOLS
-             if isinstance(raw.get(name), Mapping)]
+    window = pools.window or PoolWindow()
+    recorded = [(name, label, figures) for name, label in POOLS
+                if (figures := getattr(pools, name)) is not None]
     rows = []
     for key, metric, fmt, bad in (
         ("wait_ms", "checkout wait (total)", fmt_wait, False),
@@ -30,21 +30,21 @@ def pools_view(raw: Any) -> dict[str, Any] | None:
         ("requests", "requests", fmt_num, False),
         ("peak_pool_size", "peak pool size", fmt_num, False),
     ):
-        cells = [fmt(p.get(key)) for _, _, p in pools]
+        cells = [fmt(getattr(p, key)) for _, _, p in recorded]
         rows.append({"metric": metric, "cells": cells,
-                     "worse": bad and any((number(p.get(key)) or 0) > 0 for _, _, p in pools)})
+                     "worse": bad and any((getattr(p, key) or 0) > 0 for _, _, p in recorded)})
     return {
-        "recorded": bool(pools),
+        "recorded": bool(recorded),
         "empty_text": NOTHING_RECORDED,
-        "start": as_str(window.get("start"), "—"),
-        "end": as_str(window.get("end"), "—"),
+        "start": "—" if window.start is None else window.start,
+        "end": "—" if window.end is None else window.end,
         "since": {"stage_entered": "when the flag entered this stage",
                   "first_observation": "the stage's first observation"}.get(
-                      as_str(window.get("since")), ""),
-        "pools": [label for _, label, _ in pools],
+                      window.since or "", ""),
+        "pools": [label for _, label, _ in recorded],
         "rows": rows,
-        "lines": [f"{name} pool: {_line(p)}" for name, _, p in pools],
-        "note": as_str(raw.get("note")),
+        "lines": [f"{name} pool: {_line(p)}" for name, _, p in recorded],
+        "note": pools.note or "",
     }
 
 
@@ -59,11 +59,11 @@ def fmt_wait(value: Any) -> str:
     return fmt_ms(value)
 
 
-def _line(p: Mapping[str, Any]) -> str:
-    return (f"checkout wait {fmt_wait(p.get('wait_ms'))}, "
-            f"{fmt_num(p.get('requests_queued'))} waited, "
-            f"checkout errors {fmt_num(p.get('errors'))}, "
-            f"broken returns {fmt_num(p.get('returns_bad'))}, "
-            f"lost connections {fmt_num(p.get('connections_lost'))}, "
-            f"{fmt_num(p.get('requests'))} requests, "
-            f"peak size {fmt_num(p.get('peak_pool_size'))}")
+def _line(p: PoolFigures) -> str:
+    return (f"checkout wait {fmt_wait(p.wait_ms)}, "
+            f"{fmt_num(p.requests_queued)} waited, "
+            f"checkout errors {fmt_num(p.errors)}, "
+            f"broken returns {fmt_num(p.returns_bad)}, "
+            f"lost connections {fmt_num(p.connections_lost)}, "
+            f"{fmt_num(p.requests)} requests, "
+            f"peak size {fmt_num(p.peak_pool_size)}")

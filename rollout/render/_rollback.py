@@ -6,8 +6,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import RollbackPlan
 from ._format import as_int, as_list, as_map, as_str, clip
-from ._locks import LOCK_STRENGTH, lock_strength, parse_holds
+from ._locks import LOCK_STRENGTH, lock_strength
 from ._sql import highlight_sql
 
 HAZARD_MAX_STATEMENT = 300
@@ -36,18 +37,17 @@ ROLLBACK_CHECKS = (
 )
 
 
-def rollback_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def rollback_view(plan: RollbackPlan | None) -> dict[str, Any] | None:
+    if plan is None:
         return None
-    script, migration = raw.get("script"), raw.get("migration")
-    script = script if isinstance(script, str) else None
-    migration = migration if isinstance(migration, str) else None
-    none_reason = as_str(raw.get("none_reason"))
-    details = as_map(raw.get("verification_details"))
-    verified = raw.get("verified") is True
+    script, migration = plan.script, plan.migration
+    none_reason = plan.none_reason or ""
+    # the verification's own record, as the verification wrote it
+    details = as_map(plan.verification_details)
+    verified = plan.verified is True
     # "none needed" only when the flag says so; a missing script is "not verified"
     state = "none needed" if none_reason else "verified" if verified else "not verified"
-    hazards_raw = raw.get("hazards") if "hazards" in raw else details.get("hazards")
+    hazards_raw = plan.hazards if "hazards" not in plan.absent else details.get("hazards")
     hazards = [_hazard(as_map(h)) for h in as_list(hazards_raw)]
     summary = _hazard_summary(hazards)
     beyond = [h for h in hazards if h["beyond"]]
@@ -66,23 +66,23 @@ def rollback_view(raw: Any) -> dict[str, Any] | None:
         if isinstance(value, bool):
             checks.append({"text": yes if value else no, "ok": value if judged else None})
     return {
-        "steps": [as_str(s) for s in as_list(raw.get("steps"))],
-        "flag_command": as_str(raw.get("flag_command")),
-        "script_path": as_str(raw.get("script_path")),
+        "steps": list(plan.steps),
+        "flag_command": plan.flag_command or "",
+        "script_path": plan.script_path or "",
         "script": script,
         "script_html": highlight_sql(script) if script is not None else [],
-        "migration_path": as_str(raw.get("migration_path")),
+        "migration_path": plan.migration_path or "",
         "migration": migration,
         "migration_html": highlight_sql(migration) if migration is not None else [],
         "none_reason": none_reason,
         "verified": verified,
         "state": state,
-        "verification": as_str(raw.get("verification")),
+        "verification": plan.verification or "",
         # the status without the verdict word the pill already shows
         "verification_text": re.sub(
             r"^\s*(not verified|verified|no rollback needed)\s*:\s*",
             "",
-            as_str(raw.get("verification")),
+            plan.verification or "",
             flags=re.I,
         ),
         "has_details": bool(details),
@@ -107,7 +107,7 @@ def _lock_pair(value: Any) -> tuple[str, str] | None:
 
 def _hazard(raw: Mapping[str, Any]) -> dict[str, Any]:
     strongest = _lock_pair(raw.get("strongest_lock"))
-    locks = parse_holds(raw.get("locks"))
+    locks = _holds(raw.get("locks"))
     if strongest is None and locks:
         strongest = max(locks, key=lambda rl: lock_strength(rl[1]))
     why_not = as_str(raw.get("why_not_transactional"))
@@ -169,4 +169,15 @@ def _hazard_summary(hazards: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "sequences": sum(h["sequences"] for h in mine),
             }
         )
+    return out
+
+
+def _holds(raw: Any) -> list[tuple[str, str]]:
+    """A hazard's [[relation, mode], ...] (the verification's own record) as pairs;
+    malformed items are skipped."""
+    out = []
+    for item in as_list(raw):
+        pair = as_list(item)
+        if len(pair) >= 2:
+            out.append((as_str(pair[0]), as_str(pair[1])))
     return out

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._format import as_int, as_list, as_map, as_str
+from ..model import IncompleteRun
 
 
-def incomplete_runs_view(raw: Any) -> list[dict[str, Any]]:
+def incomplete_runs_view(runs: list[IncompleteRun]) -> list[dict[str, Any]]:
     """One entry per run that was cut short or never finished, with a sentence saying so."""
     out = []
-    for item in as_list(raw):
-        run = as_map(item)
-        run_id = as_str(run.get("run_id"), "?")
-        status = as_str(run.get("status"), "running")
-        reason = as_str(run.get("reason"))
-        samples = as_int(run.get("samples"))
-        requested = as_int(run.get("requested"))
-        mode = "A/A calibration run" if run.get("mode") == "aa" else "shadow run"
-        started = as_str(run.get("started_at"))
+    for run in runs:
+        run_id = "?" if run.run_id is None else run.run_id
+        status = "running" if run.status is None else run.status
+        reason = run.reason or ""
+        samples, requested = run.samples, run.requested
+        mode = "A/A calibration run" if run.mode == "aa" else "shadow run"
+        started = run.started_at or ""
         got = "" if samples is None else f"{samples}{f' of {requested}' if requested else ''}"
         after = f" after {got} sample{'' if samples == 1 and not requested else 's'}" \
             if got else ""

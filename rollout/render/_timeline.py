@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..model import Timeline
 from ._failures import ordered_classes
-from ._format import as_int, as_list, as_map, as_str, fmt_ms, fmt_num, fmt_pct, fmt_ratio, number
+from ._format import as_map, as_str, fmt_ms, fmt_num, fmt_pct, fmt_ratio, number
 
 TIMELINE_MAX_EVENTS = 20
 
@@ -82,43 +83,39 @@ def stage_impact_view(raw: Any, stage: str) -> dict[str, Any] | None:
     }
 
 
-def timeline_view(raw: Any, report_stage: str) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def timeline_view(timeline: Timeline | None, report_stage: str) -> dict[str, Any] | None:
+    if timeline is None:
         return None
-    current = as_str(raw.get("current_stage"))
-    killed = raw.get("killed") is True
-    started = raw.get("started") is True or (as_int(raw.get("version")) or 0) > 0
-    stages = []
-    for item in as_list(raw.get("stages")):
-        st = as_map(item)
-        name = as_str(st.get("name"), "—")
-        stages.append(
-            {
-                "name": name,
-                "current": st.get("current") is True or (bool(current) and name == current),
-                "reported": name == report_stage,
-                "serve": as_str(st.get("serve")),
-                "shadow": as_str(st.get("shadow")),
-            }
-        )
+    current = timeline.current_stage or ""
+    killed = timeline.killed is True
+    started = timeline.started is True or (timeline.version or 0) > 0
+    stages = [
+        {
+            "name": _or_dash(st.name),
+            "current": st.current is True or (bool(current) and _or_dash(st.name) == current),
+            "reported": _or_dash(st.name) == report_stage,
+            "serve": st.serve or "",
+            "shadow": st.shadow or "",
+        }
+        for st in timeline.stages
+    ]
     events = []
-    for item in as_list(raw.get("events"))[:TIMELINE_MAX_EVENTS]:
-        ev = as_map(item)
-        from_stage, to_stage = as_str(ev.get("from_stage")), as_str(ev.get("to_stage"))
+    for ev in timeline.events[:TIMELINE_MAX_EVENTS]:
+        from_stage, to_stage = ev.from_stage or "", ev.to_stage or ""
         if from_stage and to_stage and from_stage != to_stage:
             change = f"{from_stage} → {to_stage}"
         else:
             change = to_stage or from_stage or "—"
         events.append(
             {
-                "at": as_str(ev.get("at"), "—"),
-                "actor": as_str(ev.get("actor"), "—"),
-                "action": as_str(ev.get("action"), "—"),
+                "at": _or_dash(ev.at),
+                "actor": _or_dash(ev.actor),
+                "action": _or_dash(ev.action),
                 "change": change,
-                "killed": ev.get("killed") is True,
-                "reason": as_str(ev.get("reason")),
-                "forced": ev.get("forced") is True,
-                "report_id": as_str(ev.get("report_id")),
+                "killed": ev.killed is True,
+                "reason": ev.reason or "",
+                "forced": ev.forced is True,
+                "report_id": ev.report_id or "",
             }
         )
     if killed:
@@ -132,10 +129,14 @@ def timeline_view(raw: Any, report_stage: str) -> dict[str, Any] | None:
         "current_stage": current,
         "killed": killed,
         "started": started,
-        "version": as_int(raw.get("version")),
+        "version": timeline.version,
         # the report judges one stage; the flag may be serving another right now
         "elsewhere": bool(current) and current != report_stage,
         "stages": stages,
         "events": events,
-        "events_total": len(as_list(raw.get("events"))),
+        "events_total": len(timeline.events),
     }
+
+
+def _or_dash(text: str | None) -> str:
+    return "—" if text is None else text

@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql as pgsql
 
-from .compare import Comparison, ResultSet, compare
-from .dbcheck import describe
+from .compare import Comparison, compare
 from .errors import InputError
 from .execute import ExtendedCursor, Limits, Transaction, bounded
 from .flags import CompareRules
+from .prepare import describe
+from .results import ResultSet
 
 INTEGER_OIDS = {20, 21, 23, 1700}
 LEAF_ROWS = 2000

@@ -17,24 +17,15 @@ from decimal import Decimal
 from typing import Any
 
 from .flags import CompareRules
+from .results import ResultSet as ResultSet  # re-exported: execute's output, compared here
+from .results import Row
 
 MASK = "***"
 FLOAT_OIDS = {700, 701}
 NUMERIC_OID = 1700
 TIMESTAMP_OIDS = {1114, 1184}
 
-Row = tuple[Any, ...]
 Equal = Callable[[Any, Any], bool]
-
-
-@dataclass(frozen=True)
-class ResultSet:
-    """Columns, their type OIDs and rows of one execution; ``rows`` is None for commands."""
-
-    columns: tuple[str, ...]
-    type_oids: tuple[int, ...]
-    rows: list[Row] | None
-    rowcount: int
 
 
 @dataclass

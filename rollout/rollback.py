@@ -18,12 +18,11 @@ from typing import Any
 
 import pglast
 import psycopg
-from psycopg.types.json import Jsonb
 
-from .dbcheck import describe
 from .errors import InputError, ScratchUnavailable
 from .fingerprint import Fingerprint, differences, fingerprint
 from .flags import Flag
+from .prepare import describe
 from .scratch import scratch_database
 from .sqlscript import (
     Statement,
@@ -33,6 +32,7 @@ from .sqlscript import (
     split,
     uses_sequences,
 )
+from .verifications import latest_verification, save_verification
 
 __all__ = ["Applied", "Hazard", "ScratchUnavailable", "Verification", "apply", "hazards_of",
            "reaches_host", "require_script", "run_script", "static_problems", "verify",
@@ -395,20 +395,14 @@ def verification_for(flag: Flag, target_dsn: str, store_conn: psycopg.Connection
         current = schema_hash(target)
     scripts = script_hash(flag)
     if not fresh:
-        row = store_conn.execute(
-            "SELECT body, created_at FROM rollout.rollback_verifications WHERE flag = %s"
-            " AND script_hash = %s AND schema_hash = %s ORDER BY created_at DESC LIMIT 1",
-            [flag.name, scripts, current]).fetchone()
-        if row is not None:
-            return {**row[0], "verified_at": row[1].isoformat(timespec="seconds"),
-                    "reused": True}
+        stored = latest_verification(store_conn, flag.name, scripts, current)
+        if stored is not None:
+            body, at = stored
+            return {**body, "verified_at": at.isoformat(timespec="seconds"), "reused": True}
     result = verify(flag, target_dsn, progress, scratch_root=scratch_root)
     body = result.as_dict()
     if result.error is None or result.hazards:
-        store_conn.execute(
-            "INSERT INTO rollout.rollback_verifications (flag, script_hash, schema_hash,"
-            " verified, body) VALUES (%s, %s, %s, %s, %s)",
-            [flag.name, scripts, current, result.verified, Jsonb(body)])
+        save_verification(store_conn, flag.name, scripts, current, result.verified, body)
     return {**body, "verified_at": _now(), "reused": False}
 
 

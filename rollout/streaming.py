@@ -18,11 +18,12 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from .compare import Comparison, ResultSet, StreamComparer
-from .dbcheck import describe
+from .compare import Comparison, StreamComparer
 from .execute import ExtendedServerCursor, Limits, Transaction, bounded, failure
 from .flags import CompareRules
 from .observations import PathResult
+from .prepare import describe
+from .results import ResultSet
 
 TEXT_OIDS = {25, 1043, 1042, 19}
 """text, varchar, bpchar, name: ordered with COLLATE "C" (byte order = Python's str order)."""

@@ -8,8 +8,9 @@ import psycopg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout.compare import ResultSet, compare
+from rollout.compare import compare
 from rollout.flags import CompareRules
+from rollout.results import ResultSet
 
 INT4, FLOAT8, TEXT, NUMERIC = 23, 701, 25, 1700
 

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rollout.checksum import checksum_compare
-from rollout.compare import ResultSet, compare
+from rollout.compare import compare
 from rollout.flags import CompareRules
+from rollout.results import ResultSet
 from rollout.streaming import stream_pair
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli

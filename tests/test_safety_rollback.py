@@ -152,7 +152,10 @@ def test_a_program_hidden_in_a_do_block_cannot_run_even_on_the_scratch_server(
 
 
 class ProcessWatch:
-    """Every process's command line (and, for client tools, environment) seen while it runs."""
+    """Every process's command lines (and, for client tools, environment) seen while it runs.
+
+    A pid is read again until it shows a client tool: a child seen between fork and exec still
+    has its parent's command line, and keeping that first sight would miss the tool itself."""
 
     def __init__(self) -> None:
         self.cmdlines: dict[int, bytes] = {}
@@ -163,7 +166,7 @@ class ProcessWatch:
     def _poll(self) -> None:
         while not self._stop.is_set():
             for entry in os.listdir("/proc"):
-                if not entry.isdigit() or int(entry) in self.cmdlines:
+                if not entry.isdigit() or int(entry) in self.environs:
                     continue
                 try:
                     cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()

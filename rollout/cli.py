@@ -17,15 +17,17 @@ import psycopg
 
 from . import commands
 from ._version import __version__
-from .connection import (
-    SHADOW_LOGIN,
-    embedded_status,
-    redact,
-    running_embedded,
-    service_uri,
-    stop_embedded,
+from .connection import SHADOW_LOGIN, redact, service_uri
+from .errors import (
+    EXIT_INCONCLUSIVE,
+    EXIT_INTERNAL,
+    EXIT_NO_GO,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputError,
+    RolloutError,
+    Terminated,
 )
-from .errors import EXIT_INTERNAL, EXIT_USAGE, InputError, RolloutError, Terminated
 from .state import FlagState
 
 # `rollout flag kill` must start at once in an incident: runs, reports and verdicts (scipy,
@@ -288,27 +290,25 @@ def _advance(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _server(session: commands.Session, args: argparse.Namespace) -> int:
-    data = session.workspace / ".rollout" / "pgdata"
     if args.dsn_only and args.action != "status":
         raise InputError("--dsn-only goes with `rollout server status`")
-    status = embedded_status(data)
     if args.action == "stop":
-        if status is None:
-            _out("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
-        else:
-            _out("embedded PostgreSQL stopped" if stop_embedded(data) else
-                 "embedded PostgreSQL was not running")
+        stopped = commands.server_stop(session)
+        _out("no embedded PostgreSQL in this workspace (.rollout/pgdata)" if stopped is None
+             else "embedded PostgreSQL stopped" if stopped
+             else "embedded PostgreSQL was not running")
         return 0
+    status = commands.server_status(session)
     # Only the embedded server's own address is printed, never --dsn or DATABASE_URL: those
     # may hold a password, and the embedded server's local logins need none.
-    running = running_embedded(data) if status == "running" else None
+    running = status.running
     if args.dsn_only:
         if running is None:
             _err("rollout: no embedded PostgreSQL runs in this workspace (.rollout/pgdata)")
             return 1
         _out(service_uri(running.dsn))
         return 0
-    if status is None:
+    if status.state is None:
         _out("no embedded PostgreSQL in this workspace (.rollout/pgdata)")
         return 0
     _out(f"embedded PostgreSQL in .rollout/pgdata: {'running' if running else 'stopped'}")
@@ -321,34 +321,32 @@ def _server(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
-    flag = session.load().flag(args.flag)
-    rb = flag.rollback
-    if rb.none_reason:
+    """Without --apply: show (0), --verify (0 verified, else 1) or --dry-run (0 verified,
+    else 3: what --apply would run is not known to restore the schema). --dry-run never
+    applies, even beside --apply."""
+    check = commands.rollback_check(session, args.flag, verify=args.verify or args.dry_run,
+                                    say=_err)
+    flag, rb = check.flag, check.flag.rollback
+    if not check.needed:
         _out(f"{flag.name}: no rollback script: {rb.none_reason}")
         return 0
-    if rb.script is None:
-        raise InputError(f"flag '{flag.name}' has no rollback script (rollback.script)")
-    if args.verify or args.dry_run:
-        result = commands.rollback_verify(session, flag.name, say=_err)
+    if check.verification is not None:
+        result = check.verification
         _out(f"{flag.name}: {result['status']}")
         for line in result.get("differences") or []:
             _out(f"  - {line}")
-        _print_hazards(result.get("hazards") or [], only="rollback" if args.dry_run else None)
+        _print_hazards(check.hazards("rollback" if args.dry_run else None))
         if args.dry_run:
             _out(f"would kill {flag.name}, then run {rb.script_path}"
-                  + (" in one transaction" if all(h["transactional"] for h in
-                                                  result.get("hazards") or [] if
-                                                  h["script"] == "rollback")
-                     else " statement by statement"))
+                 + (" in one transaction" if check.transactional else " statement by statement"))
+            return EXIT_OK if check.verified else EXIT_INCONCLUSIVE
         if not args.apply:
-            return 0 if result["verified"] or args.dry_run else 1
+            return EXIT_OK if check.verified else EXIT_NO_GO
     if not args.apply:
         _out(f"{flag.name}: rollback script {rb.script_path}"
-              + (f", undoing {rb.migration_path}" if rb.migration_path else ""))
+             + (f", undoing {rb.migration_path}" if rb.migration_path else ""))
         _out(f"  verify: rollout rollback {flag.name} --verify")
         _out(f"  apply:  rollout rollback {flag.name} --apply  (kills the flag first)")
-        return 0
-    if args.dry_run:
         return 0
     if not args.yes:
         if not sys.stdin.isatty():
@@ -366,7 +364,7 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
                                       reason=args.reason, progress=step)
     if outcome.ok:
         _out(f"{flag.name}: killed; {rb.script_path} applied ({outcome.statements} "
-              f"statement(s){', one transaction' if outcome.transactional else ''})")
+             f"statement(s){', one transaction' if outcome.transactional else ''})")
         return 0
     kept = ("nothing was applied (one transaction)" if outcome.transactional
             else f"{outcome.applied} statement(s) before it stayed applied")
@@ -375,11 +373,7 @@ def _rollback(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _prune(session: commands.Session, args: argparse.Namespace) -> int:
-    from .prune import parse_age, prune
-
-    age = parse_age(args.older_than)  # before any connection: bad input changes nothing
-    with session.store() as store:
-        result = prune(store.conn, age, force=args.force, dry_run=args.dry_run)
+    result = commands.prune(session, args.older_than, force=args.force, dry_run=args.dry_run)
     verb = "would drop" if args.dry_run else "dropped"
     cutoff = result.cutoff.isoformat(timespec="seconds")
     for part in result.dropped:
@@ -397,10 +391,8 @@ def _prune(session: commands.Session, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_hazards(hazards: list[dict[str, Any]], only: str | None = None) -> None:
+def _print_hazards(hazards: list[dict[str, Any]]) -> None:
     for h in hazards:
-        if only and h["script"] != only:
-            continue
         notes = []
         if h.get("strongest_lock"):
             rel, mode = h["strongest_lock"]

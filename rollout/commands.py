@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .connection import redact
+from .connection import Target, redact
 from .errors import InputError, Refused
 from .flags import Flag
 from .session import Say as Say  # re-exported: Session lives below the commands, so
@@ -20,6 +20,7 @@ from .targeting import Context
 # at once in an incident. The runs, reports (scipy, numpy, jinja2) and rollbacks are
 # imported by the commands that use them.
 if TYPE_CHECKING:
+    from .prune import Pruned
     from .report import WrittenReport
     from .rollback import Applied
     from .shadow import Progress, RunOptions, RunSummary
@@ -247,11 +248,54 @@ def _advance_problem(flag: Flag, st: FlagState, latest: dict[str, Any] | None) -
 # -- rollback -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RollbackCheck:
+    """What `rollout rollback` knows before anything is applied: the flag's script and, when
+    asked for, its verification (``rollback.verification_for``'s body)."""
+
+    flag: Flag
+    verification: dict[str, Any] | None = None
+
+    @property
+    def needed(self) -> bool:
+        """False when the flag says there is nothing to undo (``rollback.none``)."""
+        return not self.flag.rollback.none_reason
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.verification and self.verification["verified"])
+
+    def hazards(self, script: str | None = None) -> list[dict[str, Any]]:
+        """The verification's hazards, of one script (``rollback``, ``migration``) or all."""
+        found = (self.verification or {}).get("hazards") or []
+        return [h for h in found if script is None or h["script"] == script]
+
+    @property
+    def transactional(self) -> bool:
+        """``--apply`` would run the script in one transaction: every statement allows it."""
+        return all(h["transactional"] for h in self.hazards("rollback"))
+
+
+def rollback_check(session: Session, name: str, *, verify: bool = False,
+                   say: Say | None = None) -> RollbackCheck:
+    """The flag's rollback, verified now in a scratch copy of the target's schema when
+    ``verify``; a flag with neither a script nor ``rollback.none`` is bad input."""
+    flag = session.load().flag(name)
+    if not flag.rollback.none_reason and flag.rollback.script is None:
+        raise InputError(f"flag '{flag.name}' has no rollback script (rollback.script)")
+    if not verify or flag.rollback.none_reason:
+        return RollbackCheck(flag)
+    return RollbackCheck(flag, _verification(session, flag, say))
+
+
 def rollback_verify(session: Session, name: str, say: Say | None = None) -> dict[str, Any]:
     """Verify the flag's rollback now, in a scratch copy of the target's schema."""
+    return _verification(session, session.load().flag(name), say)
+
+
+def _verification(session: Session, flag: Flag, say: Say | None) -> dict[str, Any]:
     from .rollback import verification_for
 
-    flag = session.load().flag(name)
     with session.store() as store:
         return verification_for(flag, session.target_dsn, store.conn, say, fresh=True)
 
@@ -281,3 +325,45 @@ def rollback_apply(session: Session, name: str, *, actor: str, reason: str | Non
         change(store.conn, flag, "rollback", actor=actor, reason=text[:1000],
                stage=st.stage or flag.first_stage, killed=True)
     return outcome
+
+
+# -- the workspace's embedded server, the store's upkeep ------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """The workspace's embedded PostgreSQL (``.rollout/pgdata``): ``state`` is ``running``,
+    ``stopped`` or None when the workspace never had one; ``running`` holds its logins."""
+
+    data: Path
+    state: str | None
+    running: Target | None
+
+
+def server_status(session: Session) -> ServerStatus:
+    from .connection import embedded_status, running_embedded
+
+    data = session.workspace / ".rollout" / "pgdata"
+    state = embedded_status(data)
+    return ServerStatus(data, state, running_embedded(data) if state == "running" else None)
+
+
+def server_stop(session: Session) -> bool | None:
+    """Stop the workspace's embedded server: True when stopped, False when it was not
+    running, None when the workspace has none."""
+    from .connection import embedded_status, stop_embedded
+
+    data = session.workspace / ".rollout" / "pgdata"
+    return None if embedded_status(data) is None else stop_embedded(data)
+
+
+def prune(session: Session, older_than: str, *, force: bool = False,
+          dry_run: bool = False) -> Pruned:
+    """Drop the store's observations older than ``older_than`` (``30d``, ``4w``), whole days
+    at a time; the evidence behind a stage's latest report stays unless ``force``."""
+    from .prune import parse_age
+    from .prune import prune as run_prune
+
+    age = parse_age(older_than)  # before any connection: bad input changes nothing
+    with session.store() as store:
+        return run_prune(store.conn, age, force=force, dry_run=dry_run)

@@ -21,11 +21,16 @@ sysexits' EX_SOFTWARE), never the exit code of bad input; ``ROLLOUT_DEBUG=1`` sh
 traceback.
 
 Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.verdict``.
+Commands that answer a yes/no question about evidence use the same three (``rollout
+rollback --verify``: 0 verified, 1 not; ``--dry-run``: 0 verified, 3 not known to be safe).
 """
 
 from __future__ import annotations
 
+EXIT_OK = 0
+EXIT_NO_GO = 1
 EXIT_USAGE = 2
+EXIT_INCONCLUSIVE = 3
 EXIT_INTERNAL = 70
 
 

@@ -195,3 +195,32 @@ def test_check_and_report_use_the_verification(
     assert "accounts_email_idx still exists" in r.out
     r = run_cli(capsys, "rollback", "acct", "--verify", "--workspace", root, "--dsn", accounts)
     assert r.code == 1 and "index accounts_email_idx still exists" in r.out
+
+
+def test_dry_run_exit_code_says_whether_the_rollback_is_verified(
+    accounts: str, make_workspace: WorkspaceMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run applies nothing and exits 0 only on a verified rollback; unverified is 3
+    (INCONCLUSIVE: what --apply would run is not known to restore the schema)."""
+    with psycopg.connect(accounts) as conn:
+        before = fingerprint(conn)
+    root = workspace(make_workspace, GOOD)
+    r = run_cli(capsys, "rollback", "acct", "--dry-run", "--workspace", root, "--dsn", accounts)
+    assert r.code == 0, r
+    assert "acct: verified" in r.out
+    assert "would kill acct, then run rollback/acct.sql in one transaction" in r.out
+    assert "rollback #4 (line 5): DROP INDEX accounts_email_idx" in r.out
+    assert "migration #" not in r.out  # only what --apply would run
+
+    root = workspace(make_workspace, FORGETFUL["index"][0])
+    r = run_cli(capsys, "rollback", "acct", "--dry-run", "--workspace", root, "--dsn", accounts)
+    assert r.code == 3, r
+    assert "acct: not verified" in r.out and "index accounts_email_idx still exists" in r.out
+    # beside --apply too: a dry run never applies
+    r = run_cli(capsys, "rollback", "acct", "--dry-run", "--apply", "--yes", "--workspace", root,
+                "--dsn", accounts)
+    assert r.code == 3, r
+    r = run_cli(capsys, "rollback", "acct", "--verify", "--workspace", root, "--dsn", accounts)
+    assert r.code == 1, r
+    with psycopg.connect(accounts) as conn:
+        assert fingerprint(conn) == before

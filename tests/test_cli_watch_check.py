@@ -7,8 +7,7 @@ import pytest
 
 from rollout.state import read_state
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli
-from tests.test_watch import analysis_flag, record, start
+from tests.helpers import analysis_flag, record, run_cli, start
 
 TIES = ("SELECT id FROM items WHERE tenant = %(tenant)s ORDER BY grp, id LIMIT 3",
         "SELECT id FROM items WHERE tenant = %(tenant)s ORDER BY grp LIMIT 3")

@@ -17,9 +17,7 @@ from rollout.commands import Session, flag_set
 from rollout.observations import Observation
 from rollout.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
-from tests.test_online import restart_server
-from tests.test_shadow import EQUIVALENT
+from tests.helpers import EQUIVALENT, restart_server, run_cli, table_checksums
 
 SHUTDOWN = "terminating connection due to administrator command"
 LOST = "consuming input failed: server closed the connection unexpectedly"

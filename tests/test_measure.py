@@ -21,6 +21,7 @@ from rollout.shadow import RunOptions, run_pair, run_shadow
 from rollout.store import Store
 from rollout.verdict import judge
 from tests.conftest import WorkspaceMaker, flag_yaml
+from tests.helpers import backends_waiting, wait_for
 
 
 def test_lock_wait_is_measured_within_20_percent(shop: str) -> None:
@@ -42,7 +43,8 @@ def test_lock_wait_is_measured_within_20_percent(shop: str) -> None:
 
                 t = threading.Thread(target=run)
                 t.start()
-                time.sleep(hold)
+                assert wait_for(lambda: backends_waiting(shop) > 0), "the path never waited"
+                time.sleep(hold)  # how long the lock is held (a duration, not an ordering)
                 released = time.monotonic()
                 blocker.commit()
                 committed = time.monotonic()  # the lock went somewhere in between

@@ -8,9 +8,8 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from rollout import AsyncRollout, Context, Rollout
 from rollout.commands import Session, flag_set
 from rollout.otel import operation_name, sqlstate_class
 from tests.conftest import REPO, WorkspaceMaker, flag_yaml
-from tests.helpers import table_checksums
+from tests.helpers import table_checksums, wait_for
 
 LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 PATIENT = "online:\n  max_lag_ms: 600000\n"
@@ -366,11 +365,3 @@ def test_operation_names_come_from_the_parser() -> None:
     assert operation_name("SELEC nothing") is None
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll ``condition`` until true or ``timeout`` (a bound, not a way to order events)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,7 +30,7 @@ from rollout.shadow import RunOptions, RunSummary, run_shadow, target_tenants
 from rollout.store import Store
 from rollout.workspace import Workspace
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import run_cli, table_checksums, wait_for
 
 LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 WRITE_LEGACY = "UPDATE items SET val = val WHERE id = -1 RETURNING id"  # changes nothing
@@ -99,14 +98,6 @@ def advisory_locks(dsn: str) -> int:
     return int(row[0])
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll ``condition`` until true or ``timeout`` (a bound, not a way to order events)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 # -- row 1: one statement, extended protocol, whatever the placeholders --------------------

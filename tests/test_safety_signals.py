@@ -7,28 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from .conftest import REPO, WorkspaceMaker, flag_yaml
-from .helpers import run_cli, table_checksums
+from .helpers import run_cli, table_checksums, wait_for
 
 SLOW = "WITH pause AS MATERIALIZED (SELECT pg_sleep(0.002)) SELECT id, val FROM items, pause" \
        " WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll a condition (the store's state), never a fixed sleep to order events."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _run_rows(dsn: str) -> list[tuple[object, ...]]:
@@ -56,7 +46,7 @@ def test_sigterm_marks_the_run_failed_and_the_report_says_so(
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # the run is under way once the first batch of observations has landed
-        assert _wait_for(lambda: _observed(shop) or proc.poll() is not None, 120)
+        assert wait_for(lambda: _observed(shop) or proc.poll() is not None, 120)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

@@ -15,31 +15,8 @@ from rollout.shadow import run_shadow
 from rollout.store import Store
 from rollout.workspace import Workspace
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli
-
-EQUIVALENT = flag_yaml(
-    "eq",
-    "SELECT id, val, note FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id",
-    "SELECT i.id, i.val, i.note FROM items i WHERE i.grp = %(grp)s"
-    " AND i.id IN (SELECT id FROM items WHERE tenant = %(tenant)s) ORDER BY i.id",
-)
-# The rewrite silently drops rows with negative values: a real semantic difference.
-DIFFERENT = flag_yaml(
-    "diff",
-    "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id",
-    "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s AND val >= 0"
-    " ORDER BY id",
-    order="ignore",
-)
-WRITE = flag_yaml(
-    "bump",
-    "UPDATE items SET val = val + 1, note = 'bumped' WHERE tenant = %(tenant)s AND grp = %(grp)s"
-    " RETURNING id, val, note",
-    "UPDATE items AS i SET val = i.val + 1.0, note = 'bump' || 'ed'"
-    " FROM (SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s) AS s"
-    " WHERE i.id = s.id RETURNING i.id, i.val, i.note",
-    kind="write", order="key", extra="",
-).replace("order: key", "order: key\n  key: [id]")
+from tests.helpers import DIFFERENT, EQUIVALENT, WRITE, run_cli
+from tests.helpers import items_checksum as checksum
 
 
 def observations(dsn: str, flag: str) -> list[dict[str, object]]:
@@ -92,14 +69,6 @@ def test_different_rewrite_is_caught_with_the_right_diff(
             assert [(m["id"], m["val"]) for m in missing] == [
                 (str(i), str(v)) for i, v in negatives][: len(missing)]
             assert not [d for d in diff if d["kind"] == "extra"]
-
-
-def checksum(dsn: str) -> str:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM items t"
-                           ).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def test_write_flag_leaves_the_table_unchanged(shop: str, make_workspace: WorkspaceMaker) -> None:

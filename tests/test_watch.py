@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
@@ -20,40 +19,26 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psycopg
 import pytest
 
-from rollout.commands import Session, flag_set, flag_show
+from rollout.commands import flag_set, flag_show
 from rollout.errors import FlagFileError
 from rollout.notify import Notifier
-from rollout.observations import Observation
 from rollout.state import read_state
 from rollout.store import Store
 from rollout.watch import Watcher, add_parser, analysis_history, holder, run, watch
 from rollout.workspace import Workspace
-from tests.conftest import REPO, WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
-
-SQL = "SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
-
-
-def analysis_flag(name: str, block: str = "", *, extra: str = "") -> str:
-    """A flag whose first stage carries ``block`` as its analysis (YAML lines) and whose
-    latency gate tolerates 10 % at 98 %."""
-    text = flag_yaml(name, SQL, SQL.replace("SELECT id", "SELECT items.id"), min_samples=50,
-                     extra=extra).replace(
-        "latency: {quantile: 0.95, max_regression: 5.0, confidence: 0.98}",
-        "latency: {quantile: 0.95, max_regression: 0.1, confidence: 0.98}")
-    if block:
-        text = text.replace("    shadow: {tenants: [acme, globex]}\n",
-                            "    shadow: {tenants: [acme, globex]}\n    analysis:\n"
-                            + textwrap.indent(textwrap.dedent(block), "      "))
-    return text
-
-
-def quiet(*args: Any, **kwargs: Any) -> None:
-    pass
+from tests.conftest import REPO, WorkspaceMaker
+from tests.helpers import (
+    analysis_flag,
+    quiet,
+    record,
+    run_cli,
+    session,
+    start,
+    table_checksums,
+)
 
 
 class Lines:
@@ -67,45 +52,6 @@ class Lines:
 
     def events(self) -> list[str]:
         return [x["event"] for x in self.lines]
-
-
-def session(root: Path, dsn: str) -> Session:
-    return Session(root, dsn=dsn, say=lambda m: None)
-
-
-def start(root: Path, dsn: str, name: str, stage: str = "pilot") -> datetime:
-    st = flag_set(session(root, dsn), name, stage, actor="test", reason="start")
-    assert st.updated_at is not None
-    return st.updated_at
-
-
-def record(dsn: str, root: Path, name: str, since: datetime, pairs: int, *, slower: float = 1.0,
-           mismatch_every: int = 0, stage: str = "pilot", seed: int = 1) -> None:
-    """Online paired observations after ``since`` (the flag's last change), as a runner
-    records them: both paths timed on the shadow pool, plus the online A/A check."""
-    flag = Workspace.load(root).flag(name)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(pairs):
-        at = since + timedelta(microseconds=i + 1)  # before any watcher looks
-        legacy = int(2_000_000 * np.exp(rng.normal(0, 0.1)))
-        new = int(2_000_000 * slower * np.exp(rng.normal(0, 0.1)))
-        bad = bool(mismatch_every) and i % mismatch_every == 0
-        pair = Observation(
-            observed_at=at, flag=name, stage=stage, sql_hash=flag.sql_hash, tenant="acme",
-            decision="shadow", first_path="legacy" if i % 2 else "new", params={"grp": i % 10},
-            legacy_ns=legacy, new_ns=new, legacy_rows=3, new_rows=3, legacy_sqlstate=None,
-            new_sqlstate=None, legacy_error=None, new_error=None, matched=not bad,
-            diff=[{"kind": "changed"}] if bad else None, source="online", served_ns=legacy)
-        rows.append(pair)
-        rows.append(Observation(
-            observed_at=at, flag=name, stage=stage, sql_hash=flag.sql_hash, tenant="acme",
-            decision="shadow", first_path=None, params={"grp": i % 10}, legacy_ns=None,
-            new_ns=None, legacy_rows=3, new_rows=3, legacy_sqlstate=None, new_sqlstate=None,
-            legacy_error=None, new_error=None, matched=True, diff=None, source="online",
-            mode="aa", served_ns=legacy))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        Store.open(conn).write_observations(rows)
 
 
 def rollout_rows(dsn: str) -> dict[str, int]:

@@ -6,12 +6,36 @@ connections) are processes of their own; the benchmark drives both and operates 
 and the server as an operator would. ``time.monotonic()`` is one clock for all three
 processes on this machine, so the service's ``killed_at`` and ``last_started`` and the
 clients' request times compare directly with the benchmark's own events.
+
+How the modes are compared (the figures must hold still from run to run on a small shared
+host, where a burst of other work moves every figure by more than the targets' margins):
+
+- **Placement.** With two or more CPUs, the service runs alone on the last one; the load
+  generator, the benchmark itself and (when it is this benchmark's own embedded server)
+  PostgreSQL share the others. A load generator or a backend scheduled on the service's CPU
+  would take its time in bursts no mode can control; a service with a CPU of its own, as in
+  production, shows its own cost. Each CPU's busy share is measured per turn and printed, so
+  a saturated load side (which would hide the service's cost) shows, and so does other work
+  on the host (CPU time not spent by the benchmark's own processes, in CPUs' worth).
+- **Many short, alternated, paired rounds.** Per concurrency, ``ROUNDS`` rounds; a round runs
+  every mode once for ``WARM_S`` + ``TURN_S`` s of closed-loop load, the order rotating and
+  reversing from round to round; the first ``WARM_S`` s of each turn are discarded (new
+  HTTP connections, pool growth), and ``GAP_S`` s idle follow each turn (background work a
+  turn started ends before the next turn).
+- **Throughput**: successful responses per second of each turn, as a ratio against the
+  bare turn of the same round; the figure is the median of those paired ratios, printed
+  with their interquartile range and extremes.
+- **Tail**: p99 (and p50) of every successful response of the mode, pooled over its rounds
+  (tens of thousands of requests: about a hundred and more beyond the p99), as a ratio
+  against bare pooled the same way; the interval is a 90 % bootstrap over rounds (rounds
+  resampled with replacement, the same rounds for both modes, so pairing is kept).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import random
@@ -22,6 +46,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,14 +70,19 @@ SEED = 20260113
 
 MODES = ("bare", "bare_safe", "serve_only", "rollout")
 CONCURRENCIES = (2, 8)
-ROUNDS = 5
+ROUNDS = 16
 """Rounds per concurrency; each round runs every mode once, the order changing per round
 (many short rounds: the median over rounds shrugs off a burst of other work on the host)."""
-ROUND_S = 2.0
-GAP_S = 0.3
+WARM_S = 0.15
+"""The start of each turn, discarded: new HTTP connections, a pool growing to the load."""
+TURN_S = 1.0
+"""The measured part of each turn."""
+GAP_S = 0.1
 """Idle time after each mode's turn: the background work a turn started ends before the
 next turn is timed (jobs older than ``online.max_lag_ms``, 250 ms, are dropped anyway)."""
 WARM_UP_S = 1.0
+BOOTSTRAP = 1000
+"""Resamples of rounds for the p99 ratio's interval."""
 
 KILL_CONCURRENCY = 8
 KILL_LOAD_S = 5.0
@@ -81,20 +111,32 @@ TARGET_RECOVERY_S = 1.0
 Record = list[Any]
 """One request as the load generator saw it: [start, end, HTTP status or 0, error]."""
 
+METHOD = (f"per concurrency, {ROUNDS} rounds; a round runs each mode once for {WARM_S} s "
+          f"(discarded) + {TURN_S} s of closed-loop load, {GAP_S} s idle after each, the "
+          "order rotating and reversing per round, so drift hits every mode; req/s ratio: "
+          "median of the per-round ratios against bare (IQR and range beside it); p50 and "
+          "p99: every successful response of the mode pooled over its rounds, ratio against "
+          "bare pooled alike, p99's 90 % interval a bootstrap over rounds; the service alone "
+          "on one CPU, load generator and server on the other(s); shadowed/s from the "
+          "runner's get_stats() around each rollout turn")
+
 
 def run(db: BenchDB) -> dict[str, Any]:
     host_load = os.getloadavg()[0]  # other work on this host shows in every figure
     session = Session(db.workspace.root, dsn=db.dsn, say=lambda m: None)
     _shadowing(session)
     plan = _draw_plan(db)
-    with Service(db) as svc, Loader(svc.base, plan) as load:
-        say(f"{NAME}: service on port {svc.port}; warming up")
+    placement = Placement.plan(db)
+    with placement, Service(db, placement.service) as svc, \
+            Loader(svc.base, plan, placement.others) as load:
+        say(f"{NAME}: service on port {svc.port}; {placement.describe()}; warming up")
         for mode in MODES:
             load.run(mode, 8, WARM_UP_S)
         decided = svc.stats("rollout")["stats"]["decisions"]
         if not decided.get("shadow"):
             raise RuntimeError(f"{FLAG}: expected 'shadow' decisions in {STAGE}, got {decided}")
-        load_results = {str(c): _compare(svc, load, c) for c in CONCURRENCIES}
+        load_results = {str(c): _compare(svc, load, c, placement.server)
+                        for c in CONCURRENCIES}
         kill = _kill(session, svc, load)
         _shadowing(session)
         svc.wait_resumed()
@@ -109,13 +151,7 @@ def run(db: BenchDB) -> dict[str, Any]:
                        "configuration) against AsyncRollout.query with default settings "
                        "(and without shadow workers); then a kill and a server restart under "
                        "load",
-        "method": f"per concurrency, {ROUNDS} rounds; a round runs each mode for {ROUND_S} s "
-                  f"of closed-loop load ({GAP_S} s idle after each), the order of the modes "
-                  "changing per round, so drift hits every mode; per round: successful "
-                  "responses per second, p50 and p99 of their latency (linear "
-                  "interpolation); ratios against bare are taken within each round, every "
-                  "figure is the median over rounds; shadowed/s from the runner's "
-                  "get_stats() around each rollout turn",
+        "method": METHOD,
         "modes": {
             "bare": "the legacy SQL on a bare psycopg_pool.AsyncConnectionPool (max_size 10 "
                     "as the runner's request pool, psycopg's defaults otherwise: statements "
@@ -135,7 +171,9 @@ def run(db: BenchDB) -> dict[str, Any]:
         "tenants": list(TENANTS),
         "samples": len(plan),
         "rounds": ROUNDS,
-        "round_s": ROUND_S,
+        "turn_s": TURN_S,
+        "warm_s": WARM_S,
+        "placement": placement.as_dict(),
         "server": "uvicorn, 1 worker, loop and http 'auto' (uvloop, httptools when installed)",
         "client": "aiohttp with uvloop, one connection per concurrent request",
         "load": load_results,
@@ -152,14 +190,14 @@ def run(db: BenchDB) -> dict[str, Any]:
 class Service:
     """``python -m bench.service_app``: uvicorn on a loopback port it picks itself."""
 
-    def __init__(self, db: BenchDB) -> None:
+    def __init__(self, db: BenchDB, cpus: set[int] | None = None) -> None:
         # The DSN goes in the environment, never in argv (other users can read argv).
         env = {**os.environ, DSN_VAR: db.dsn, WORKSPACE_VAR: str(db.workspace.root)}
         self.log: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in stop())
         self._log_tail = ""
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.service_app"],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env=env, cwd=REPO)
+                                     env=env, cwd=REPO, preexec_fn=_pinned(cpus))
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline().split()
         if len(first) != 2 or first[0] != "port":
@@ -217,6 +255,93 @@ class Service:
         self.stop()
 
 
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A child's ``preexec_fn``: its CPUs set before it starts, so every thread inherits them."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+class Placement:
+    """Which CPUs each process runs on: the service alone on the last CPU, everything else
+    (this process, the load generator, our own embedded server's processes) on the others.
+    Restores the server's and this process's CPUs on exit. No pinning on one CPU."""
+
+    def __init__(self, service: set[int] | None, others: set[int] | None,
+                 server: list[int]) -> None:
+        self.service, self.others, self.server = service, others, server
+        self._was: dict[int, set[int]] = {}
+
+    @classmethod
+    def plan(cls, db: BenchDB) -> Placement:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) < 2:
+            return cls(None, None, [])
+        return cls({cpus[-1]}, set(cpus[:-1]),
+                   _server_pids(db) if db.source == "embedded" else [])
+
+    def describe(self) -> str:
+        if self.service is None:
+            return "one CPU: nothing pinned"
+        server = ("with the server's processes" if self.server
+                  else "the server not pinned (not the benchmark's own)")
+        return (f"service on CPU {_cpus(self.service)}, load generator {server} on CPU "
+                f"{_cpus(self.others or set())}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"service_cpus": sorted(self.service or ()), "other_cpus": sorted(self.others or ()),
+                "server_pinned": bool(self.server)}
+
+    def __enter__(self) -> Placement:
+        if self.others is not None:
+            for pid in [0, *self.server]:
+                with contextlib.suppress(OSError):  # a backend that just exited
+                    self._was[pid] = os.sched_getaffinity(pid)
+                    os.sched_setaffinity(pid, self.others)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pid, cpus in self._was.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def _server_pids(db: BenchDB) -> list[int]:
+    """The embedded server's postmaster and its children (backends fork from the postmaster
+    and inherit its CPUs; those already running are pinned one by one)."""
+    with connect(with_user(db.dsn, "postgres"), autocommit=True) as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    postmaster = int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
+    return [postmaster, *_children(postmaster)]
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the parent pid is the 2nd field after the command's closing parenthesis
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _busy() -> dict[int, tuple[int, int]]:
+    """Per CPU, (busy, total) jiffies since boot (``/proc/stat``); empty elsewhere."""
+    out: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                v = [int(x) for x in fields[:8]]
+                out[int(name[3:])] = (sum(v) - v[3] - v[4], sum(v))  # minus idle, iowait
+    return out
+
+
 @dataclass(frozen=True)
 class Load:
     """What one turn of the load generator saw."""
@@ -233,10 +358,11 @@ class Load:
 class Loader:
     """``python -m bench.service load``: one process, one turn of load per command."""
 
-    def __init__(self, base: str, plan: list[tuple[str, int]]) -> None:
+    def __init__(self, base: str, plan: list[tuple[str, int]], cpus: set[int] | None = None
+                 ) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.service", "load"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=REPO)
+                                     cwd=REPO, preexec_fn=_pinned(cpus))
         self._send({"base": base, "plan": plan})
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -334,37 +460,68 @@ def _error(body: bytes) -> str:
         return body[:40].decode(errors="replace")
 
 
-# -- the three modes side by side ---------------------------------------------------------------
-def _compare(svc: Service, load: Loader, concurrency: int) -> dict[str, Any]:
-    say(f"{NAME}: concurrency {concurrency}, {ROUNDS} rounds x {len(MODES)} modes x {ROUND_S} s")
+# -- the modes side by side ---------------------------------------------------------------------
+def _compare(svc: Service, load: Loader, concurrency: int, server: list[int]
+             ) -> dict[str, Any]:
+    say(f"{NAME}: concurrency {concurrency}, {ROUNDS} rounds x {len(MODES)} modes x "
+        f"({WARM_S} + {TURN_S}) s")
     rounds: list[dict[str, dict[str, float]]] = []
+    latencies: dict[str, list[list[float]]] = {m: [] for m in MODES}
+    busy: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
     background: list[dict[str, float]] = []
+    pids = [0, svc.proc.pid, load.proc.pid, *server[:1]]  # the postmaster: and children
     for i in range(ROUNDS):
         order = MODES if i % 2 == 0 else MODES[::-1]
-        shift = i % len(MODES)
+        shift = (i // 2) % len(MODES)
         figures = {}
         for mode in order[shift:] + order[:shift]:
             before = svc.stats("rollout")["stats"] if mode == "rollout" else None
-            turn = load.run(mode, concurrency, ROUND_S)
-            figures[mode] = _figures(turn)
+            load.start(mode, concurrency, WARM_S + TURN_S)
+            time.sleep(WARM_S)
+            cpu0, ours0 = _busy(), _jiffies(pids)
+            turn = load.result()
+            busy[mode].append(_busy_share(cpu0, _busy(), ours0, _jiffies(pids)))
+            window = _window(turn)
+            figures[mode] = _figures(window)
+            latencies[mode].append(sorted((r[1] - r[0]) * 1000 for r in window.ok))
             if before is not None:
                 background.append(_background(before, svc.stats("rollout")["stats"],
-                                              turn.until - turn.begin))
+                                              window.until - window.begin))
             time.sleep(GAP_S)
         rounds.append(figures)
     out: dict[str, Any] = {}
     for mode in MODES:
         per = [r[mode] for r in rounds]
-        m: dict[str, Any] = {k: statistics.median(p[k] for p in per) for k in per[0]}
-        m["rounds"] = per
+        pooled = sorted(x for lat in latencies[mode] for x in lat)
+        m: dict[str, Any] = {"rps": statistics.median(p["rps"] for p in per),
+                             "p50_ms": _quantile(pooled, 0.5), "p99_ms": _quantile(pooled, 0.99),
+                             "requests": sum(int(p["requests"]) for p in per),
+                             "errors": sum(int(p["errors"]) for p in per),
+                             "cpu_busy": {c: statistics.median(b[c] for b in busy[mode])
+                                          for c in busy[mode][0]} if busy[mode][0] else {}}
         if mode != "bare":
-            for k in ("rps", "p50_ms", "p99_ms"):
-                m[f"{k}_ratio"] = statistics.median(r[mode][k] / r["bare"][k] for r in rounds)
+            ratios = sorted(r[mode]["rps"] / r["bare"]["rps"] for r in rounds)
+            q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+            m["rps_ratio"] = statistics.median(ratios)
+            m["rps_ratio_iqr"] = [q1, q3]
+            m["rps_ratio_range"] = [ratios[0], ratios[-1]]
+            m["p50_ms_ratio"] = m["p50_ms"] / out["bare"]["p50_ms"]
+            m["p99_ms_ratio"] = m["p99_ms"] / out["bare"]["p99_ms"]
+            m["p99_ms_ratio_ci90"] = _bootstrap_p99(latencies[mode], latencies["bare"])
+            m["p99_ms_ratio_rounds_median"] = statistics.median(
+                r[mode]["p99_ms"] / r["bare"]["p99_ms"] for r in rounds)
+        m["rounds"] = per
         out[mode] = m
     out["rollout"]["background"] = {
         k: statistics.median(b[k] for b in background) for k in background[0]}
     out["rollout"]["background"]["rounds"] = background
     return out
+
+
+def _window(turn: Load) -> Load:
+    """The measured part of a turn: requests started after its first ``WARM_S`` seconds."""
+    begin = turn.begin + WARM_S
+    return Load(begin, turn.until, [r for r in turn.records if r[0] >= begin])
 
 
 def _figures(turn: Load) -> dict[str, float]:
@@ -374,6 +531,53 @@ def _figures(turn: Load) -> dict[str, float]:
     return {"rps": done / (turn.until - turn.begin), "p50_ms": _quantile(lat, 0.5),
             "p99_ms": _quantile(lat, 0.99), "requests": len(turn.records),
             "errors": len(turn.records) - len(ok)}
+
+
+def _bootstrap_p99(mode: list[list[float]], bare: list[list[float]]) -> list[float]:
+    """90 % interval of pooled p99(mode) / pooled p99(bare), rounds resampled with
+    replacement (the same rounds for both: the pairing holds)."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    m = [np.asarray(x) for x in mode]
+    b = [np.asarray(x) for x in bare]
+    ratios = []
+    for _ in range(BOOTSTRAP):
+        pick = rng.integers(0, len(m), len(m))
+        ratios.append(np.percentile(np.concatenate([m[i] for i in pick]), 99)
+                      / np.percentile(np.concatenate([b[i] for i in pick]), 99))
+    lo, hi = np.percentile(ratios, [5, 95])
+    return [float(lo), float(hi)]
+
+
+def _busy_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+                ours_before: int, ours_after: int) -> dict[str, float]:
+    """Each CPU's busy share between two ``_busy()`` readings, and ``foreign``: CPUs' worth
+    of work by processes other than the benchmark's own (service, load generator, server,
+    this process) in that time, other work on the host."""
+    out = {}
+    busy_all = ticks = 0
+    for cpu, (busy, total) in after.items():
+        b0, t0 = before.get(cpu, (0, 0))
+        if total > t0:
+            out[str(cpu)] = (busy - b0) / (total - t0)
+            busy_all += busy - b0
+            ticks += total - t0
+    if ticks and after:
+        out["foreign"] = max(0, busy_all - (ours_after - ours_before)) / (ticks / len(after))
+    return out
+
+
+def _jiffies(pids: list[int]) -> int:
+    """CPU time (user + system, clock ticks) used so far by ``pids`` (0: this process; the
+    server's postmaster stands for itself and its children, read afresh: backends come and
+    go)."""
+    total = 0
+    for pid in [*pids, *(c for p in pids[3:] for c in _children(p))]:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
 
 
 def _background(before: dict[str, Any], after: dict[str, Any], seconds: float
@@ -608,6 +812,18 @@ def _targets(load: dict[str, Any], kill: dict[str, Any], restart: dict[str, Any]
     return out
 
 
+def _busy_cell(busy: dict[str, float], service_cpus: list[str]) -> str:
+    """The service's CPU(s) and the others, busy share in % (median over turns)."""
+    if not busy:
+        return "n/a"
+    mine = [v for k, v in busy.items() if k in service_cpus]
+    rest = [v for k, v in busy.items() if k not in service_cpus and k != "foreign"]
+    if not mine:
+        return f"{100 * statistics.mean(rest):.0f}%"
+    foreign = f" +{busy['foreign']:.2f}" if "foreign" in busy else ""
+    return f"{100 * statistics.mean(mine):.0f}/{100 * statistics.mean(rest):.0f}%{foreign}"
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -619,8 +835,10 @@ def _f(x: float | None, fmt: str, unit: str = "") -> str:
 def table(result: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
     """Three tables: the modes side by side, the kill, the restart."""
     t = result["targets"]
-    header = ["concurrency / mode", "req/s", "p50 ms", "p99 ms", "req/s ratio", "p50 ratio",
-              "p99 ratio", "shadowed/s", "shadowed %", "dropped/s"]
+    header = ["concurrency / mode", "req/s", "p50 ms", "p99 ms", "req/s ratio (IQR; range)",
+              "p50 ratio", "p99 ratio (90 % CI)", "CPU busy svc/other +other work", "shadowed/s",
+              "shadowed %", "dropped/s"]
+    service_cpus = [str(c) for c in result["placement"]["service_cpus"]]
     rows = []
     for c, modes in result["load"].items():
         for mode in MODES:
@@ -630,8 +848,12 @@ def table(result: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
             if mode == "bare":
                 cells += ["", "", ""]
             else:
-                cells += [f"{m['rps_ratio']:.2f}x", f"{m['p50_ms_ratio']:.2f}x",
-                          f"{m['p99_ms_ratio']:.2f}x"]
+                (q1, q3), (lo, hi) = m["rps_ratio_iqr"], m["rps_ratio_range"]
+                c_lo, c_hi = m["p99_ms_ratio_ci90"]
+                cells += [f"{m['rps_ratio']:.2f}x ({q1:.2f}-{q3:.2f}; {lo:.2f}-{hi:.2f})",
+                          f"{m['p50_ms_ratio']:.2f}x",
+                          f"{m['p99_ms_ratio']:.2f}x ({c_lo:.2f}-{c_hi:.2f})"]
+            cells.append(_busy_cell(m["cpu_busy"], service_cpus))
             if mode == "rollout":
                 b = m["background"]
                 drops = ", ".join(f"{k[8:-6]} {v:.0f}"  # dropped_X_per_s
@@ -645,10 +867,10 @@ def table(result: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
         j = t[f"concurrency_{c}"]
         rows.append([f"{c} / targets", "", "", "",
                      f"≥ {t['throughput_ratio_min']:.2f}x: {_met(j['throughput_met'])}", "",
-                     f"≤ {t['p99_ratio_max']:.2f}x: {_met(j['p99_met'])}", "", "", ""])
+                     f"≤ {t['p99_ratio_max']:.2f}x: {_met(j['p99_met'])}", "", "", "", ""])
     h = result["host_load_1min"]
     rows.append([f"host load avg, {h['cpus']} CPUs",
-                 f"{h['start']:.1f} to {h['end']:.1f}", "", "", "", "", "", "", "", ""])
+                 f"{h['start']:.1f} to {h['end']:.1f}", "", "", "", "", "", "", "", "", ""])
     tables = [(header, rows)]
 
     k = result["kill"]

@@ -4,15 +4,18 @@ Field order is the JSON key order of ``docs/report-schema.json`` bodies; ``model
 is the one place that turns these objects into JSON and back (older bodies included).
 A field whose JSON key is left out rather than written as null says so in its metadata
 (``OMIT_NONE``: absent when None; ``OMIT_EMPTY``: absent when empty). Parts of a report
-whose shape belongs to another stage's own records (plan samples, generic-plan checks,
-perturbation, business checks, watcher intervals, verification details) are carried as
-``Json`` values, exactly as that stage wrote them.
+whose shape belongs to another stage's own records (perturbation,
+business checks, watcher intervals, verification details, diff entries) are carried as
+``Json`` values, exactly as that stage wrote them. Plan shapes are trees (``PlanShape``),
+written as the text the schema documents.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
+
+from .plan_shape import PlanShape
 
 if TYPE_CHECKING:
     Json: TypeAlias = "None | bool | int | float | str | list[Json] | dict[str, Json]"
@@ -194,6 +197,100 @@ class Tenant(Record):
 
 
 @dataclass(frozen=True)
+class ShapeCount(Record):
+    """A plan shape and how many of a path's EXPLAIN samples had it."""
+
+    shape: PlanShape | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class PlanPath(Record):
+    """One path's EXPLAIN samples: its most common shapes and median costs."""
+
+    samples: int | None = None
+    shapes: list[ShapeCount] = field(default_factory=list)
+    median_buffers: float | None = None
+    median_exec_ms: float | None = None
+    rows_misestimate: float | None = None
+
+
+@dataclass(frozen=True)
+class PairedPlan(Record):
+    """One parameter set explained on both paths: new ÷ legacy buffers."""
+
+    tenant: str | None = None
+    params: Json = None
+    legacy_buffers: int | None = None
+    new_buffers: int | None = None
+    ratio: float | None = None
+    legacy_ms: float | None = None
+    new_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class PlanRun(Record):
+    """One EXPLAIN sample."""
+
+    path: str | None = None
+    tenant: str | None = None
+    shape: PlanShape | None = None
+    buffers: int | None = None
+    exec_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Plans(Record):
+    """EXPLAIN samples of both paths and the buffers paired by parameter set."""
+
+    samples: int | None = None
+    buffers_ratio: float | None = None
+    legacy: PlanPath | None = None
+    new: PlanPath | None = None
+    same_shape: bool | None = None
+    paired: list[PairedPlan] = field(default_factory=list)
+    paired_ratio_median: float | None = None
+    paired_more: int | None = None
+    runs: list[PlanRun] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GenericPlanCheck(Record):
+    """A custom-against-generic plan check of one path and tenant, every run of each mode
+    (``plans.generic_check``) and what it came to (``plan_checks.generic_row``)."""
+
+    path: str | None = None
+    tenant: str | None = None
+    custom_ms: float | None = None
+    generic_ms: float | None = None
+    ratio: float | None = None
+    custom_buffers: int | None = None
+    generic_buffers: int | None = None
+    custom_runs: list[float] = field(default_factory=list)
+    generic_runs: list[float] = field(default_factory=list)
+    custom_buffer_runs: list[int] = field(default_factory=list)
+    generic_buffer_runs: list[int] = field(default_factory=list)
+    custom_shape: PlanShape | None = None
+    generic_shape: PlanShape | None = None
+    runs: int | None = None
+    runs_beyond: int | None = None
+    consistently_slower: bool | None = None
+    looks_slower: bool | None = None
+    shape_differs: bool | None = None
+    buffers_differ: bool | None = None
+    differs: bool | None = None
+
+
+@dataclass(frozen=True)
+class GenericPlans(Record):
+    checks: list[GenericPlanCheck] = field(default_factory=list)
+    regressions: list[GenericPlanCheck] = field(default_factory=list)
+    unconfirmed: list[GenericPlanCheck] = field(default_factory=list)
+    worst_new_ratio: float | None = None
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
 class SourceEvidence(Record):
     """One source's own evidence (offline shadow runs, or a running service's pairs)."""
 
@@ -348,8 +445,8 @@ class Judgement:
     noise: Noise
     latency: Latency
     sources: dict[str, SourceEvidence]
-    plans: JsonObject
-    generic_plans: JsonObject
+    plans: Plans
+    generic_plans: GenericPlans
     perturbation: JsonObject
 
 
@@ -385,8 +482,8 @@ class Report(Record):
     noise: Noise | None = None
     latency: Latency | None = None
     sources: dict[str, SourceEvidence] | None = _absent_if_none()
-    plans: JsonObject | None = None
-    generic_plans: JsonObject | None = None
+    plans: Plans | None = None
+    generic_plans: GenericPlans | None = None
     perturbation: JsonObject | None = _absent_if_none()
     queries: Queries | None = None
     rollback: RollbackPlan | None = None
@@ -395,3 +492,50 @@ class Report(Record):
     timeline: Timeline | None = None
     database_stats: dict[str, int] = field(default_factory=dict)
     environment: Environment | None = None
+
+
+# -- the workspace index (reports/index.html) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexStage(Record):
+    """One stage of a flag on the index: its newest report, if any."""
+
+    name: str | None = None
+    in_flag: bool | None = None  # False: a stage the flag file no longer has
+    verdict: str | None = None
+    samples: int | None = None
+    created_at: str | None = None
+    judged_by: str | None = None  # "rollout watch" when the watcher wrote the report
+    href: str | None = None  # relative link to the stage's HTML report
+    html_stale: bool | None = None  # the newest report wrote no HTML: the page is older
+
+
+@dataclass(frozen=True)
+class LiveState(Record):
+    """A flag's live state (``rollout.flag_state``)."""
+
+    stage: str | None = None
+    killed: bool | None = None
+    version: int | None = None
+    updated_at: str | None = None
+    updated_by: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexFlag(Record):
+    name: str | None = None
+    description: str | None = None
+    owner: str | None = None
+    error: str | None = None  # an invalid flag file's error
+    state: LiveState | None = None
+    stages: list[IndexStage] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexPage(Record):
+    """What ``reports/index.html`` lists: every flag of the workspace."""
+
+    generated_at: str | None = None
+    toolkit_version: str | None = None
+    flags: list[IndexFlag] = field(default_factory=list)

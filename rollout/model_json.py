@@ -25,6 +25,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from . import model
 from .model import Json, Report
+from .plan_shape import PlanShape
 
 T = TypeVar("T")
 
@@ -38,6 +39,8 @@ installed from a wheel, the toolkit has no ``docs/`` folder."""
 
 def to_json(value: Any) -> Json:
     """A model object (or a list, dict or scalar holding some) as JSON-ready values."""
+    if isinstance(value, PlanShape):
+        return value.text  # the schema's "Node on rel (child, child)"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out: dict[str, Json] = {}
         absent: frozenset[str] = getattr(value, "absent", frozenset())
@@ -175,6 +178,11 @@ def _read(hint: Any, raw: Any, strict: bool) -> Any:
         if strict and any(v is _WRONG for _, v in pairs):
             return _WRONG
         return {k: v for k, v in pairs if v is not _WRONG}
+    if hint is PlanShape:
+        if not isinstance(raw, str):
+            return _WRONG
+        # a text that does not read back as a tree (brackets in a name) is one node
+        return PlanShape.parse(raw) or PlanShape(raw)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return read(hint, raw, strict=strict) if isinstance(raw, Mapping) else _WRONG
     if hint is str:

@@ -28,8 +28,12 @@ from .figures import StoreEvidence, served_window
 from .flags import Flag
 from .model import (
     Environment,
+    IndexFlag,
+    IndexPage,
+    IndexStage,
     Json,
     JsonObject,
+    LiveState,
     Pools,
     Queries,
     Report,
@@ -669,29 +673,28 @@ def _index_page(workspace_flags: Sequence[Flag], store: Store, out_dir: Path,
             page = out_dir / name / f"{stage}.html"
             exists = (rep is not None and not _unsafe_name(name) and not _unsafe_name(stage)
                       and (page in pending or page.is_file()))
-            stages.append({
-                "name": stage, "in_flag": stage in stage_names,
-                "verdict": rep["verdict"] if rep else None,
-                "samples": rep["samples"] if rep else None,
-                "created_at": rep["created_at"] if rep else None,
-                "judged_by": "rollout watch" if rep and rep["by_watch"] else None,
-                "href": f"{quote(name, safe='')}/{quote(stage + '.html', safe='')}"
+            stages.append(IndexStage(
+                name=stage, in_flag=stage in stage_names,
+                verdict=rep["verdict"] if rep else None,
+                samples=rep["samples"] if rep else None,
+                created_at=rep["created_at"] if rep else None,
+                judged_by="rollout watch" if rep and rep["by_watch"] else None,
+                href=f"{quote(name, safe='')}/{quote(stage + '.html', safe='')}"
                 if exists else None,
                 # the newest report of this stage wrote no HTML: the page is an older one
-                "html_stale": exists and rep is not None
+                html_stale=exists and rep is not None
                 and not any(str(f).endswith(".html") for f in rep["files"]),
-            })
+            ))
         st = states.get(name)
-        entries.append({
-            "name": name,
-            "description": flag.description if flag else "",
-            "owner": flag.owner if flag else "",
-            "error": invalid.get(name) if flag is None else None,
-            "state": {"stage": st.stage, "killed": st.killed, "version": st.version,
-                      "updated_at": st.updated_at.astimezone(UTC).isoformat(timespec="seconds")
-                      if st.updated_at else None,
-                      "updated_by": st.updated_by} if st else None,
-            "stages": stages,
-        })
-    return render_index({"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                         "toolkit_version": __version__, "flags": entries})
+        entries.append(IndexFlag(
+            name=name,
+            description=flag.description if flag else "",
+            owner=flag.owner if flag else "",
+            error=invalid.get(name) if flag is None else None,
+            state=LiveState(st.stage, st.killed, st.version,
+                            st.updated_at.astimezone(UTC).isoformat(timespec="seconds")
+                            if st.updated_at else None, st.updated_by) if st else None,
+            stages=stages,
+        ))
+    return render_index(IndexPage(datetime.now(UTC).isoformat(timespec="seconds"),
+                                  __version__, entries))

@@ -24,6 +24,7 @@ from rollout.model import (
     Environment,
     Failures,
     GateResult,
+    IndexPage,
     Json,
     Latency,
     Locks,
@@ -41,8 +42,8 @@ from rollout.model import (
     Timeline,
     TimelineStage,
 )
-from rollout.model_json import report_from_json, to_json
-from rollout.render import render_html, render_markdown
+from rollout.model_json import read, report_from_json, to_json
+from rollout.render import render_html, render_index, render_markdown
 from tests.conftest import REPO
 from tests.helpers import run_cli
 
@@ -82,6 +83,12 @@ def html_page(report: Report | Mapping[str, Any]) -> str:
 def markdown_comment(report: Report | Mapping[str, Any]) -> str:
     """The Markdown comment of a report (a model, or a JSON body of any schema version)."""
     return render_markdown(as_report(report))
+
+
+def index_html(page: IndexPage | Mapping[str, Any]) -> str:
+    """The workspace index page, of an ``IndexPage`` or of its parts as plain data (read
+    like a report body: what is missing or malformed shows as such)."""
+    return render_index(page if isinstance(page, IndexPage) else read(IndexPage, page))
 
 
 def visible_text(page: str) -> str:

@@ -30,13 +30,13 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from rollout.render import render_index
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.report_builder import (
     XSS,
     hostile_report,
     html_page,
     index_data,
+    index_html,
     make_report,
     many_samples_report,
     none_needed_report,
@@ -462,7 +462,7 @@ def test_hostile_report_runs_nothing(browser: DevTools, tmp_path: Path) -> None:
 
 def test_index_in_the_browser(browser: DevTools, tmp_path: Path) -> None:
     v = visit(
-        browser, write(tmp_path / "index.html", render_index(index_data())), tmp_path / "i.png"
+        browser, write(tmp_path / "index.html", index_html(index_data())), tmp_path / "i.png"
     )
     assert_clean(v)
     assert v.page["links"] == ["orders-recent/shadow-pilot.html", "orders-recent/canary.html"]

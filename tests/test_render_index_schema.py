@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from rollout.render import render_index
 from tests.conftest import WorkspaceMaker
 from tests.helpers import run_cli
 from tests.report_builder import (
@@ -20,6 +19,7 @@ from tests.report_builder import (
     canary_report,
     complete_report,
     index_data,
+    index_html,
     schema_errors,
     shadow_and_report,
     timeline_report,
@@ -31,7 +31,7 @@ from tests.test_shadow import DIFFERENT, EQUIVALENT
 
 
 def test_index_lists_flags_state_and_verdicts() -> None:
-    page = render_index(index_data())
+    page = index_html(index_data())
     text = " ".join(visible_text(page).split())
     assert "3 flags 0 live 1 killed 2 not started 1 invalid flag file" in text
     assert "orders-recent keyset pagination" in text
@@ -50,7 +50,7 @@ def test_index_lists_flags_state_and_verdicts() -> None:
 
 
 def test_index_links_are_relative_and_everything_is_escaped() -> None:
-    page = render_index(index_data())
+    page = index_html(index_data())
     hrefs = re.findall(r'href="([^"]*)"', page)
     assert hrefs == ["orders-recent/shadow-pilot.html", "orders-recent/canary.html"]
     assert "javascript:" not in page and "example.com" not in page
@@ -62,9 +62,9 @@ def test_index_links_are_relative_and_everything_is_escaped() -> None:
 
 
 def test_index_tolerates_missing_parts() -> None:
-    page = render_index({})
+    page = index_html({})
     assert "No flags in this workspace yet." in page
-    page = render_index({"flags": [{"name": "x"}]})
+    page = index_html({"flags": [{"name": "x"}]})
     assert "no stages" in page and "not started" in page
 
 

@@ -123,3 +123,19 @@ def test_a_plan_shape_is_a_tree_written_as_its_text_and_read_back() -> None:
                                   "Limit (, x)", "Limit" + " (Sort" * 100 + ")" * 100])
 def test_a_shape_that_does_not_read_back_is_none(text: str) -> None:
     assert PlanShape.parse(text) is None
+
+
+def test_plan_shapes_in_a_report_are_trees_and_written_back_as_text() -> None:
+    body = report_body(go_report())
+    report = report_from_json(body)
+    assert report.plans is not None and report.plans.new is not None
+    tree = report.plans.new.shapes[0].shape
+    assert tree is not None and tree.label == "Limit"
+    assert [c.label for c in tree.children] == ["Sort"]
+    assert to_json(report)["plans"] == body["plans"]  # type: ignore[index]
+    # a shape that does not read back as a tree stays one node holding its text
+    odd = report_from_json(
+        {"plans": {"legacy": {"shapes": [{"shape": "Scan on x) (", "count": 1}]}}})
+    assert odd.plans is not None and odd.plans.legacy is not None
+    shape = odd.plans.legacy.shapes[0].shape
+    assert shape is not None and shape.lines() == ["Scan on x) ("]

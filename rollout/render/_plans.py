@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ..plans import PlanShape
+from ..model import GenericPlanCheck, GenericPlans, PlanPath, Plans
 from ._diffs import params_text
-from ._format import as_int, as_list, as_map, as_str, clip, fmt_ms, fmt_num, fmt_ratio, number
+from ._format import clip, fmt_ms, fmt_num, fmt_ratio, number
 
 MAX_PAIRED = 20  # parameter sets shown in the paired buffers table
 MAX_CHECKS = 40  # generic-plan checks shown run by run
@@ -15,43 +14,31 @@ MAX_RUNS = 20  # runs shown per mode and check
 MAX_SHAPE = 300
 
 
-def _shape_lines(shape: str) -> list[str]:
-    """A plan shape as an indented tree, one node per line (as its text when it does not
-    read back as a tree)."""
-    tree = PlanShape.parse(shape)
-    return [shape] if tree is None else tree.lines()
-
-
-def _plan_path(raw: Any) -> dict[str, Any]:
-    path = as_map(raw)
-    shapes = []
-    for item in as_list(path.get("shapes")):
-        shape = as_map(item)
-        text = as_str(shape.get("shape"))
-        shapes.append(
-            {"text": text, "tree": "\n".join(_shape_lines(text)), "count": shape.get("count")}
-        )
+def _plan_path(path: PlanPath | None) -> dict[str, Any]:
+    path = path or PlanPath()
     return {
-        "samples": path.get("samples"),
-        "shapes": shapes,
-        "median_buffers": number(path.get("median_buffers")),
-        "median_exec_ms": number(path.get("median_exec_ms")),
-        "rows_misestimate": number(path.get("rows_misestimate")),
+        "samples": path.samples,
+        "shapes": [{"text": s.shape.text if s.shape else "",
+                    "tree": "\n".join(s.shape.lines()) if s.shape else "",
+                    "count": s.count} for s in path.shapes],
+        "median_buffers": number(path.median_buffers),
+        "median_exec_ms": number(path.median_exec_ms),
+        "rows_misestimate": number(path.rows_misestimate),
     }
 
 
-def plans_view(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def plans_view(plans: Plans | None) -> dict[str, Any] | None:
+    if plans is None:
         return None
-    legacy, new = _plan_path(raw.get("legacy")), _plan_path(raw.get("new"))
-    buffers_ratio = number(raw.get("buffers_ratio"))
+    legacy, new = _plan_path(plans.legacy), _plan_path(plans.new)
+    buffers_ratio = number(plans.buffers_ratio)
     lb, nb = legacy["median_buffers"], new["median_buffers"]
     if buffers_ratio is None and lb and nb is not None:
         buffers_ratio = nb / lb
     le, ne = legacy["median_exec_ms"], new["median_exec_ms"]
     return {
-        "samples": number(raw.get("samples")) or 0,
-        "same_shape": raw.get("same_shape"),
+        "samples": number(plans.samples) or 0,
+        "same_shape": plans.same_shape,
         "legacy": legacy,
         "new": new,
         "rows": [
@@ -81,26 +68,26 @@ def plans_view(raw: Any) -> dict[str, Any] | None:
             },
         ],
         "buffers_ratio": buffers_ratio,
-        "paired": _paired(raw),
+        "paired": _paired(plans),
     }
 
 
-def _paired(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+def _paired(plans: Plans) -> dict[str, Any] | None:
     """Buffers paired by parameter set (``plan_checks.plans_summary``): each set explained
     on both paths, new ÷ legacy; None for bodies that predate it."""
-    if "paired" not in raw:
+    if "paired" in plans.absent:
         return None
-    pairs = [as_map(p) for p in as_list(raw.get("paired"))]
+    pairs = plans.paired
     rows = [
         {
-            "tenant": as_str(p.get("tenant"), "—"),
-            "params": params_text(p.get("params")),
-            "legacy_buffers": fmt_num(p.get("legacy_buffers")),
-            "new_buffers": fmt_num(p.get("new_buffers")),
-            "ratio": fmt_ratio(p.get("ratio")),
-            "more": (number(p.get("ratio")) or 0) > 1,
-            "legacy_ms": fmt_ms(p.get("legacy_ms")),
-            "new_ms": fmt_ms(p.get("new_ms")),
+            "tenant": "—" if p.tenant is None else p.tenant,
+            "params": params_text(p.params),
+            "legacy_buffers": fmt_num(p.legacy_buffers),
+            "new_buffers": fmt_num(p.new_buffers),
+            "ratio": fmt_ratio(p.ratio),
+            "more": (number(p.ratio) or 0) > 1,
+            "legacy_ms": fmt_ms(p.legacy_ms),
+            "new_ms": fmt_ms(p.new_ms),
         }
         for p in pairs[:MAX_PAIRED]
     ]
@@ -108,38 +95,39 @@ def _paired(raw: Mapping[str, Any]) -> dict[str, Any] | None:
         "rows": rows,
         "total": len(pairs),
         "hidden": max(0, len(pairs) - MAX_PAIRED),
-        "median": number(raw.get("paired_ratio_median")),
-        "more": as_int(raw.get("paired_more")),
+        "median": number(plans.paired_ratio_median),
+        "more": plans.paired_more,
     }
 
 
-def _generic_side(row: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if row is None:
+def _generic_side(check: GenericPlanCheck | None) -> dict[str, Any] | None:
+    if check is None:
         return None
-    custom, generic = number(row.get("custom_ms")), number(row.get("generic_ms"))
-    ratio = number(row.get("ratio"))
+    custom, generic = number(check.custom_ms), number(check.generic_ms)
+    ratio = number(check.ratio)
     if ratio is None and custom and generic is not None:
         ratio = generic / custom
     return {
         "custom_ms": custom,
         "generic_ms": generic,
-        "custom_buffers": row.get("custom_buffers"),
-        "generic_buffers": row.get("generic_buffers"),
+        "custom_buffers": check.custom_buffers,
+        "generic_buffers": check.generic_buffers,
         "ratio": ratio,
     }
 
 
-def generic_plans_view(raw: Any, limit: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def _tenant(check: GenericPlanCheck) -> str:
+    return "(no tenant)" if check.tenant is None else check.tenant
+
+
+def generic_plans_view(generic: GenericPlans | None, limit: Any) -> dict[str, Any] | None:
+    if generic is None:
         return None
-    by_tenant: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for item in as_list(raw.get("checks")):
-        check = as_map(item)
-        tenant = as_str(check.get("tenant"), "(no tenant)")
-        by_tenant.setdefault(tenant, {})[as_str(check.get("path"))] = check
-    regressed = {
-        as_str(as_map(r).get("tenant"), "(no tenant)") for r in as_list(raw.get("regressions"))
-    }
+    checks = generic.checks
+    by_tenant: dict[str, dict[str, GenericPlanCheck]] = {}
+    for check in checks:
+        by_tenant.setdefault(_tenant(check), {})[check.path or ""] = check
+    regressed = {_tenant(r) for r in generic.regressions}
     rows = [
         {
             "tenant": tenant,
@@ -150,57 +138,47 @@ def generic_plans_view(raw: Any, limit: Any) -> dict[str, Any] | None:
         for tenant, paths in by_tenant.items()
     ]
     rows.sort(key=lambda r: (not r["regressed"], r["tenant"]))
-    checks = [as_map(c) for c in as_list(raw.get("checks"))]
     # every run of each check: bodies written since checks repeat each mode
-    repeated = any("generic_runs" in c for c in checks)
-    legacy_slower = {
-        as_str(c.get("tenant"), "(no tenant)")
-        for c in checks
-        if c.get("path") == "legacy" and c.get("looks_slower") is True
-    }
-    unconfirmed = sorted(
-        {as_str(as_map(u).get("tenant"), "(no tenant)") for u in as_list(raw.get("unconfirmed"))}
-    )
+    repeated = any("generic_runs" not in c.absent for c in checks)
+    legacy_slower = {_tenant(c) for c in checks
+                     if c.path == "legacy" and c.looks_slower is True}
+    unconfirmed = sorted({_tenant(u) for u in generic.unconfirmed})
     return {
         "rows": rows,
         "regressions": len(regressed),
         "regressed_tenants": sorted(regressed),
-        "worst_new_ratio": number(raw.get("worst_new_ratio")),
+        "worst_new_ratio": number(generic.worst_new_ratio),
         "limit": number(limit),
         "repeated": repeated,
-        "runs_per_mode": max((as_int(c.get("runs")) or 0 for c in checks), default=0),
+        "runs_per_mode": max((c.runs or 0 for c in checks), default=0),
         "checks": [_check_runs(c, regressed, legacy_slower) for c in checks[:MAX_CHECKS]]
         if repeated
         else [],
         "checks_hidden": max(0, len(checks) - MAX_CHECKS) if repeated else 0,
         "unconfirmed": unconfirmed,
-        "rule": as_str(raw.get("rule")),
+        "rule": generic.rule or "",
     }
 
 
-def _runs_text(raw: Any) -> str:
-    items = as_list(raw)
-    runs = [number(x) for x in items[:MAX_RUNS]]
-    text = ", ".join(f"{x:.3g}" if x is not None else "—" for x in runs)
-    return text + (f" … (+{len(items) - MAX_RUNS})" if len(items) > MAX_RUNS else "")
+def _runs_text(runs: list[float] | list[int]) -> str:
+    shown = [number(x) for x in runs[:MAX_RUNS]]
+    text = ", ".join(f"{x:.3g}" if x is not None else "—" for x in shown)
+    return text + (f" … (+{len(runs) - MAX_RUNS})" if len(runs) > MAX_RUNS else "")
 
 
-def _check_runs(
-    check: Mapping[str, Any], regressed: set[str], legacy_slower: set[str]
-) -> dict[str, Any]:
+def _check_runs(check: GenericPlanCheck, regressed: set[str], legacy_slower: set[str]
+                ) -> dict[str, Any]:
     """One generic-plan check, run by run, and what it came to in words
     (``plan_checks.generic_row``'s judgement)."""
-    tenant = as_str(check.get("tenant"), "(no tenant)")
-    path = as_str(check.get("path"), "?")
-    generic_runs = as_list(check.get("generic_runs"))
-    runs = as_int(check.get("runs")) or min(
-        len(as_list(check.get("custom_runs"))), len(generic_runs)
-    )
-    beyond = as_int(check.get("runs_beyond"))
-    differs = check.get("differs") is True
-    consistent = check.get("consistently_slower") is True
-    looks = check.get("looks_slower") is True or consistent
-    why = "another plan" if check.get("shape_differs") is True else "other buffers"
+    tenant = _tenant(check)
+    path = "?" if check.path is None else check.path
+    generic_runs = check.generic_runs
+    runs = check.runs or min(len(check.custom_runs), len(generic_runs))
+    beyond = check.runs_beyond
+    differs = check.differs is True
+    consistent = check.consistently_slower is True
+    looks = check.looks_slower is True or consistent
+    why = "another plan" if check.shape_differs is True else "other buffers"
     if path == "new" and tenant in regressed:
         status, words = "regression", f"consistently slower, {why}: a regression"
     elif looks and runs < 3:
@@ -220,17 +198,17 @@ def _check_runs(
         status, words = "ok", "holds up"
     if path == "new" and tenant in legacy_slower and status != "ok":
         words += " (legacy's generic plan is slower too: not blamed on new)"
-    c_shape, g_shape = as_str(check.get("custom_shape")), as_str(check.get("generic_shape"))
+    c_shape = check.custom_shape.text if check.custom_shape else ""
+    g_shape = check.generic_shape.text if check.generic_shape else ""
     return {
         "tenant": tenant,
         "path": path,
-        "custom_runs": _runs_text(check.get("custom_runs")),
+        "custom_runs": _runs_text(check.custom_runs),
         "generic_runs": _runs_text(generic_runs),
-        "custom_ms": number(check.get("custom_ms")),
-        "generic_ms": number(check.get("generic_ms")),
-        "ratio": number(check.get("ratio")),
-        "buffers": f"{fmt_num(check.get('custom_buffers'))} vs "
-        f"{fmt_num(check.get('generic_buffers'))}",
+        "custom_ms": number(check.custom_ms),
+        "generic_ms": number(check.generic_ms),
+        "ratio": number(check.ratio),
+        "buffers": f"{fmt_num(check.custom_buffers)} vs {fmt_num(check.generic_buffers)}",
         "same_shape": bool(c_shape) and c_shape == g_shape,
         "custom_shape": clip(c_shape, MAX_SHAPE),
         "generic_shape": clip(g_shape, MAX_SHAPE),

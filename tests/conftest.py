@@ -176,3 +176,13 @@ def demo_workspace(tmp_path: Path) -> Path:
         shutil.copytree(REPO / sub, root / sub)
     (root / "reports").mkdir()
     return root
+
+
+@pytest.fixture
+def tasks(db: str) -> str:
+    """``db`` with the skewed ``tasks`` table (tests.helpers.SKEWED)."""
+    from tests.helpers import SKEWED
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(SKEWED.encode())
+    return db

@@ -22,7 +22,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from rollout.cli import main
 from rollout.commands import Session, flag_set
+from rollout.execute import guard
 from rollout.observations import Observation
+from rollout.plans import GENERIC_RUNS, generic_check
 from rollout.store import Store
 from rollout.workspace import Workspace
 from tests.conftest import flag_yaml
@@ -214,3 +216,124 @@ def restart_server(server_dsn: str) -> None:
         cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c",
                " ".join(f"'{c}'" for c in cmd)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+# -- evidence from a real offline run --------------------------------------------------------
+
+
+def shadowed(capsys: pytest.CaptureFixture[str], root: Path, dsn: str) -> Observation:
+    """A GO stage from a real offline run; one of its observations, as a template."""
+    r = run_cli(capsys, "shadow", "eq", "--samples", "60", "--seed", "3", "--workspace", root,
+                "--dsn", dsn)
+    assert r.code == 0, r.err
+    with psycopg.connect(dsn) as conn:
+        obs = Store(conn).observations("eq", "pilot", _eq_sql_hash(conn))
+    assert len(obs) == 60 and not any(o.new_failed or o.legacy_failed for o in obs)
+    return obs[0]
+
+
+def _eq_sql_hash(conn: psycopg.Connection[object]) -> str:
+    row = conn.execute("SELECT sql_hash FROM rollout.observations WHERE flag = 'eq' LIMIT 1"
+                       ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# -- business checks around a real stage change ----------------------------------------------
+
+BUSINESS_SQL = "SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
+SUCCESS = ("SELECT avg(ok::int)::float8 FROM checkouts"
+           " WHERE at >= %(window_start)s AND at < %(window_end)s")
+FAILED = ("SELECT avg((NOT ok)::int)::float8 FROM checkouts"
+          " WHERE at >= %(window_start)s AND at < %(window_end)s")
+CHECKOUTS = """
+CREATE TABLE checkouts (id bigserial PRIMARY KEY, at timestamptz NOT NULL,
+                        ok boolean NOT NULL, note text);
+CREATE FUNCTION bump() RETURNS integer LANGUAGE plpgsql AS
+  $$ BEGIN INSERT INTO checkouts (at, ok) VALUES (now(), true); RETURN 1; END $$;
+"""
+HOUR = timedelta(hours=1)
+
+
+def check_yaml(name: str = "checkout_success", query: str = SUCCESS, **keys: Any) -> str:
+    """One ``business:`` entry (YAML lines, indented for the list)."""
+    fields = {"direction": "higher", "tolerance": 0.02, **keys}
+    lines = [f"- name: {name}", f"  query: {query}"]
+    lines += [f"  {k}: {v}" for k, v in fields.items() if v is not None]
+    return textwrap.indent("\n".join(lines), "  ") + "\n"
+
+
+def business_flag(name: str, *checks: str) -> str:
+    return flag_yaml(name, BUSINESS_SQL, BUSINESS_SQL.replace("SELECT id", "SELECT items.id"),
+                     extra="business:\n" + "".join(checks))
+
+
+def change_stage(root: Path, dsn: str, name: str) -> datetime:
+    """Start the flag at its first stage, move it to the second; when the move happened."""
+    session = Session(root, dsn=dsn, say=lambda m: None)
+    flag_set(session, name, "pilot", actor="test", reason="start")
+    flag_set(session, name, "everyone", actor="test", reason="serve everyone")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        entered = Store.open(conn).stage_entered(name, "everyone")
+    assert entered is not None and entered["from_stage"] == "pilot"
+    at: datetime = entered["at"]
+    return at
+
+
+def record_checkouts(dsn: str, changed_at: datetime, before: float, after: float,
+                     seed: int = 7, per_minute: int = 60) -> None:
+    """Synthetic checkouts for the hour before and the hour after the change, each one a
+    success with the side's probability."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for minute in range(-60, 60):
+        rate = before if minute < 0 else after
+        for k in range(per_minute):
+            at = changed_at + timedelta(minutes=minute, seconds=k * 60 / per_minute)
+            rows.append((at, bool(rng.random() < rate)))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(CHECKOUTS)
+        with conn.cursor() as cur, cur.copy("COPY checkouts (at, ok) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+# -- generic plans on a skewed table (the `tasks` fixture) ------------------------------------
+
+LIMIT = 5.0
+
+# A generic plan cannot turn ``payload LIKE $1`` into an index range (the pattern is not
+# known when it is planned) and scans the table; the custom plan for 'abc%' walks the index.
+SKEWED = """
+CREATE TABLE tasks (id integer PRIMARY KEY, status text NOT NULL, payload text NOT NULL);
+INSERT INTO tasks SELECT n, CASE WHEN n % 5000 = 0 THEN 'open' ELSE 'done' END, md5(n::text)
+FROM generate_series(1, 200000) AS n;
+CREATE INDEX tasks_status ON tasks (status);
+CREATE INDEX tasks_payload ON tasks (payload text_pattern_ops);
+ANALYZE tasks;
+CREATE SEQUENCE outlier;
+"""
+# The same plan in both modes; the second execution of all (the first generic run, in the
+# old single-run check and in the repeated one alike) sleeps 30 ms: one injected outlier.
+OUTLIER = ("SELECT id FROM tasks WHERE status = %(status)s AND id < 50 AND"
+           " (SELECT pg_sleep(CASE WHEN nextval('outlier') = 2 THEN 0.03 ELSE 0 END)) IS NOT NULL"
+           " ORDER BY id")
+SLOW_GENERIC = "SELECT id, payload FROM tasks WHERE payload LIKE %(status)s"
+
+
+def checks(dsn: str, query: str, status: str = "open", runs: int = GENERIC_RUNS
+           ) -> list[dict[str, object]]:
+    """The repeated generic-plan checks of both paths (legacy a constant query), as dicts;
+    the outlier sequence is rewound after the new path."""
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        guard(conn)
+        for path in ("legacy", "new"):
+            sql = "SELECT 1 AS id" if path == "legacy" else query
+            check = generic_check(conn, sql, {"status": status}, write=True, path=path,
+                                  tenant="acme", runs=runs)
+            assert check is not None
+            out.append(check.__dict__)
+            if path == "new":
+                conn.execute("SELECT setval('outlier', 1, false)")
+    return out

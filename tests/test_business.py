@@ -4,7 +4,6 @@ or bounded with nothing persisted; bad keys and values one line, exit 2."""
 
 from __future__ import annotations
 
-import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,39 +19,22 @@ from rollout.business import (
     relative_change,
     stage_business,
 )
-from rollout.commands import Session, flag_set
 from rollout.flags import Flag
 from rollout.store import Store
 from rollout.workspace import Workspace
-from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import one_line, run_cli, table_checksums
-
-SQL = "SELECT id FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
-SUCCESS = ("SELECT avg(ok::int)::float8 FROM checkouts"
-           " WHERE at >= %(window_start)s AND at < %(window_end)s")
-FAILED = ("SELECT avg((NOT ok)::int)::float8 FROM checkouts"
-          " WHERE at >= %(window_start)s AND at < %(window_end)s")
-CHECKOUTS = """
-CREATE TABLE checkouts (id bigserial PRIMARY KEY, at timestamptz NOT NULL,
-                        ok boolean NOT NULL, note text);
-CREATE FUNCTION bump() RETURNS integer LANGUAGE plpgsql AS
-  $$ BEGIN INSERT INTO checkouts (at, ok) VALUES (now(), true); RETURN 1; END $$;
-"""
-HOUR = timedelta(hours=1)
-
-
-def check_yaml(name: str = "checkout_success", query: str = SUCCESS, **keys: Any) -> str:
-    """One ``business:`` entry (YAML lines, indented for the list)."""
-    fields = {"direction": "higher", "tolerance": 0.02, **keys}
-    lines = [f"- name: {name}", f"  query: {query}"]
-    lines += [f"  {k}: {v}" for k, v in fields.items() if v is not None]
-    return textwrap.indent("\n".join(lines), "  ") + "\n"
-
-
-def business_flag(name: str, *checks: str) -> str:
-    return flag_yaml(name, SQL, SQL.replace("SELECT id", "SELECT items.id"),
-                     extra="business:\n" + "".join(checks))
-
+from tests.conftest import WorkspaceMaker
+from tests.helpers import (
+    FAILED,
+    HOUR,
+    SUCCESS,
+    business_flag,
+    change_stage,
+    check_yaml,
+    one_line,
+    record_checkouts,
+    run_cli,
+    table_checksums,
+)
 
 
 def line_of(text: str, needle: str, after: str = "business:") -> int:
@@ -60,39 +42,6 @@ def line_of(text: str, needle: str, after: str = "business:") -> int:
     lines = text.splitlines()
     start = lines.index(after)
     return next(i + 1 for i in range(start, len(lines)) if needle in lines[i])
-
-
-# -- a real stage change ------------------------------------------------------------------
-
-
-def change_stage(root: Path, dsn: str, name: str) -> datetime:
-    """Start the flag at its first stage, move it to the second; when the move happened."""
-    session = Session(root, dsn=dsn, say=lambda m: None)
-    flag_set(session, name, "pilot", actor="test", reason="start")
-    flag_set(session, name, "everyone", actor="test", reason="serve everyone")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        entered = Store.open(conn).stage_entered(name, "everyone")
-    assert entered is not None and entered["from_stage"] == "pilot"
-    at: datetime = entered["at"]
-    return at
-
-
-def record_checkouts(dsn: str, changed_at: datetime, before: float, after: float,
-                     seed: int = 7, per_minute: int = 60) -> None:
-    """Synthetic checkouts for the hour before and the hour after the change, each one a
-    success with the side's probability."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for minute in range(-60, 60):
-        rate = before if minute < 0 else after
-        for k in range(per_minute):
-            at = changed_at + timedelta(minutes=minute, seconds=k * 60 / per_minute)
-            rows.append((at, bool(rng.random() < rate)))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(CHECKOUTS)
-        with conn.cursor() as cur, cur.copy("COPY checkouts (at, ok) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
 
 
 def judged(root: Path, dsn: str, name: str, changed_at: datetime,

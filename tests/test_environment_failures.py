@@ -17,28 +17,10 @@ from rollout.commands import Session, flag_set
 from rollout.observations import Observation
 from rollout.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import EQUIVALENT, restart_server, run_cli, table_checksums
+from tests.helpers import EQUIVALENT, restart_server, run_cli, shadowed, table_checksums
 
 SHUTDOWN = "terminating connection due to administrator command"
 LOST = "consuming input failed: server closed the connection unexpectedly"
-
-
-def shadowed(capsys: pytest.CaptureFixture[str], root: Path, dsn: str) -> Observation:
-    """A GO stage from a real offline run; one of its observations, as a template."""
-    r = run_cli(capsys, "shadow", "eq", "--samples", "60", "--seed", "3", "--workspace", root,
-                "--dsn", dsn)
-    assert r.code == 0, r.err
-    with psycopg.connect(dsn) as conn:
-        obs = Store(conn).observations("eq", "pilot", _sql_hash(conn))
-    assert len(obs) == 60 and not any(o.new_failed or o.legacy_failed for o in obs)
-    return obs[0]
-
-
-def _sql_hash(conn: psycopg.Connection[object]) -> str:
-    row = conn.execute("SELECT sql_hash FROM rollout.observations WHERE flag = 'eq' LIMIT 1"
-                       ).fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def failed(template: Observation, at: datetime, *, legacy: str | None, new: str | None

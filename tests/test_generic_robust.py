@@ -4,56 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-import pytest
-
-from rollout.execute import guard
 from rollout.plan_checks import buffers_gate, generic_gate, generic_summary, plans_summary
-from rollout.plans import GENERIC_RUNS, generic_check
-from tests.helpers import table_checksums
-
-LIMIT = 5.0
-
-# A generic plan cannot turn ``payload LIKE $1`` into an index range (the pattern is not
-# known when it is planned) and scans the table; the custom plan for 'abc%' walks the index.
-SKEWED = """
-CREATE TABLE tasks (id integer PRIMARY KEY, status text NOT NULL, payload text NOT NULL);
-INSERT INTO tasks SELECT n, CASE WHEN n % 5000 = 0 THEN 'open' ELSE 'done' END, md5(n::text)
-FROM generate_series(1, 200000) AS n;
-CREATE INDEX tasks_status ON tasks (status);
-CREATE INDEX tasks_payload ON tasks (payload text_pattern_ops);
-ANALYZE tasks;
-CREATE SEQUENCE outlier;
-"""
-# The same plan in both modes; the second execution of all (the first generic run, in the
-# old single-run check and in the repeated one alike) sleeps 30 ms: one injected outlier.
-OUTLIER = ("SELECT id FROM tasks WHERE status = %(status)s AND id < 50 AND"
-           " (SELECT pg_sleep(CASE WHEN nextval('outlier') = 2 THEN 0.03 ELSE 0 END)) IS NOT NULL"
-           " ORDER BY id")
-SLOW_GENERIC = "SELECT id, payload FROM tasks WHERE payload LIKE %(status)s"
-
-
-@pytest.fixture
-def tasks(db: str) -> str:
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(SKEWED.encode())
-    return db
-
-
-def checks(dsn: str, query: str, status: str = "open", runs: int = GENERIC_RUNS
-           ) -> list[dict[str, object]]:
-    out = []
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        guard(conn)
-        for path in ("legacy", "new"):
-            sql = "SELECT 1 AS id" if path == "legacy" else query
-            check = generic_check(conn, sql, {"status": status}, write=True, path=path,
-                                  tenant="acme", runs=runs)
-            assert check is not None
-            out.append(check.__dict__)
-            if path == "new":
-                conn.execute("SELECT setval('outlier', 1, false)")
-    return out
+from rollout.plans import GENERIC_RUNS
+from tests.conftest import tasks as tasks  # re-exported: other modules import the fixture here
+from tests.helpers import LIMIT, OUTLIER, SLOW_GENERIC, checks, table_checksums
 
 
 def test_one_slow_generic_run_stays_pass(tasks: str) -> None:

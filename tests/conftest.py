@@ -186,3 +186,13 @@ def tasks(db: str) -> str:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(SKEWED.encode())
     return db
+
+
+@pytest.fixture
+def orders(db: str) -> str:
+    """``db`` with the ``orders`` of three tenants (tests.helpers.ORDERS)."""
+    from tests.helpers import ORDERS
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(ORDERS.encode())
+    return db

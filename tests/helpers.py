@@ -337,3 +337,102 @@ def checks(dsn: str, query: str, status: str = "open", runs: int = GENERIC_RUNS
             if path == "new":
                 conn.execute("SELECT setval('outlier', 1, false)")
     return out
+
+
+# -- copies of helpers other test modules share (tests/test_online.py, test_perturbation.py,
+# test_store_partitions.py define them too; their importers should import them from here) --
+
+LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
+
+# These tests count every shadow job, also on a loaded machine: online.max_lag_ms would
+# drop the ones that wait (tests/test_online_runner_safety.py tests that).
+PATIENT = "online:\n  max_lag_ms: 600000\n"
+
+
+def legacy_rows(dsn: str, tenant: str, grp: int, sql: str = LEGACY) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql.encode(), {"tenant": tenant, "grp": grp}).fetchall()
+
+
+EQ_LEGACY = LEGACY.replace("id, val", "id, val, note")
+
+
+def online_observations(dsn: str, flag: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT tenant, decision, matched, new_sqlstate, legacy_ns IS NOT NULL, source"
+            " FROM rollout.observations WHERE flag = %s AND mode = 'ab' ORDER BY id",
+            [flag]).fetchall()
+
+
+# Orders of three tenants; a customer often has two orders on its latest day. The index
+# serves "latest order per customer" walked backwards, which breaks ties by id descending.
+ORDERS = """
+CREATE TABLE orders (id integer PRIMARY KEY, tenant text NOT NULL, customer integer NOT NULL,
+                     placed date NOT NULL, total numeric(10, 2) NOT NULL);
+INSERT INTO orders
+SELECT n, (ARRAY['acme', 'globex', 'initech'])[1 + n % 3], (n / 3) % 400,
+       date '2024-01-01' + ((n * 7) % 30), (n % 97) + 0.5
+FROM generate_series(1, 30000) AS n;
+CREATE INDEX orders_latest ON orders (tenant, customer, placed, id);
+CREATE INDEX orders_recent ON orders (tenant, placed, id);
+ANALYZE orders;
+"""
+
+FULL = ("SELECT DISTINCT ON (customer) customer, id, total FROM orders"
+        " WHERE tenant = %(tenant)s ORDER BY customer DESC, placed DESC, id DESC")
+NO_TIE_BREAK = ("SELECT DISTINCT ON (customer) customer, id, total FROM orders"
+                " WHERE tenant = %(tenant)s ORDER BY customer DESC, placed DESC")
+
+
+def flag_file(name: str, legacy: str, new: str, order: str = "strict") -> str:
+    return textwrap.dedent(f"""\
+        name: {name}
+        description: perturbation fixture {name}
+        owner: tests
+        kind: read
+        queries:
+          legacy: |
+            {legacy}
+          new: |
+            {new}
+        params:
+          sample: SELECT n AS k FROM generate_series(1, %(limit)s) AS n
+        compare:
+          order: {order}
+        stages:
+          - name: pilot
+            shadow: {{tenants: [acme, globex]}}
+        gates:
+          min_samples: 10
+        rollback:
+          none: no schema change
+        """)
+
+
+COLUMNS_V8 = (
+    "id, run_id, batch_id, observed_at, flag, stage, sql_hash, tenant, decision, first_path,"
+    " params, legacy_ns, new_ns, legacy_rows, new_rows, legacy_sqlstate, new_sqlstate,"
+    " legacy_error, new_error, matched, diff, source, mode, legacy_lock_wait_ns,"
+    " new_lock_wait_ns, locks, served_ns")
+
+
+def observations_checksum(conn: psycopg.Connection[Any], where: str = "true") -> tuple[int, str]:
+    """Count and md5 of every column of every observation, in id order."""
+    row = conn.execute(
+        f"SELECT count(*), coalesce(md5(string_agg(row({COLUMNS_V8})::text, '|' ORDER BY id)),"
+        f" '') FROM rollout.observations WHERE {where}").fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def where_rows_are(conn: psycopg.Connection[Any], where: str = "true") -> dict[str, int]:
+    return {str(t): int(n) for t, n in conn.execute(
+        f"SELECT tableoid::regclass::text, count(*) FROM rollout.observations WHERE {where}"
+        " GROUP BY 1")}
+
+
+def obs(at: datetime, *, flag: str = "f", stage: str = "pilot", sql_hash: str = "h",
+        params: dict[str, Any] | None = None, **kw: Any) -> Observation:
+    return Observation(at, flag, stage, sql_hash, "acme", "shadow", "legacy", params or {},
+                       1000, 900, 3, 3, None, None, None, None, True, None, **kw)

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="prove the script in a scratch copy of the schema (exit 1 if not)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print what --apply would run, with each statement's hazards")
+                   help="verify, then print what --apply would run with each statement's "
+                        "hazards; applies nothing (exit 3 if not verified)")
     p.add_argument("--apply", action="store_true",
                    help="kill the flag, then run the script on the target")
     p.add_argument("--yes", action="store_true", help="apply without asking")

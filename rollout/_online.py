@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 UNKNOWN_FLAG = "unknown-flag"
 
+SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200, margin_ms=1000)
+"""The runners' timeouts of a background execution (``shadow_limits=`` to change)."""
 REQUEST_TIMEOUT_S = 5.0
 """Default bound on a caller's request: pool checkout plus the served query."""
 REQUEST_GRACE_S = 0.5
@@ -692,23 +694,23 @@ class RunnerCore:
         with self.counters.lock:
             self.counters.internal_errors += 1
 
-    def _start_pool_stats(self, pools: Mapping[str, Any], interval: float | None) -> None:
-        """Every ``interval`` seconds, record each pool's statistics since the last time
-        (psycopg_pool's ``pop_stats``): checkout waits and errors over time, for the stage
-        impact view. ``get_stats()`` adds what was popped to its totals."""
+    def _start_pool_stats(self, pools: Mapping[str, Any]) -> None:
+        """The pools whose statistics the runner records every ``pool_stats_interval``
+        seconds (psycopg_pool's ``pop_stats``, ``_pool_stats_loop``): checkout waits and
+        errors over time, for the stage impact view. ``get_stats()`` adds what was popped
+        to its totals."""
         self._pools = dict(pools)
         self._request_pool_name = str(getattr(pools["requests"], "name", None) or "requests")
         self._shadow_pool_name = str(getattr(pools["shadow"], "name", None) or "shadow")
         self._runner_id = uuid.uuid4()
         self._pool_stats_stop = threading.Event()
-        if not interval:
-            return
 
-        def loop() -> None:
-            while not self._pool_stats_stop.wait(interval):
-                self._snapshot_pools()
-
-        threading.Thread(target=loop, name="rollout-pool-stats", daemon=True).start()
+    def _pool_stats_loop(self, interval: float) -> None:
+        """The body of the runner's pool-statistics thread (the runner starts it: this
+        module does no I/O of its own): a snapshot every ``interval`` seconds until
+        closed."""
+        while not self._pool_stats_stop.wait(interval):
+            self._snapshot_pools()
 
     def _snapshot_pools(self) -> None:
         now = datetime.now(UTC)

@@ -1,15 +1,49 @@
+# <async>
 """``AsyncRollout``: the online runner for asyncio services (psycopg ``AsyncConnection``).
 
-The same design as ``Rollout`` and the same logic (``rollout._online``), with an
-``AsyncConnectionPool`` per role and shadow workers as tasks fed by a bounded queue. Flag
-state and recording run in their own threads, so nothing here awaits the store.
+The caller's path is: decide (no I/O), run the served path on the request pool, hand a
+shadow job to a bounded queue (dropped and counted when full), return. Shadow workers run
+the other path on their own pool, under timeouts, read-only or always rolled back, compare,
+and record. Nothing from the background can raise into, block, or starve the caller. The
+logic the runners share lives in ``rollout._online``; this module is I/O. Flag state and
+recording run in their own threads, so an asyncio service never awaits the store.
+
+This module is the source of both runners: ``rollout/runner.py`` (``Rollout``, for threaded
+services) is generated from it by ``tools/async_to_sync.py`` (``await`` and ``async``
+dropped, async names mapped to their sync twins, the few places that truly differ between
+``# <async>`` and ``# <sync>`` markers). Edit this file, then run the script; a test fails
+when the generated file is stale.
 """
+# <sync>
+# """``Rollout``: the online runner for threaded services (psycopg ``Connection`` pools).
+#
+# The caller's path is: decide (no I/O), run the served path on the request pool, hand a
+# shadow job to a bounded queue (dropped and counted when full), return. Shadow workers run
+# the other path on their own pool, under timeouts, read-only or always rolled back, compare,
+# and record. Nothing from the background can raise into, block, or starve the caller. The
+# logic the runners share lives in ``rollout._online``; this module is I/O. Flag state and
+# recording run in their own threads, so an asyncio service never awaits the store.
+#
+# Generated from ``rollout/aio.py`` (the asyncio runner, the source of both) by
+# ``tools/async_to_sync.py``: edit that file and run the script, never this one.
+# """
+# </sync>
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+
+# <async>
+from asyncio import Queue, QueueEmpty, QueueFull
+
+# <sync>
+# from queue import Empty as QueueEmpty
+# from queue import Full as QueueFull
+# from queue import Queue
+# </sync>
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -24,6 +58,7 @@ from ._admission import SHADOW_BUDGET
 from ._observe import Ran, ShadowJob
 from ._online import (
     REQUEST_TIMEOUT_S,
+    SHADOW_LIMITS,
     RunnerCore,
     RunnerStats,
     aregrow,
@@ -40,16 +75,20 @@ from .execute import (
     acommit_and_reset,
     areset_session,
     begin_sql,
+    cancel_of,
     escaped,
     failure,
     ours,
     result_set,
     set_local,
 )
+
+# <sync>
+# from .execute import execute as _execute
+# </sync>
 from .observations import PathResult
 from .privileges import check_login_async, with_role
 from .recorder import Recorder
-from .runner import SHADOW_LIMITS
 from .runtime import FlagStates
 from .targeting import Context
 from .workspace import Workspace
@@ -60,65 +99,128 @@ AConn = psycopg.AsyncConnection[Any]
 
 
 async def _autocommit_again(conn: AConn) -> None:
-    """As ``runner._autocommit_again``."""
+    """Back to the request pool's autocommit after a ``run()`` callable; a connection left in
+    a failed transaction keeps it off (the pool rolls it back; ``query()`` then commits)."""
     with contextlib.suppress(psycopg.Error):
         await conn.set_autocommit(True)
 
 
-class AsyncRollout(RunnerCore):
-    """Decide, serve, shadow, record: the library entry point for asyncio code.
+# <async>
+async def _execute(conn: AConn, sql: str, params: Mapping[str, Any], *, write: bool,
+                   limits: Limits, isolation: str) -> tuple[PathResult, Any]:
+    """The asyncio twin of ``rollout.execute.execute`` (which the sync runner calls): one
+    statement, always rolled back, SET LOCAL timeouts, under the client deadline."""
+    watch = None
+    try:
+        with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
+                            limits.grace_s, alive=lambda: not conn.closed) as watch:
+            await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
+            try:
+                start = time.perf_counter_ns()
+                cur = await AsyncExtendedCursor(conn).execute(sql.encode(), params)
+                res = cur.pgresult
+                rows = await cur.fetchall() if res is not None and res.nfields else None
+                elapsed = time.perf_counter_ns() - start
+                left = not ours(conn)
+            finally:
+                if not conn.closed:
+                    await acommand(conn, END)
+    except psycopg.Error as exc:
+        return failure(exc, watch), None
+    if left:
+        return escaped(), None
+    rs = result_set(res, rows, cur.rowcount)
+    return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
 
-    Create it with ``await AsyncRollout.connect(...)``: pools open and workers start there.
+
+# </async>
+class AsyncRollout(RunnerCore):
+    """Decide, serve, shadow, record: the library entry point (``AsyncRollout`` for asyncio
+    code, ``Rollout`` for sync code).
+
+    ``await AsyncRollout.connect(...)`` checks the login, opens the pools and starts the
+    worker tasks; ``Rollout.connect(...)`` (or ``Rollout(...)``) the same with threads.
     """
 
     _shadow_close_returns = False
-    """As ``Rollout._shadow_close_returns``."""
+    """psycopg_pool's ``close_returns`` for the shadow pool: a subclass that lends its
+    connections to another library's pool (``rollout.sqlalchemy``) sets it."""
 
     def __init__(self, dsn: str, workspace: str | Path | Workspace = ".", *,
                  store_dsn: str | None = None, pool: AsyncConnectionPool[AConn] | None = None,
-                 pool_size: int = 10, shadow_pool_size: int = 2,
-                 shadow_workers: int = 2, queue_size: int = 1000,
-                 shadow_limits: Limits | None = None, states: FlagStates | None = None,
-                 recorder: Recorder | None = None,
+                 pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
+                 queue_size: int = 1000, shadow_limits: Limits | None = None,
+                 states: FlagStates | None = None, recorder: Recorder | None = None,
                  pool_stats_interval: float | None = 10.0,
+                 # <sync>
+                 # allow_superuser: bool = False,
+                 # </sync>
                  request_timeout: float = REQUEST_TIMEOUT_S,
                  pool_options: Mapping[str, Any] | None = None,
                  connect_kwargs: Mapping[str, Any] | None = None,
                  shadow_budget: float | None = SHADOW_BUDGET,
                  meter_provider: Any = None, metric_tenants: bool = False) -> None:
-        """Use ``await AsyncRollout.connect(...)``: it checks the login first. The options
-        are ``Rollout``'s (``request_timeout``, ``pool_options``, ``connect_kwargs``,
-        ``shadow_budget``, ``meter_provider``, ``metric_tenants``); a ``pool`` passed in
-        serves requests as it is, and is not opened or closed by the runner."""
+        """``request_timeout`` bounds each ``query()`` (pool checkout and served query) and
+        each ``run()``'s checkout; ``pool_options`` are psycopg_pool options of the request
+        pool (``timeout``, ``max_waiting``, ``reconnect_timeout``, ``check`` ...);
+        ``connect_kwargs`` extra connection arguments of both pools; ``shadow_budget`` the
+        share of wall time background work may take (default 0.02, None: no budget;
+        docs/online.md); ``meter_provider`` the OpenTelemetry provider of its metrics
+        (default the global one, False none; ``metric_tenants`` adds the tenant as an
+        attribute; docs/observability.md). A ``pool`` passed in serves requests as it is,
+        and is not opened or closed by the runner."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
+        # <sync>
+        # # Shadows run flag SQL as this login: refuse one that reaches past the database
+        # # (docs/safety.md) before anything starts.
+        # check_login(dsn, allow=allow_superuser or ws.settings.allow_superuser,
+        #             what="shadow flag SQL")
+        # </sync>
         shadow_dsn = with_role(dsn, ws.settings.shadow_role)
         store = store_dsn or dsn
         self._init_core(ws.flags, states or FlagStates(store).start(),
                         recorder or Recorder(store), shadow_budget)
         self.limits = shadow_limits or SHADOW_LIMITS
         self.request_timeout = request_timeout
+        self._own_pool = pool is None
+        # The request pool resets a connection at checkout, the shadow pool on return
+        # (pool_configs); a pool passed in keeps its own reset (docs/online.md).
         requests, shadow = pool_configs(
             pool_size=pool_size, shadow_pool_size=shadow_pool_size,
             cursor_factory=AsyncExtendedCursor, reset=areset_session, regrow=aregrow,
+            # <async>
             open=False,
+            # <sync>
+            # open=True,
+            # </sync>
             pool_options=pool_options, connect_kwargs=connect_kwargs,
             timeout=request_timeout)
-        self._own_pool = pool is None
         self.pool: AsyncConnectionPool[AConn] = pool or AsyncConnectionPool(dsn, **requests)
         self.shadow_pool: AsyncConnectionPool[AConn] = AsyncConnectionPool(
             shadow_dsn, close_returns=self._shadow_close_returns, **shadow)
-        self._queue: asyncio.Queue[ShadowJob | None] = asyncio.Queue(maxsize=queue_size)
+        self._queue: Queue[ShadowJob | None] = Queue(maxsize=queue_size)
+        # <async>
         self._n_workers = shadow_workers
         self._workers: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
-                               pool_stats_interval)
+        # <sync>
+        # self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
+        #                                   daemon=True) for i in range(shadow_workers)]
+        # for w in self._workers:
+        #     w.start()
+        # </sync>
+        self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool})
+        if pool_stats_interval:
+            threading.Thread(target=self._pool_stats_loop, args=(pool_stats_interval,),
+                             name="rollout-pool-stats", daemon=True).start()
         self._start_metrics(meter_provider, dsn, metric_tenants)
 
+    # <async>
     @classmethod
     async def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", *,
                       allow_superuser: bool = False, **options: Any) -> AsyncRollout:
-        """Check the login (as ``Rollout`` does), then open the pools and start workers."""
+        """Check the login (a login that reaches past the database is refused,
+        docs/safety.md), then open the pools and start the workers."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         await check_login_async(dsn, allow=allow_superuser or ws.settings.allow_superuser,
                                 what="shadow flag SQL")
@@ -133,6 +235,14 @@ class AsyncRollout(RunnerCore):
         await self.shadow_pool.open()
         self._loop = asyncio.get_running_loop()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self._n_workers)]
+    # <sync>
+    # @classmethod
+    # def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
+    #             ) -> Rollout:
+    #     """``Rollout(dsn, workspace, **options)``: the same entry point as the asyncio
+    #     runner's."""
+    #     return cls(dsn, workspace, **options)
+    # </sync>
 
     # -- the caller's path ----------------------------------------------------------------
     @overload
@@ -147,21 +257,26 @@ class AsyncRollout(RunnerCore):
                     *, row_factory: BaseRowFactory[Any] | None = None) -> list[Any]:
         """Run the flag file's SQL for the path the decision picks; return its rows.
 
-        As ``Rollout.query``: ``%(tenant)s`` is ``ctx.tenant``; ``row_factory`` builds the
-        rows returned, the shadow compares plain tuples.
+        ``%(tenant)s`` is ``ctx.tenant`` (a differing ``tenant`` in ``params`` is an
+        InputError). ``row_factory`` (psycopg's ``dict_row``, ``namedtuple_row``,
+        ``class_row(...)``) builds the rows returned; the shadow compares plain tuples.
         """
         f, d, args, sql = self._start(flag, ctx, params)
         until = time.monotonic() + self.request_timeout
         for attempt in (1, 2):
             conn = watch = None
             try:
+                # the request deadline: the checkout's timeout, then the served query is
+                # cancelled at it and its connection cut REQUEST_GRACE_S later
                 asked = time.perf_counter_ns()
                 async with self.pool.connection(timeout=self._left(until)) as conn:
-                    # the request deadline (the watchdog thread): cancel the served query
-                    # at it, cut the connection REQUEST_GRACE_S later
+                    waited = time.perf_counter_ns() - asked  # the checkout (metrics)
                     with self._request_watch(conn, until) as watch:
                         start = time.perf_counter_ns()
-                        # committed with the session reset in one round trip (as Rollout)
+                        # our cursor, whatever the pool: one statement, extended protocol;
+                        # on the runner's pool in autocommit (its own transaction), else
+                        # committed with the session reset in one round trip (an error
+                        # leaves it to the pool's rollback and full reset)
                         cur = await AsyncExtendedCursor(conn).execute(sql, args)
                         res = cur.pgresult
                         rows = (await cur.fetchall() if res is not None and res.nfields
@@ -172,7 +287,8 @@ class AsyncRollout(RunnerCore):
             except psycopg.Error as exc:
                 if self._dead(exc, conn) and not (watch is not None and watch.expired):
                     # a pooled connection the server dropped (restart, failover): the others
-                    # are likely dead too; let the pool test and replace them
+                    # are likely dead too; let the pool test and replace them (not when the
+                    # deadline cut it: a hung server would hang the check too)
                     await self.pool.check()
                 if self._retry(f, exc, conn, attempt, watch):
                     continue  # a read: nothing ran on the dead connection
@@ -183,11 +299,15 @@ class AsyncRollout(RunnerCore):
                     raise timed_out from exc
                 raise
         return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
-                                 row_factory, start - asked)
+                                 row_factory, waited)
 
     async def run(self, flag: str, ctx: Context, *, legacy: Callable[[AConn], Awaitable[R]],
                   new: Callable[[AConn], Awaitable[R]]) -> R:
-        """Like ``query`` for code paths: ``await fn(conn) -> result``, compared by value."""
+        """Like ``query`` for code paths: ``fn(conn) -> result``, compared by value.
+
+        The callable owns its transactions (``with conn.transaction():``); one that returns
+        with a transaction still open is rolled back, counted and recorded as failed.
+        """
         f = self._flag(flag)
         d = self.decide(flag, ctx)
         fn = new if d.path == "new" else legacy
@@ -220,9 +340,10 @@ class AsyncRollout(RunnerCore):
             return
         try:
             self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        except QueueFull:
             self._dropped(job)
 
+    # <async>
     def _purge(self, flag: str) -> None:
         """A kill (watcher thread): drop the flag's queued jobs on the queue's own loop."""
         loop = self._loop
@@ -238,7 +359,7 @@ class AsyncRollout(RunnerCore):
         while True:
             try:
                 items.append(q.get_nowait())
-            except asyncio.QueueEmpty:
+            except QueueEmpty:
                 break
         kept = [j for j in items if j is None or j.flag.name != flag]
         for j in kept:
@@ -246,6 +367,23 @@ class AsyncRollout(RunnerCore):
         for _ in items:
             q.task_done()
         self._purged([j for j in items if j is not None and j.flag.name == flag])
+    # <sync>
+    # def _purge(self, flag: str) -> None:
+    #     """Drop the queued jobs of a killed flag (watcher thread), under the queue's lock."""
+    #     q = self._queue
+    #     with q.mutex:
+    #         kept = [j for j in q.queue if j is None or j.flag.name != flag]
+    #         gone = [j for j in q.queue if j is not None and j.flag.name == flag]
+    #         n = len(gone)
+    #         if n:
+    #             q.queue.clear()
+    #             q.queue.extend(kept)
+    #             q.unfinished_tasks -= n
+    #             if not q.unfinished_tasks:
+    #                 q.all_tasks_done.notify_all()
+    #             q.not_full.notify(n)
+    #     self._purged(gone)
+    # </sync>
 
     # -- background -----------------------------------------------------------------------
     async def _work(self) -> None:
@@ -272,7 +410,8 @@ class AsyncRollout(RunnerCore):
 
     async def _run(self, job: ShadowJob, order: list[str]) -> Ran | None:
         """The paths of ``order`` one after the other on one shadow connection, each in its
-        own transaction always rolled back; None when the live re-check dropped the job."""
+        own transaction always rolled back (``execute`` for SQL, ``_call`` for callables);
+        None when the live re-check dropped the job."""
         f = job.flag
         limits = background_limits(f, self.limits)
         if job.call is None:
@@ -286,9 +425,9 @@ class AsyncRollout(RunnerCore):
                 ran: dict[str, tuple[PathResult, Any]] = {}
                 for path in order:
                     if job.call is None:
-                        ran[path] = await self._execute(conn, self._sql(job, path),
-                                                        job.params or {}, f.kind == "write",
-                                                        limits, f.isolation)
+                        ran[path] = await _execute(conn, self._sql(job, path),
+                                                   job.params or {}, write=f.kind == "write",
+                                                   limits=limits, isolation=f.isolation)
                     else:
                         ran[path] = await self._call(conn, f.kind == "read",
                                                      job.callable_for(path), limits)
@@ -296,39 +435,15 @@ class AsyncRollout(RunnerCore):
         except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
             return {path: (failure(exc), None) for path in order}
 
-    @staticmethod
-    async def _execute(conn: AConn, sql: str, params: Mapping[str, Any], write: bool,
-                       limits: Limits, isolation: str) -> tuple[PathResult, Any]:
-        """The async twin of ``rollout.execute.execute``: one statement, always rolled
-        back, SET LOCAL timeouts, under the client deadline."""
-        watch = None
-        try:
-            with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                                limits.grace_s, alive=lambda: not conn.closed) as watch:
-                await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
-                try:
-                    start = time.perf_counter_ns()
-                    cur = await AsyncExtendedCursor(conn).execute(sql.encode(), params)
-                    res = cur.pgresult
-                    rows = await cur.fetchall() if res is not None and res.nfields else None
-                    elapsed = time.perf_counter_ns() - start
-                    left = not ours(conn)
-                finally:
-                    if not conn.closed:
-                        await acommand(conn, END)
-        except psycopg.Error as exc:
-            return failure(exc, watch), None
-        if left:
-            return escaped(), None
-        rs = result_set(res, rows, cur.rowcount)
-        return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
-
     async def _call(self, conn: AConn, read: bool, fn: Callable[[AConn], Awaitable[Any]],
                     limits: Limits) -> tuple[PathResult, Any]:
+        """A callable in a transaction always rolled back (psycopg's: it forbids commit()
+        inside), read-only for reads, with SET LOCAL timeouts and the client deadline."""
         watch = None
         try:
-            with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                                limits.grace_s, alive=lambda: not conn.closed) as watch:
+            with deadline.watch(cancel_of(conn, limits.grace_s), conn.pgconn.socket,
+                                limits.deadline_s, limits.grace_s,
+                                alive=lambda: not conn.closed) as watch:
                 await conn.set_read_only(read)
                 start = time.perf_counter_ns()
                 async with conn.transaction(force_rollback=True):
@@ -348,19 +463,30 @@ class AsyncRollout(RunnerCore):
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued shadow job ran and its observation was written."""
-        deadline = time.monotonic() + timeout
+        until = time.monotonic() + timeout
+        # <async>
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
             return False
-        return await asyncio.to_thread(self.recorder.flush,
-                                       max(0.0, deadline - time.monotonic()))
+        # <sync>
+        # q = self._queue
+        # with q.all_tasks_done:
+        #     if not q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks, timeout):
+        #         return False
+        # </sync>
+        return await asyncio.to_thread(self.recorder.flush, max(0.0, until - time.monotonic()))
 
     async def close(self) -> None:
         """Finish queued shadow work, flush observations, close pools and listeners."""
         for _ in self._workers:
             await self._queue.put(None)
+        # <async>
         await asyncio.gather(*self._workers, return_exceptions=True)
+        # <sync>
+        # for w in self._workers:
+        #     w.join(timeout=5)
+        # </sync>
         self._stop_pool_stats()
         self._stop_metrics()
         self.states.unsubscribe(self._state_changed)

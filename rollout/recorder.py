@@ -42,6 +42,8 @@ def store_trouble(exc: BaseException) -> bool:
 
 @dataclass
 class RecorderStats:
+    """What a ``Recorder`` did so far (``vars()`` of it is plain data)."""
+
     recorded: int = 0
     written: int = 0
     batches: int = 0
@@ -73,17 +75,25 @@ class Recorder:
         self._conn: psycopg.Connection[Any] | None = None
         self._store: Store | None = None  # one per connection: it remembers ready partitions
         self.stats = RecorderStats()
+        """Counters: ``recorded`` and ``dropped`` move on callers' threads (under
+        ``_count_lock``), the others only on the writer thread."""
+        self._count_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="rollout-recorder", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
     def record(self, obs: Observation) -> None:
-        """Queue one observation; never blocks, never raises."""
+        """Queue one observation; never blocks (but for the counters' lock, held for an
+        increment), never raises. Called from any thread: ``+=`` is not atomic, so the
+        counters it moves are incremented under a lock; the buffer's bound is approximate
+        by a few rows when threads race past the length check."""
         if len(self._buffer) >= self._max_buffer:
-            self.stats.dropped += 1
+            with self._count_lock:
+                self.stats.dropped += 1
             return
         self._buffer.append(obs)
-        self.stats.recorded += 1
+        with self._count_lock:
+            self.stats.recorded += 1
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
 

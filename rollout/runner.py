@@ -1,20 +1,26 @@
+# generated from rollout/aio.py by tools/async_to_sync.py: do not edit
 """``Rollout``: the online runner for threaded services (psycopg ``Connection`` pools).
 
 The caller's path is: decide (no I/O), run the served path on the request pool, hand a
 shadow job to a bounded queue (dropped and counted when full), return. Shadow workers run
 the other path on their own pool, under timeouts, read-only or always rolled back, compare,
-and record. Nothing from the background can raise into, block, or starve the caller.
-The logic shared with ``AsyncRollout`` lives in ``rollout._online``; this module is I/O.
+and record. Nothing from the background can raise into, block, or starve the caller. The
+logic the runners share lives in ``rollout._online``; this module is I/O. Flag state and
+recording run in their own threads, so an asyncio service never awaits the store.
+
+Generated from ``rollout/aio.py`` (the asyncio runner, the source of both) by
+``tools/async_to_sync.py``: edit that file and run the script, never this one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from queue import Full as QueueFull
+from queue import Queue
 from typing import Any, TypeVar, overload
 
 import psycopg
@@ -22,10 +28,12 @@ from psycopg import pq
 from psycopg.rows import BaseRowFactory
 from psycopg_pool import ConnectionPool
 
+from . import deadline
 from ._admission import SHADOW_BUDGET
 from ._observe import Ran, ShadowJob
 from ._online import (
     REQUEST_TIMEOUT_S,
+    SHADOW_LIMITS,
     RunnerCore,
     RunnerStats,
     background_limits,
@@ -37,14 +45,14 @@ from ._online import (
 from .execute import (
     ExtendedCursor,
     Limits,
-    bounded,
+    cancel_of,
     command,
     commit_and_reset,
-    execute,
     failure,
     reset_session,
     set_local,
 )
+from .execute import execute as _execute
 from .observations import PathResult
 from .privileges import check_login, with_role
 from .recorder import Recorder
@@ -55,18 +63,22 @@ from .workspace import Workspace
 R = TypeVar("R")
 Row = TypeVar("Row")
 Conn = psycopg.Connection[Any]
-SHADOW_LIMITS = Limits(statement_timeout_ms=2000, lock_timeout_ms=200, margin_ms=1000)
 
 
 def _autocommit_again(conn: Conn) -> None:
     """Back to the request pool's autocommit after a ``run()`` callable; a connection left in
     a failed transaction keeps it off (the pool rolls it back; ``query()`` then commits)."""
     with contextlib.suppress(psycopg.Error):
-        conn.autocommit = True
+        conn.set_autocommit(True)
 
 
 class Rollout(RunnerCore):
-    """Decide, serve, shadow, record: the library entry point for sync code."""
+    """Decide, serve, shadow, record: the library entry point (``AsyncRollout`` for asyncio
+    code, ``Rollout`` for sync code).
+
+    ``await AsyncRollout.connect(...)`` checks the login, opens the pools and starts the
+    worker tasks; ``Rollout.connect(...)`` (or ``Rollout(...)``) the same with threads.
+    """
 
     _shadow_close_returns = False
     """psycopg_pool's ``close_returns`` for the shadow pool: a subclass that lends its
@@ -77,7 +89,8 @@ class Rollout(RunnerCore):
                  pool_size: int = 10, shadow_pool_size: int = 2, shadow_workers: int = 2,
                  queue_size: int = 1000, shadow_limits: Limits | None = None,
                  states: FlagStates | None = None, recorder: Recorder | None = None,
-                 pool_stats_interval: float | None = 10.0, allow_superuser: bool = False,
+                 pool_stats_interval: float | None = 10.0,
+                 allow_superuser: bool = False,
                  request_timeout: float = REQUEST_TIMEOUT_S,
                  pool_options: Mapping[str, Any] | None = None,
                  connect_kwargs: Mapping[str, Any] | None = None,
@@ -90,7 +103,8 @@ class Rollout(RunnerCore):
         share of wall time background work may take (default 0.02, None: no budget;
         docs/online.md); ``meter_provider`` the OpenTelemetry provider of its metrics
         (default the global one, False none; ``metric_tenants`` adds the tenant as an
-        attribute; docs/observability.md)."""
+        attribute; docs/observability.md). A ``pool`` passed in serves requests as it is,
+        and is not opened or closed by the runner."""
         ws = workspace if isinstance(workspace, Workspace) else Workspace.load(workspace)
         # Shadows run flag SQL as this login: refuse one that reaches past the database
         # (docs/safety.md) before anything starts.
@@ -103,28 +117,33 @@ class Rollout(RunnerCore):
         self.limits = shadow_limits or SHADOW_LIMITS
         self.request_timeout = request_timeout
         self._own_pool = pool is None
-        # Pools we create reset connections in the pool's worker, off the caller's path; a
-        # pool passed in keeps its own reset (pool_configs, docs/online.md).
+        # The request pool resets a connection at checkout, the shadow pool on return
+        # (pool_configs); a pool passed in keeps its own reset (docs/online.md).
         requests, shadow = pool_configs(
             pool_size=pool_size, shadow_pool_size=shadow_pool_size,
-            cursor_factory=ExtendedCursor, reset=reset_session, regrow=regrow, open=True,
+            cursor_factory=ExtendedCursor, reset=reset_session, regrow=regrow,
+            open=True,
             pool_options=pool_options, connect_kwargs=connect_kwargs,
             timeout=request_timeout)
         self.pool: ConnectionPool[Conn] = pool or ConnectionPool(dsn, **requests)
         self.shadow_pool: ConnectionPool[Conn] = ConnectionPool(
             shadow_dsn, close_returns=self._shadow_close_returns, **shadow)
-        self._queue: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
+        self._queue: Queue[ShadowJob | None] = Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"rollout-shadow-{i}",
                                           daemon=True) for i in range(shadow_workers)]
         for w in self._workers:
             w.start()
-        self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool},
-                               pool_stats_interval)
+        self._start_pool_stats({"requests": self.pool, "shadow": self.shadow_pool})
+        if pool_stats_interval:
+            threading.Thread(target=self._pool_stats_loop, args=(pool_stats_interval,),
+                             name="rollout-pool-stats", daemon=True).start()
         self._start_metrics(meter_provider, dsn, metric_tenants)
 
     @classmethod
     def connect(cls, dsn: str, workspace: str | Path | Workspace = ".", **options: Any
                 ) -> Rollout:
+        """``Rollout(dsn, workspace, **options)``: the same entry point as the asyncio
+        runner's."""
         return cls(dsn, workspace, **options)
 
     # -- the caller's path ----------------------------------------------------------------
@@ -133,11 +152,11 @@ class Rollout(RunnerCore):
               ) -> list[tuple[Any, ...]]: ...
 
     @overload
-    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None, *,
-              row_factory: BaseRowFactory[Row]) -> list[Row]: ...
+    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None,
+              *, row_factory: BaseRowFactory[Row]) -> list[Row]: ...
 
-    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None, *,
-              row_factory: BaseRowFactory[Any] | None = None) -> list[Any]:
+    def query(self, flag: str, ctx: Context, params: Mapping[str, Any] | None = None,
+              *, row_factory: BaseRowFactory[Any] | None = None) -> list[Any]:
         """Run the flag file's SQL for the path the decision picks; return its rows.
 
         ``%(tenant)s`` is ``ctx.tenant`` (a differing ``tenant`` in ``params`` is an
@@ -152,18 +171,20 @@ class Rollout(RunnerCore):
                 # the request deadline: the checkout's timeout, then the served query is
                 # cancelled at it and its connection cut REQUEST_GRACE_S later
                 asked = time.perf_counter_ns()
-                with self.pool.connection(timeout=self._left(until)) as conn, \
-                        self._request_watch(conn, until) as watch:
-                    start = time.perf_counter_ns()
-                    # our cursor, whatever the pool: one statement, extended protocol; on
-                    # the runner's pool in autocommit (its own transaction), else committed
-                    # with the session reset in one round trip (an error leaves it to the
-                    # pool's rollback and full reset)
-                    cur = ExtendedCursor(conn).execute(sql, args)
-                    res = cur.pgresult
-                    rows = cur.fetchall() if res is not None and res.nfields else None
-                    commit_and_reset(conn)
-                    elapsed = time.perf_counter_ns() - start
+                with self.pool.connection(timeout=self._left(until)) as conn:
+                    waited = time.perf_counter_ns() - asked  # the checkout (metrics)
+                    with self._request_watch(conn, until) as watch:
+                        start = time.perf_counter_ns()
+                        # our cursor, whatever the pool: one statement, extended protocol;
+                        # on the runner's pool in autocommit (its own transaction), else
+                        # committed with the session reset in one round trip (an error
+                        # leaves it to the pool's rollback and full reset)
+                        cur = ExtendedCursor(conn).execute(sql, args)
+                        res = cur.pgresult
+                        rows = (cur.fetchall() if res is not None and res.nfields
+                                else None)
+                        commit_and_reset(conn)
+                        elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:
                 if self._dead(exc, conn) and not (watch is not None and watch.expired):
@@ -180,7 +201,7 @@ class Rollout(RunnerCore):
                     raise timed_out from exc
                 raise
         return self._served_rows(f, d, ctx, args, res, rows, cur.rowcount, elapsed, cur,
-                                 row_factory, start - asked)
+                                 row_factory, waited)
 
     def run(self, flag: str, ctx: Context, *, legacy: Callable[[Conn], R],
             new: Callable[[Conn], R]) -> R:
@@ -195,11 +216,12 @@ class Rollout(RunnerCore):
         with contextlib.ExitStack() as stack:
             asked = time.perf_counter_ns()
             try:
-                conn = stack.enter_context(self.pool.connection(timeout=self.request_timeout))
+                conn = stack.enter_context(
+                    self.pool.connection(timeout=self.request_timeout))
             except psycopg.Error as exc:
                 raise self._checkout_failed(f, d, ctx, exc) from exc
             if conn.autocommit:  # the request pool's: callables own their transactions
-                conn.autocommit = False
+                conn.set_autocommit(False)
                 stack.callback(_autocommit_again, conn)
             start = time.perf_counter_ns()
             try:
@@ -220,7 +242,7 @@ class Rollout(RunnerCore):
             return
         try:
             self._queue.put_nowait(job)
-        except queue.Full:
+        except QueueFull:
             self._dropped(job)
 
     def _purge(self, flag: str) -> None:
@@ -258,64 +280,56 @@ class Rollout(RunnerCore):
             return  # dropped before taking a connection (its return costs a reset)
         order = self._order(job)
         started = time.perf_counter()
-        ran = self._run_sql(job, order) if job.call is None else self._run_calls(job, order)
+        ran = self._run(job, order)
         if ran is not None:
             self._finish(job, ran, order, started)
 
-    def _run_sql(self, job: ShadowJob, order: list[str]) -> Ran | None:
+    def _run(self, job: ShadowJob, order: list[str]) -> Ran | None:
         """The paths of ``order`` one after the other on one shadow connection, each in its
-        own transaction (``execute``); None when the live re-check dropped the job."""
+        own transaction always rolled back (``execute`` for SQL, ``_call`` for callables);
+        None when the live re-check dropped the job."""
         f = job.flag
-        self._served_rows_as_result(job)
         limits = background_limits(f, self.limits)
+        if job.call is None:
+            self._served_rows_as_result(job)
         asked = time.perf_counter_ns()
         try:
             with self.shadow_pool.connection() as conn:
                 job.waited = time.perf_counter_ns() - asked
                 if not self._still_wanted(job, starting=True):
                     return None
-                return {path: execute(conn, self._sql(job, path), job.params or {},
-                                      write=f.kind == "write", isolation=f.isolation,
-                                      limits=limits) for path in order}
+                ran: dict[str, tuple[PathResult, Any]] = {}
+                for path in order:
+                    if job.call is None:
+                        ran[path] = _execute(conn, self._sql(job, path),
+                                             job.params or {}, write=f.kind == "write",
+                                             limits=limits, isolation=f.isolation)
+                    else:
+                        ran[path] = self._call(conn, f.kind == "read",
+                                               job.callable_for(path), limits)
+                return ran
         except psycopg.Error as exc:  # the pool itself failed (server gone, timeout)
             return {path: (failure(exc), None) for path in order}
 
-    def _run_calls(self, job: ShadowJob, order: list[str]) -> Ran | None:
-        """Callables in transactions always rolled back (psycopg's: it forbids commit()
-        inside), with SET LOCAL timeouts and the client deadline, one after the other on one
-        shadow connection; None when the live re-check dropped the job."""
-        read = job.flag.kind == "read"
-        limits = background_limits(job.flag, self.limits)
-        asked = time.perf_counter_ns()
-        try:
-            with self.shadow_pool.connection() as conn:
-                job.waited = time.perf_counter_ns() - asked
-                if not self._still_wanted(job, starting=True):
-                    return None
-                return {path: self._call(conn, read, job.callable_for(path), limits)
-                        for path in order}
-        except psycopg.Error as exc:
-            return {path: (failure(exc), None) for path in order}
-
-    def _call(self, conn: Conn, read: bool, fn: Callable[[Conn], Any], limits: Limits
-              ) -> tuple[PathResult, Any]:
+    def _call(self, conn: Conn, read: bool, fn: Callable[[Conn], Any],
+              limits: Limits) -> tuple[PathResult, Any]:
+        """A callable in a transaction always rolled back (psycopg's: it forbids commit()
+        inside), read-only for reads, with SET LOCAL timeouts and the client deadline."""
         watch = None
         try:
-            with bounded(conn, limits) as watch:
-                return self._call_in(conn, read, fn, limits)
+            with deadline.watch(cancel_of(conn, limits.grace_s), conn.pgconn.socket,
+                                limits.deadline_s, limits.grace_s,
+                                alive=lambda: not conn.closed) as watch:
+                conn.set_read_only(read)
+                start = time.perf_counter_ns()
+                with conn.transaction(force_rollback=True):
+                    command(conn, b"; ".join(q.as_bytes(conn)
+                                             for q in set_local(limits)))
+                    value = fn(conn)
+                elapsed = time.perf_counter_ns() - start
         except Exception as exc:
             db = self._database_error(exc)
             return (callable_failure(exc) if db is None else failure(db, watch)), None
-
-    @staticmethod
-    def _call_in(conn: Conn, read: bool, fn: Callable[[Conn], Any], limits: Limits
-                 ) -> tuple[PathResult, Any]:
-        conn.read_only = read
-        start = time.perf_counter_ns()
-        with conn.transaction(force_rollback=True):
-            command(conn, b"; ".join(q.as_bytes(conn) for q in set_local(limits)))
-            value = fn(conn)
-        elapsed = time.perf_counter_ns() - start
         return PathResult(elapsed, count(value)), value
 
     # -- housekeeping ---------------------------------------------------------------------
@@ -325,10 +339,12 @@ class Rollout(RunnerCore):
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued shadow job ran and its observation was written."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return self.recorder.flush(max(0.0, deadline - time.monotonic()))
+        until = time.monotonic() + timeout
+        q = self._queue
+        with q.all_tasks_done:
+            if not q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks, timeout):
+                return False
+        return self.recorder.flush(max(0.0, until - time.monotonic()))
 
     def close(self) -> None:
         """Finish queued shadow work, flush observations, close pools and listeners."""

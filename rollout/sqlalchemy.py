@@ -281,10 +281,12 @@ class SQLAlchemyRollout(Rollout):
     # -- background -----------------------------------------------------------------------
     _database_error = staticmethod(database_error)
 
-    def _run_calls(self, job: ShadowJob, order: list[str]) -> Ran | None:
-        """Callables with an SQLAlchemy ``Connection`` over a shadow-pool connection, each
-        in the runner's transaction on it (``Rollout._call``: always rolled back, read-only
-        reads, SET LOCAL timeouts, the client deadline)."""
+    def _run(self, job: ShadowJob, order: list[str]) -> Ran | None:
+        """SQL as ``Rollout`` runs it; callables with an SQLAlchemy ``Connection`` over a
+        shadow-pool connection, each in the runner's transaction on it (``Rollout._call``:
+        always rolled back, read-only reads, SET LOCAL timeouts, the client deadline)."""
+        if job.call is None:
+            return super()._run(job, order)
         read = job.flag.kind == "read"
         limits = background_limits(job.flag, self.limits)
         asked = time.perf_counter_ns()

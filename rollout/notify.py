@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 TIMEOUT_S = 5.0
 """Each attempt's connect and read timeout."""

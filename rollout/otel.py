@@ -101,7 +101,7 @@ class Metrics:
     def __init__(self, provider: MeterProvider, *, flags: Mapping[str, Flag],
                  pools: Callable[[], Mapping[str, Mapping[str, int]]],
                  database: str | None, tenants: bool) -> None:
-        from . import __version__
+        from ._version import __version__
 
         self.tenants = tenants
         self._pools = pools

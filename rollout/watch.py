@@ -50,9 +50,9 @@ from .workspace import Workspace
 # numpy and scipy (sequential, verdict) are imported by the functions that judge:
 # `rollout flag show` imports this module for `holder` and must start at once.
 if TYPE_CHECKING:
-    from .commands import Session
     from .notify import Notifier
     from .sequential import Moments
+    from .session import Session
 
 WATCH_LOCK = 0x77617463
 """First key of a flag's watch lock, ``pg_try_advisory_lock(WATCH_LOCK, hashtext(flag))``."""
@@ -783,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rollout.watch``: the command alone (as ``rollout watch``)."""
     from pathlib import Path
 
-    from .commands import Session
+    from .session import Session
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dsn")

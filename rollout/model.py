@@ -373,6 +373,36 @@ class Pools(Record):
 
 
 @dataclass(frozen=True)
+class ServedWindow(Record):
+    """The requests a running service served in a window: what callers saw."""
+
+    requests: int | None = None
+    served_new: int | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    mean_lock_wait_ms: float | None = None
+    failures_by_class: dict[str, int] = field(default_factory=dict)
+    pools: dict[str, PoolFigures] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageImpact(Record):
+    """Online traffic in the window before the flag entered the stage against the window
+    after, and the flag's business checks around that change."""
+
+    changed_at: str | None = None
+    from_stage: str | None = None
+    by: str | None = None
+    window_minutes: float | None = None
+    before: ServedWindow | None = None
+    after: ServedWindow | None = None
+    note: str | None = None
+    business: list[JsonObject] | None = _absent_if_none()
+    """``business.stage_business``'s checks, as that stage wrote them."""
+
+
+@dataclass(frozen=True)
 class TimelineStage(Record):
     name: str | None = None
     current: bool | None = None
@@ -487,7 +517,7 @@ class Report(Record):
     perturbation: JsonObject | None = _absent_if_none()
     queries: Queries | None = None
     rollback: RollbackPlan | None = None
-    stage_impact: JsonObject | None = None
+    stage_impact: StageImpact | None = None
     pools: Pools | None = _absent_if_none()
     timeline: Timeline | None = None
     database_stats: dict[str, int] = field(default_factory=dict)

@@ -39,6 +39,7 @@ from .model import (
     Report,
     RollbackPlan,
     SampleCounts,
+    StageImpact,
     Timeline,
 )
 from .model_json import read, report_body, report_json
@@ -152,8 +153,9 @@ def assemble_report(flag: Flag, stage: str, store: Store, *, database: str,
         perturbation=core.perturbation,
         queries=Queries(flag.legacy.sql, flag.new.sql, flag.legacy.source, flag.new.source),
         rollback=rollback_plan(flag, stage, verification),
-        # business checks and the watcher's intervals are their stages' own records
-        stage_impact=_json_object(impact),
+        # as JSON first: business checks are their stage's own records, kept as written
+        stage_impact=read(StageImpact, _json_object(impact), strict=True)
+        if impact is not None else None,
         pools=read(Pools, pools, strict=True),
         timeline=read(Timeline, flag_timeline, strict=True),
         database_stats=_database_stats(runs),

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from rollout.business import business_gate
+from rollout.model_json import report_from_json, to_json
 from rollout.plan_checks import (
     generic_gate,
     generic_summary,
@@ -244,6 +245,10 @@ def test_business_checks_show_in_stage_impact_and_the_comment(
     assert code == 1 and schema_errors(body) == []
     success, failures = body["stage_impact"]["business"]
     assert (success["status"], failures["status"]) == ("fail", "fail")
+    # the typed report reads back into the very JSON the CLI wrote, keys in their order
+    assert json.dumps(to_json(report_from_json(body))) == json.dumps(body)
+    assert list(body["stage_impact"]) == ["changed_at", "from_stage", "by", "window_minutes",
+                                          "before", "after", "note", "business"]
     assert gate(body, "business")["status"] == "fail"  # only the gated check decides
 
     impact = section(page, "stage-impact", "timeline")

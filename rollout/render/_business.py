@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model import JsonObject, StageImpact
 from ._format import as_int, as_list, as_map, as_pair, as_str, clip, fmt_num, number
 from ._md_escape import md_code, md_text
 
@@ -109,6 +110,6 @@ def md_business(raw: Any) -> str:
     return line
 
 
-def business_checks(impact: Any) -> Any:
-    """The business checks carried by a body's ``stage_impact`` (or None)."""
-    return as_map(impact).get("business")
+def business_checks(impact: StageImpact | None) -> list[JsonObject] | None:
+    """The business checks carried by a report's ``stage_impact`` (or None)."""
+    return impact.business if impact is not None else None

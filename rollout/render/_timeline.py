@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from ..model import Timeline
+from ..model import ServedWindow, StageImpact, Timeline
 from ._failures import ordered_classes
-from ._format import as_map, as_str, fmt_ms, fmt_num, fmt_pct, fmt_ratio, number
+from ._format import fmt_ms, fmt_num, fmt_pct, fmt_ratio, number
 
 TIMELINE_MAX_EVENTS = 20
 
 
-def stage_impact_view(raw: Any, stage: str) -> dict[str, Any] | None:
-    if not isinstance(raw, Mapping):
+def stage_impact_view(impact: StageImpact | None, stage: str) -> dict[str, Any] | None:
+    if impact is None:
         return None
-    before, after = as_map(raw.get("before")), as_map(raw.get("after"))
+    before, after = impact.before or ServedWindow(), impact.after or ServedWindow()
 
-    def served(window: Mapping[str, Any]) -> str:
-        n, total = number(window.get("served_new")), number(window.get("requests"))
-        text = fmt_num(window.get("served_new"))
+    def served(window: ServedWindow) -> str:
+        n, total = number(window.served_new), number(window.requests)
+        text = fmt_num(window.served_new)
         return f"{text} ({fmt_pct(n / total)})" if n is not None and total else text
 
     rows = [
         {
             "metric": "requests",
-            "before": fmt_num(before.get("requests")),
-            "after": fmt_num(after.get("requests")),
+            "before": fmt_num(before.requests),
+            "after": fmt_num(after.requests),
             "change": "",
             "worse": False,
         },
@@ -44,7 +43,7 @@ def stage_impact_view(raw: Any, stage: str) -> dict[str, Any] | None:
         ("p99_ms", "p99 latency"),
         ("mean_lock_wait_ms", "mean lock wait"),
     ):
-        b, a = number(before.get(key)), number(after.get(key))
+        b, a = number(getattr(before, key)), number(getattr(after, key))
         rows.append(
             {
                 "metric": label,
@@ -54,8 +53,8 @@ def stage_impact_view(raw: Any, stage: str) -> dict[str, Any] | None:
                 "worse": False,
             }
         )
-    fb, fa = as_map(before.get("failures_by_class")), as_map(after.get("failures_by_class"))
-    classes = ordered_classes(as_str(c) for c in (*fb, *fa))
+    fb, fa = before.failures_by_class, after.failures_by_class
+    classes = ordered_classes([*fb, *fa])
     for cls in classes:
         b, a = number(fb.get(cls)) or 0, number(fa.get(cls)) or 0
         rows.append(
@@ -71,15 +70,15 @@ def stage_impact_view(raw: Any, stage: str) -> dict[str, Any] | None:
         rows.append(
             {"metric": "failures", "before": "0", "after": "0", "change": "", "worse": False}
         )
-    minutes = number(raw.get("window_minutes"))
+    minutes = number(impact.window_minutes)
     return {
-        "changed_at": as_str(raw.get("changed_at"), "—"),
-        "from_stage": as_str(raw.get("from_stage"), "—"),
+        "changed_at": _or_dash(impact.changed_at),
+        "from_stage": _or_dash(impact.from_stage),
         "to_stage": stage,
-        "by": as_str(raw.get("by")),
+        "by": impact.by or "",
         "window": f"{minutes:g} minutes" if minutes is not None else "",
         "rows": rows,
-        "note": as_str(raw.get("note")),
+        "note": impact.note or "",
     }
 
 

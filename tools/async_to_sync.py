@@ -28,6 +28,7 @@ from pathlib import Path
 
 PAIRS: tuple[tuple[str, str], ...] = (
     ("rollout/aio.py", "rollout/runner.py"),
+    ("rollout/_sqlalchemy_aio.py", "rollout/_sqlalchemy_sync.py"),
 )
 """(async source, generated sync target), paths from the repository root."""
 
@@ -35,12 +36,15 @@ NAMES: dict[str, str] = {
     "AConn": "Conn",
     "AsyncConnection": "Connection",
     "AsyncConnectionPool": "ConnectionPool",
+    "AsyncEngine": "Engine",
     "AsyncExitStack": "ExitStack",
     "AsyncExtendedCursor": "ExtendedCursor",
     "AsyncRollout": "Rollout",
+    "AsyncSQLAlchemyRollout": "SQLAlchemyRollout",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "acommand": "command",
+    "aio": "runner",  # the module: from .aio import AsyncRollout
     "acommit_and_reset": "commit_and_reset",
     "areset_session": "reset_session",
     "aregrow": "regrow",

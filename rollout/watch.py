@@ -37,12 +37,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .connection import connect
 from .errors import ConcurrentChange, InputError, LostLeadership, RolloutError
 from .flags import Analysis, Flag
+from .history import analysis_history as analysis_history  # report.py reads it here
 from .observations import COLUMNS, Observation
 from .state import FlagState, change, read_state
 from .workspace import Workspace
@@ -285,30 +285,6 @@ def epoch_history(conn: psycopg.Connection[Any], epoch: Epoch) -> History:
     return History(int(row[0]), int(row[1]), int(row[2]),
                    1.0 if row[3] is None else float(row[3]),
                    1.0 if row[4] is None else float(row[4]))
-
-
-def analysis_history(conn: psycopg.Connection[Any], flag: str, limit: int = 50
-                     ) -> list[dict[str, Any]]:
-    """The flag's latest analysis intervals, newest first, JSON-ready (the report's
-    timeline): when, which stage, verdict, decision, the figures and who acted."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT analysis_id, at, stage, state_version, window_start, window_end, verdict,"
-            " decision, failed_intervals, go_streak, inconclusive_streak, latency_p,"
-            " mismatch_p, figures, reasons, watcher, acted_by, report_id"
-            " FROM rollout.watch_intervals WHERE flag = %s ORDER BY at DESC LIMIT %s",
-            [flag, limit])
-        rows = cur.fetchall()
-    out = []
-    for r in rows:
-        item = {k: v for k, v in r.items()}
-        for key in ("at", "window_start", "window_end"):
-            item[key] = r[key].isoformat(timespec="seconds")
-        for key in ("analysis_id", "report_id"):
-            item[key] = str(r[key]) if r[key] is not None else None
-        item["reasons"] = list(r["reasons"] or [])
-        out.append(item)
-    return out
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ import pytest
 
 from rollout.commands import flag_set, flag_show
 from rollout.errors import FlagFileError
+from rollout.history import analysis_history
 from rollout.notify import Notifier
 from rollout.state import read_state
 from rollout.store import Store
-from rollout.watch import Watcher, add_parser, analysis_history, holder, run, watch
+from rollout.watch import Watcher, add_parser, holder, run, watch
 from rollout.workspace import Workspace
 from tests.conftest import REPO, WorkspaceMaker
 from tests.helpers import (

@@ -5,7 +5,7 @@ is the one place that turns these objects into JSON and back (older bodies inclu
 A field whose JSON key is left out rather than written as null says so in its metadata
 (``OMIT_NONE``: absent when None; ``OMIT_EMPTY``: absent when empty). Parts of a report
 whose shape belongs to another stage's own records (perturbation,
-business checks, watcher intervals, verification details, diff entries) are carried as
+business checks, the watcher's figures, verification details, diff entries) are carried as
 ``Json`` values, exactly as that stage wrote them. Plan shapes are trees (``PlanShape``),
 written as the text the schema documents.
 """
@@ -426,6 +426,32 @@ class TimelineEvent(Record):
 
 
 @dataclass(frozen=True)
+class AnalysisInterval(Record):
+    """One interval ``rollout watch`` judged (``rollout.watch_intervals``)."""
+
+    analysis_id: str | None = None
+    at: str | None = None
+    stage: str | None = None
+    state_version: int | None = None
+    window_start: str | None = None
+    window_end: str | None = None
+    verdict: str | None = None
+    decision: str | None = None  # continue | abort | promote | stale
+    failed_intervals: int | None = None
+    go_streak: int | None = None
+    inconclusive_streak: int | None = None
+    latency_p: float | None = None
+    mismatch_p: float | None = None
+    figures: JsonObject = field(default_factory=dict)
+    """The window's and the stage's figures, the sequential tests, the gates: as the
+    watcher recorded them."""
+    reasons: list[str] = field(default_factory=list)
+    watcher: str | None = None
+    acted_by: str | None = None
+    report_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Timeline(Record):
     current_stage: str | None = None
     killed: bool | None = None
@@ -433,7 +459,7 @@ class Timeline(Record):
     started: bool | None = None
     stages: list[TimelineStage] = field(default_factory=list)
     events: list[TimelineEvent] = field(default_factory=list)
-    analysis: list[JsonObject] | None = _absent_if_none()
+    analysis: list[AnalysisInterval] | None = _absent_if_none()
     """The intervals ``rollout watch`` judged, newest first (``watch.analysis_history``)."""
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from ..model import AnalysisInterval
 from ._format import (
-    as_int,
     as_list,
     as_map,
     as_pair,
@@ -38,14 +37,13 @@ VERDICT_CLASS = {"GO": "pass", "NO-GO": "fail", "INCONCLUSIVE": "na"}
 GATE_MARK = {"pass": "✓", "fail": "✗", "inconclusive": "?", "info": "i"}
 
 
-def analysis_view(raw: Any) -> dict[str, Any] | None:
+def analysis_view(items: list[AnalysisInterval] | None) -> dict[str, Any] | None:
     """``timeline.analysis`` (``watch.analysis_history``, newest first): the latest
     ``MAX_SHOWN`` intervals as rows, how many more the body holds, and the counts of each
     decision. None for bodies that predate it or a flag no watcher judged."""
-    items = [as_map(i) for i in as_list(raw)]
     if not items:
         return None
-    decisions = Counter(as_str(i.get("decision"), "?") for i in items)
+    decisions = Counter("?" if i.decision is None else i.decision for i in items)
     rows = [_interval(i) for i in items[:MAX_SHOWN]]
     return {
         "rows": rows,
@@ -58,13 +56,14 @@ def analysis_view(raw: Any) -> dict[str, Any] | None:
     }
 
 
-def _interval(item: Mapping[str, Any]) -> dict[str, Any]:
-    figures = as_map(item.get("figures"))
+def _interval(item: AnalysisInterval) -> dict[str, Any]:
+    # the figures are the watcher's own record: read as it wrote them
+    figures = item.figures
     window = as_map(figures.get("window"))
     stage_figures = as_map(figures.get("stage"))
     sequential = as_map(figures.get("sequential"))
-    verdict = as_str(item.get("verdict")).upper()
-    decision = as_str(item.get("decision"), "?")
+    verdict = (item.verdict or "").upper()
+    decision = "?" if item.decision is None else item.decision
     lat_alpha = number(as_map(sequential.get("latency")).get("alpha"))
     mis_alpha = number(as_map(sequential.get("mismatch")).get("alpha"))
     window_parts = [f"{fmt_num(window.get('samples'))} pairs"]
@@ -80,59 +79,60 @@ def _interval(item: Mapping[str, Any]) -> dict[str, Any]:
     if window.get("environment_events"):
         window_parts.append(f"{fmt_num(window.get('environment_events'))} environment "
                             "failures")
-    reasons = [as_str(r) for r in as_list(item.get("reasons"))]
+    reasons = item.reasons
     gates = [as_map(g) for g in as_list(figures.get("gates"))][:10]
     open_gates = [g for g in gates if as_str(g.get("status")) in ("fail", "inconclusive")]
     return {
-        "at": as_str(item.get("at"), "—"),
-        "stage": as_str(item.get("stage"), "—"),
-        "version": as_int(item.get("state_version")),
-        "window_start": as_str(item.get("window_start")),
-        "window_end": as_str(item.get("window_end")),
+        "at": _or_dash(item.at),
+        "stage": _or_dash(item.stage),
+        "version": item.state_version,
+        "window_start": item.window_start or "",
+        "window_end": item.window_end or "",
         "verdict": verdict or "—",
         "verdict_class": VERDICT_CLASS.get(verdict, "muted"),
         "decision": decision,
         "decision_text": DECISIONS.get(decision, decision),
         "acting": decision in ("abort", "promote"),
-        "latency_p": fmt_p(item.get("latency_p")) if number(item.get("latency_p")) is not None
-        else "—",
+        "latency_p": fmt_p(item.latency_p) if number(item.latency_p) is not None else "—",
         "latency_alpha": fmt_num(lat_alpha) if lat_alpha is not None else "",
-        "mismatch_p": fmt_p(item.get("mismatch_p"))
-        if number(item.get("mismatch_p")) is not None else "—",
+        "mismatch_p": fmt_p(item.mismatch_p) if number(item.mismatch_p) is not None else "—",
         "mismatch_alpha": fmt_num(mis_alpha) if mis_alpha is not None else "",
         "window": ", ".join(window_parts),
-        "window_span": _span(item.get("window_start"), item.get("window_end")),
+        "window_span": _span(item.window_start or "", item.window_end or ""),
         "stage_pairs": stage_figures.get("pairs_timed"),
         "stage_compared": stage_figures.get("compared"),
-        "failed_intervals": as_int(item.get("failed_intervals")),
-        "go_streak": as_int(item.get("go_streak")),
-        "inconclusive_streak": as_int(item.get("inconclusive_streak")),
+        "failed_intervals": item.failed_intervals,
+        "go_streak": item.go_streak,
+        "inconclusive_streak": item.inconclusive_streak,
         "gates": [{"name": as_str(g.get("name"), "?"),
                    "mark": GATE_MARK.get(as_str(g.get("status")), "–"),
                    "status": as_str(g.get("status"))} for g in open_gates],
         "gates_passed": bool(gates) and not open_gates,
         "reasons": [{"text": clip(r, MAX_REASON), "full": r} for r in reasons[:MAX_REASONS]],
         "reasons_more": max(0, len(reasons) - MAX_REASONS),
-        "watcher": as_str(item.get("watcher")),
-        "acted_by": as_str(item.get("acted_by")),
-        "report_id": as_str(item.get("report_id")),
+        "watcher": item.watcher or "",
+        "acted_by": item.acted_by or "",
+        "report_id": item.report_id or "",
     }
 
 
-def _span(start: Any, end: Any) -> str:
+def _or_dash(text: str | None) -> str:
+    return "—" if text is None else text
+
+
+def _span(start: str, end: str) -> str:
     """How long a window was, from its two ISO times ("" when either is missing)."""
     try:
-        seconds = (datetime.fromisoformat(as_str(end)) - datetime.fromisoformat(as_str(start))
-                   ).total_seconds()
+        seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
     except (TypeError, ValueError):
         return ""
     return fmt_seconds(seconds)
 
 
-def md_watch(raw: Any) -> str:
+def md_watch(items: list[AnalysisInterval] | None) -> str:
     """One pre-escaped Markdown line: the watcher's latest decision, its sequential
     p-values, who acted, and the decisions so far; "" when no watcher judged the flag."""
-    view = analysis_view(raw)
+    view = analysis_view(items)
     if view is None:
         return ""
     last = view["latest"]

@@ -85,9 +85,9 @@ def assemble_report(flag: Flag, stage: str, store: Store, *, database: str,
     business checks run around the stage's change (on a connection of their own, as the
     least-privilege login) and join the verdict."""
     from .business import business_gate, stage_business
+    from .history import analysis_history
     from .perturb import read as read_perturbations
     from .plans import read_generic_checks
-    from .watch import analysis_history
 
     if flag.stage(stage) is None:
         raise flag.unknown_stage(stage)

@@ -24,6 +24,12 @@ from .database import REPO, BenchDB, say
 NAME = "scale"
 SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 """Online observations per stage, one stage per size."""
+SIZES_VAR = "ROLLOUT_BENCH_SCALE_SIZES"
+"""Comma-separated sizes to run instead (e.g. ``1000000,10000000``): each keeps its stage."""
+KEEP_VAR = "ROLLOUT_BENCH_SCALE_DSN"
+"""A database to keep the synthetic stages in between runs (the flag's workspace tables are
+not needed there, only the store): a stage already holding its size is not synthesised again.
+Without it, the stages go into the benchmark's fresh database."""
 FLAG = "orders-recent"
 """The example flag whose stages are filled (a read: its pairs are compared)."""
 TENANTS = 50
@@ -76,8 +82,27 @@ def _synthesise(conn: psycopg.Connection[Any], flag: Flag, stage: str, n: int) -
             "start": start, "rate": RATE_PER_S, "flag": flag.name, "stage": stage,
             "sql_hash": flag.sql_hash, "tenants": TENANTS, "first": first,
             "last": min(n, first + CHUNK) - 1})
-    conn.execute("ANALYZE rollout.observations")
     return time.perf_counter() - started
+
+
+def _held(conn: psycopg.Connection[Any], flag: Flag, stage: str) -> int:
+    """The stage's observations of the flag's SQL already in the store."""
+    row = conn.execute("SELECT count(*) FROM rollout.observations WHERE flag = %s AND stage = %s"
+                       " AND sql_hash = %s", [flag.name, stage, flag.sql_hash]).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _sizes() -> tuple[int, ...]:
+    raw = os.environ.get(SIZES_VAR, "").strip()
+    if not raw:
+        return SIZES
+    try:
+        sizes = tuple(int(part.replace("_", "")) for part in raw.split(","))
+    except ValueError:
+        raise SystemExit(f"bench: {SIZES_VAR} must be sizes separated by commas") from None
+    if any(n not in SIZES for n in sizes):
+        raise SystemExit(f"bench: {SIZES_VAR}: sizes are among {', '.join(map(str, SIZES))}")
+    return sizes
 
 
 def _count_floor(conn: psycopg.Connection[Any], flag: Flag, stage: str) -> float:
@@ -91,10 +116,10 @@ def _count_floor(conn: psycopg.Connection[Any], flag: Flag, stage: str) -> float
     return best
 
 
-def _report(db: BenchDB, stage: str, out: Path) -> dict[str, Any]:
+def _report(dsn: str, stage: str, out: Path) -> dict[str, Any]:
     """`rollout report` in a child process: wall time, its peak RSS (the child's own
     rusage, from wait4), verdict and samples."""
-    env = {**os.environ, "DATABASE_URL": db.dsn}
+    env = {**os.environ, "DATABASE_URL": dsn}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(
@@ -119,30 +144,45 @@ def run(db: BenchDB) -> dict[str, Any]:
     flag = db.workspace.flags[FLAG]
     stages = [s.name for s in flag.stages]
     sizes: dict[str, dict[str, Any]] = {}
-    with connect(db.dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmp:
+    chosen = _sizes()
+    if len(SIZES) > len(stages):
+        raise RuntimeError(f"{FLAG} has too few stages for {len(SIZES)} sizes")
+    dsn = os.environ.get(KEEP_VAR) or db.dsn
+    with connect(dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmp:
         Store.open(conn)
-        for i, n in enumerate(SIZES):
-            stage = stages[i % len(stages)]
-            if i >= len(stages):
-                raise RuntimeError(f"{FLAG} has too few stages for {len(SIZES)} sizes")
-            say(f"scale: synthesising {n:,} online observations ({stage})")
-            made = _synthesise(conn, flag, stage, n)
+        for n in chosen:
+            stage = stages[SIZES.index(n)]  # a size always has the same stage
+            made = None
+            if _held(conn, flag, stage) != n:
+                say(f"scale: synthesising {n:,} online observations ({stage})")
+                conn.execute("DELETE FROM rollout.observations WHERE flag = %s AND stage = %s",
+                             [flag.name, stage])
+                made = _synthesise(conn, flag, stage, n)
+            else:
+                say(f"scale: {n:,} online observations kept from an earlier run ({stage})")
+            # the state autovacuum keeps a table in (visibility map set, statistics fresh),
+            # whether the stage was just made or kept: count(*) may then read the index only
+            conn.execute("VACUUM (ANALYZE) rollout.observations")
             floor = _count_floor(conn, flag, stage)
             say(f"scale: reporting {n:,} observations (count(*) {floor:.2f} s)")
-            rep = _report(db, stage, Path(tmp))
+            rep = _report(dsn, stage, Path(tmp))
             sizes[str(n)] = {"stage": stage, "synthesise_s": made, "count_s": floor,
                              **rep, "vs_count": rep["seconds"] / floor if floor else math.nan}
+            say(f"scale: {n:,}: {rep['seconds']:.2f} s, {rep['rss_mb']:.0f} MB, "
+                f"{sizes[str(n)]['vs_count']:.1f}x count(*)")
     growth = [_exponent(sizes[str(lo)]["seconds"], sizes[str(hi)]["seconds"], hi / lo)
-              for lo, hi in zip(SIZES, SIZES[1:], strict=False)]
+              for lo, hi in zip(chosen, chosen[1:], strict=False)]
     return {
         "name": NAME,
+        "targets_met": _targets_met(sizes, growth),
         "description": "`rollout report FLAG --format json` of one stage of synthetic online "
                        f"pairs ({TENANTS} tenants, log-normal latencies, some failures and "
                        "mismatches), one child process per size, beside one SELECT count(*) "
                        "over the same stage",
         "unit": "seconds, MB",
         "method": "wall time of the child process (Python start-up included); its peak RSS "
-                  "from wait4; count(*) the fastest of 3; growth exponent = "
+                  "from wait4; the table vacuumed and analysed first (as autovacuum keeps "
+                  "it); count(*) the fastest of 3; growth exponent = "
                   "log(time ratio) / log(size ratio), 1.0 is linear",
         "sizes": sizes,
         "growth_exponent": growth,
@@ -150,11 +190,20 @@ def run(db: BenchDB) -> dict[str, Any]:
     }
 
 
+def _targets_met(sizes: dict[str, dict[str, Any]], growth: list[float]) -> dict[str, bool]:
+    """Each target of the sizes measured: met or not (growth: no exponent above 1.1)."""
+    out = {f"{n} {what} <= {limit:g}": bool(sizes[n][what] <= limit)
+           for n, limits in TARGETS.items() if n in sizes for what, limit in limits.items()}
+    if growth:
+        out["growth exponent <= 1.1"] = all(g <= 1.1 for g in growth)
+    return out
+
+
 def _exponent(t_small: float, t_large: float, ratio: float) -> float:
     return math.log(t_large / t_small) / math.log(ratio) if t_small > 0 < t_large else math.nan
 
 
-def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def table(result: dict[str, Any]) -> list[tuple[list[str], list[list[str]]]]:
     header = ["observations", "report s", "peak RSS MB", "count(*) s", "report/count",
               "growth", "verdict", "synthesis s"]
     rows = []
@@ -163,5 +212,7 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([f"{int(n):,}", f"{r['seconds']:.2f}", f"{r['rss_mb']:.0f}",
                      f"{r['count_s']:.2f}", f"{r['vs_count']:.1f}×",
                      "" if math.isnan(g) else f"{g:.2f}", r["verdict"],
-                     f"{r['synthesise_s']:.0f}"])
-    return header, rows
+                     "kept" if r["synthesise_s"] is None else f"{r['synthesise_s']:.0f}"])
+    targets = [[name, "met" if met else "MISSED"]
+               for name, met in result.get("targets_met", {}).items()]
+    return [(header, rows), (["target", "result"], targets)]

@@ -3,45 +3,18 @@
 Field order is the JSON key order of ``docs/report-schema.json`` bodies; ``model_json``
 is the one place that turns these objects into JSON and back (older bodies included).
 A field whose JSON key is left out rather than written as null says so in its metadata
-(``OMIT_NONE``: absent when None; ``OMIT_EMPTY``: absent when empty). Parts of a report
-whose shape belongs to another stage's own records (perturbation,
-business checks, the watcher's figures, verification details, diff entries) are carried as
-``Json`` values, exactly as that stage wrote them. Plan shapes are trees (``PlanShape``),
-written as the text the schema documents.
+(``model_record``). Parts of a report whose shape belongs to another stage's own records
+(perturbation, business checks, the watcher's figures, verification details, diff
+entries) are carried as ``Json`` values, exactly as that stage wrote them. Plans are in
+``model_plans`` (plan shapes as trees), the index page in ``model_index``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
 
-from .plan_shape import PlanShape
-
-if TYPE_CHECKING:
-    Json: TypeAlias = "None | bool | int | float | str | list[Json] | dict[str, Json]"
-    JsonObject: TypeAlias = "dict[str, Json]"
-else:
-    class Json:
-        """At run time, the marker ``model_json`` reads a value by: any JSON, kept as is."""
-
-    JsonObject = dict[str, Json]
-
-OMIT_NONE = {"omit": "none"}
-OMIT_EMPTY = {"omit": "empty"}
-
-
-def _absent_if_none() -> Any:
-    return field(default=None, metadata=OMIT_NONE)
-
-
-@dataclass(frozen=True)
-class Record:
-    """A part of a report. ``absent`` names the keys a body read back did not have (an
-    older schema version): written back, they stay absent while unset, and a view can tell
-    "not measured" (null) from "not reported" (absent)."""
-
-    absent: frozenset[str] = field(default=frozenset(), kw_only=True, repr=False,
-                                   compare=False, metadata={"internal": True})
+from .model_plans import GenericPlans, Plans
+from .model_record import OMIT_EMPTY, Json, JsonObject, Record, absent_if_none
 
 
 @dataclass(frozen=True)
@@ -94,8 +67,8 @@ class Latency(Record):
     mann_whitney_p: float | None = None
     effective_tolerance: float | None = None
     samples_needed: int | None = None
-    pairs_measured: int | None = _absent_if_none()
-    source: str | None = _absent_if_none()
+    pairs_measured: int | None = absent_if_none()
+    source: str | None = absent_if_none()
 
 
 @dataclass(frozen=True)
@@ -149,7 +122,7 @@ class Failures(Record):
     new: PathFailures | None = None
     new_only: int | None = None
     new_only_by_class: dict[str, int] = field(default_factory=dict)
-    environment: dict[str, EnvironmentCount] | None = _absent_if_none()
+    environment: dict[str, EnvironmentCount] | None = absent_if_none()
 
 
 @dataclass(frozen=True)
@@ -161,7 +134,7 @@ class EnvironmentEvent(Record):
     sqlstate: str | None = None
     count: int | None = None
     counted: int | None = None
-    source: str | None = _absent_if_none()
+    source: str | None = absent_if_none()
 
 
 @dataclass(frozen=True)
@@ -194,100 +167,6 @@ class Tenant(Record):
     new_p50_ms: float | None = None
     new_failures: int | None = None
     new_failures_by_class: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ShapeCount(Record):
-    """A plan shape and how many of a path's EXPLAIN samples had it."""
-
-    shape: PlanShape | None = None
-    count: int | None = None
-
-
-@dataclass(frozen=True)
-class PlanPath(Record):
-    """One path's EXPLAIN samples: its most common shapes and median costs."""
-
-    samples: int | None = None
-    shapes: list[ShapeCount] = field(default_factory=list)
-    median_buffers: float | None = None
-    median_exec_ms: float | None = None
-    rows_misestimate: float | None = None
-
-
-@dataclass(frozen=True)
-class PairedPlan(Record):
-    """One parameter set explained on both paths: new ÷ legacy buffers."""
-
-    tenant: str | None = None
-    params: Json = None
-    legacy_buffers: int | None = None
-    new_buffers: int | None = None
-    ratio: float | None = None
-    legacy_ms: float | None = None
-    new_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class PlanRun(Record):
-    """One EXPLAIN sample."""
-
-    path: str | None = None
-    tenant: str | None = None
-    shape: PlanShape | None = None
-    buffers: int | None = None
-    exec_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class Plans(Record):
-    """EXPLAIN samples of both paths and the buffers paired by parameter set."""
-
-    samples: int | None = None
-    buffers_ratio: float | None = None
-    legacy: PlanPath | None = None
-    new: PlanPath | None = None
-    same_shape: bool | None = None
-    paired: list[PairedPlan] = field(default_factory=list)
-    paired_ratio_median: float | None = None
-    paired_more: int | None = None
-    runs: list[PlanRun] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class GenericPlanCheck(Record):
-    """A custom-against-generic plan check of one path and tenant, every run of each mode
-    (``plans.generic_check``) and what it came to (``plan_checks.generic_row``)."""
-
-    path: str | None = None
-    tenant: str | None = None
-    custom_ms: float | None = None
-    generic_ms: float | None = None
-    ratio: float | None = None
-    custom_buffers: int | None = None
-    generic_buffers: int | None = None
-    custom_runs: list[float] = field(default_factory=list)
-    generic_runs: list[float] = field(default_factory=list)
-    custom_buffer_runs: list[int] = field(default_factory=list)
-    generic_buffer_runs: list[int] = field(default_factory=list)
-    custom_shape: PlanShape | None = None
-    generic_shape: PlanShape | None = None
-    runs: int | None = None
-    runs_beyond: int | None = None
-    consistently_slower: bool | None = None
-    looks_slower: bool | None = None
-    shape_differs: bool | None = None
-    buffers_differ: bool | None = None
-    differs: bool | None = None
-
-
-@dataclass(frozen=True)
-class GenericPlans(Record):
-    checks: list[GenericPlanCheck] = field(default_factory=list)
-    regressions: list[GenericPlanCheck] = field(default_factory=list)
-    unconfirmed: list[GenericPlanCheck] = field(default_factory=list)
-    worst_new_ratio: float | None = None
-    rule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -398,7 +277,7 @@ class StageImpact(Record):
     before: ServedWindow | None = None
     after: ServedWindow | None = None
     note: str | None = None
-    business: list[JsonObject] | None = _absent_if_none()
+    business: list[JsonObject] | None = absent_if_none()
     """``business.stage_business``'s checks, as that stage wrote them."""
 
 
@@ -459,7 +338,7 @@ class Timeline(Record):
     started: bool | None = None
     stages: list[TimelineStage] = field(default_factory=list)
     events: list[TimelineEvent] = field(default_factory=list)
-    analysis: list[AnalysisInterval] | None = _absent_if_none()
+    analysis: list[AnalysisInterval] | None = absent_if_none()
     """The intervals ``rollout watch`` judged, newest first (``watch.analysis_history``)."""
 
 
@@ -528,70 +407,23 @@ class Report(Record):
     verdict: str | None = None
     reasons: list[str] = field(default_factory=list)
     samples: int | None = None
-    incomplete_runs: list[IncompleteRun] | None = _absent_if_none()
+    incomplete_runs: list[IncompleteRun] | None = absent_if_none()
     gates: list[GateResult] = field(default_factory=list)
     mismatches: Mismatches | None = None
     failures: Failures | None = None
-    environment_events: list[EnvironmentEvent] | None = _absent_if_none()
+    environment_events: list[EnvironmentEvent] | None = absent_if_none()
     locks: Locks | None = None
     tenants: list[Tenant] | None = None
     noise: Noise | None = None
     latency: Latency | None = None
-    sources: dict[str, SourceEvidence] | None = _absent_if_none()
+    sources: dict[str, SourceEvidence] | None = absent_if_none()
     plans: Plans | None = None
     generic_plans: GenericPlans | None = None
-    perturbation: JsonObject | None = _absent_if_none()
+    perturbation: JsonObject | None = absent_if_none()
     queries: Queries | None = None
     rollback: RollbackPlan | None = None
     stage_impact: StageImpact | None = None
-    pools: Pools | None = _absent_if_none()
+    pools: Pools | None = absent_if_none()
     timeline: Timeline | None = None
     database_stats: dict[str, int] = field(default_factory=dict)
     environment: Environment | None = None
-
-
-# -- the workspace index (reports/index.html) --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IndexStage(Record):
-    """One stage of a flag on the index: its newest report, if any."""
-
-    name: str | None = None
-    in_flag: bool | None = None  # False: a stage the flag file no longer has
-    verdict: str | None = None
-    samples: int | None = None
-    created_at: str | None = None
-    judged_by: str | None = None  # "rollout watch" when the watcher wrote the report
-    href: str | None = None  # relative link to the stage's HTML report
-    html_stale: bool | None = None  # the newest report wrote no HTML: the page is older
-
-
-@dataclass(frozen=True)
-class LiveState(Record):
-    """A flag's live state (``rollout.flag_state``)."""
-
-    stage: str | None = None
-    killed: bool | None = None
-    version: int | None = None
-    updated_at: str | None = None
-    updated_by: str | None = None
-
-
-@dataclass(frozen=True)
-class IndexFlag(Record):
-    name: str | None = None
-    description: str | None = None
-    owner: str | None = None
-    error: str | None = None  # an invalid flag file's error
-    state: LiveState | None = None
-    stages: list[IndexStage] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class IndexPage(Record):
-    """What ``reports/index.html`` lists: every flag of the workspace."""
-
-    generated_at: str | None = None
-    toolkit_version: str | None = None
-    flags: list[IndexFlag] = field(default_factory=list)

@@ -5,7 +5,7 @@ schema documents; a body is validated against ``docs/report-schema.json`` before
 written anywhere (``report_body``, ``report_json``). Reading (``report_from_json``) takes
 any body the store or a file holds — schema version 1, a version 2 body written before a
 key was added, a tampered one — and never raises on its shape: a missing key stays absent
-(``model.Record.absent``), a value of the wrong type reads as None (or empty), a number
+(``model_record.Record.absent``), a value of the wrong type reads as None (or empty), a number
 where text belongs as that number's text. The judge reads its own figures with
 ``read(..., strict=True)``, where a wrong type is an error naming the field.
 """
@@ -23,8 +23,9 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from . import model
-from .model import Json, Report
+from . import model_record
+from .model import Report
+from .model_record import Json, Record
 from .plan_shape import PlanShape
 
 T = TypeVar("T")
@@ -130,7 +131,7 @@ def read(cls: type[T], raw: Any, *, strict: bool = False) -> T:
     kwargs: dict[str, Any] = {}
     fields = [f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
               if not f.metadata.get("internal")]
-    if issubclass(cls, model.Record):
+    if issubclass(cls, Record):
         kwargs["absent"] = frozenset(f.name for f in fields if f.name not in values)
     for f in fields:
         if f.name in values:
@@ -146,11 +147,11 @@ def read(cls: type[T], raw: Any, *, strict: bool = False) -> T:
 
 @functools.cache
 def _hints(cls: Any) -> dict[str, Any]:
-    return get_type_hints(cls, vars(model))
+    return get_type_hints(cls)  # in the namespace of the record's own module
 
 
 def _read(hint: Any, raw: Any, strict: bool) -> Any:
-    if hint is Any or hint is model.Json:
+    if hint is Any or hint is model_record.Json:
         return raw
     origin = get_origin(hint)
     if origin in (types.UnionType, typing.Union):

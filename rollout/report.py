@@ -28,12 +28,6 @@ from .figures import StoreEvidence, served_window
 from .flags import Flag
 from .model import (
     Environment,
-    IndexFlag,
-    IndexPage,
-    IndexStage,
-    Json,
-    JsonObject,
-    LiveState,
     Pools,
     Queries,
     Report,
@@ -42,7 +36,9 @@ from .model import (
     StageImpact,
     Timeline,
 )
+from .model_index import IndexFlag, IndexPage, IndexStage, LiveState
 from .model_json import read, report_body, report_json
+from .model_record import Json, JsonObject
 from .observations import Observation
 from .render import render_html, render_index, render_markdown
 from .rollback import verification_for

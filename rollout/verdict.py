@@ -24,18 +24,17 @@ from .model import (
     EnvironmentEvent,
     Failures,
     GateResult,
-    GenericPlans,
     IncompleteRun,
     Judgement,
     Latency,
     Locks,
     Mismatches,
     Noise,
-    Plans,
     SourceEvidence,
     Tenant,
 )
 from .model_json import read, to_json
+from .model_plans import GenericPlans, Plans
 from .observations import Observation
 from .summaries import (
     MIN_LATENCY_PAIRS,

@@ -24,8 +24,6 @@ from rollout.model import (
     Environment,
     Failures,
     GateResult,
-    IndexPage,
-    Json,
     Latency,
     Locks,
     Mismatches,
@@ -42,7 +40,9 @@ from rollout.model import (
     Timeline,
     TimelineStage,
 )
+from rollout.model_index import IndexPage
 from rollout.model_json import read, report_from_json, to_json
+from rollout.model_record import Json
 from rollout.render import render_html, render_index, render_markdown
 from tests.conftest import REPO
 from tests.helpers import run_cli

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import JsonObject, StageImpact
+from ..model import StageImpact
+from ..model_record import JsonObject
 from ._format import as_int, as_list, as_map, as_pair, as_str, clip, fmt_num, number
 from ._md_escape import md_code, md_text
 

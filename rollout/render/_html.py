@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..model import IndexPage, LiveState, Report
+from ..model import Report
+from ..model_index import IndexPage, LiveState
 from ._context import VERDICT_CLASS, report_context
 from ._env import HTML_TEMPLATE, INDEX_TEMPLATE, html_env
 from ._format import clip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..model import GenericPlanCheck, GenericPlans, PlanPath, Plans
+from ..model_plans import GenericPlanCheck, GenericPlans, PlanPath, Plans
 from ._diffs import params_text
 from ._format import clip, fmt_ms, fmt_num, fmt_ratio, number
 

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import verdict  # module, not name: verdict may import this module while loading
+from .gates import Gate
 
 GENERIC_MIN_MS = 1.0
 """A generic plan must also be this much slower (absolute, medians) to count as far worse."""
@@ -90,13 +90,13 @@ def plans_summary(plans: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def buffers_gate(plans: Mapping[str, Any], limit: float | None) -> verdict.Gate:
-    """Replaces ``verdict._buffers``: the median of paired ratios decides, never one sample."""
+def buffers_gate(plans: Mapping[str, Any], limit: float | None) -> Gate:
+    """The buffers gate: the median of paired ratios decides, never one sample."""
     ratio = plans.get("paired_ratio_median")
     pairs = len(plans.get("paired") or ())
     if ratio is None:
         if plans.get("buffers_ratio") is None:
-            return verdict.Gate("buffers", "info", None, limit, "no plan samples",
+            return Gate("buffers", "info", None, limit, "no plan samples",
                         "no EXPLAIN samples for this stage")
         ratio = plans["buffers_ratio"]  # samples that pair with nothing (older runs)
     shown = (f"median paired ratio {ratio:.2f}× over {pairs} parameter set"
@@ -104,20 +104,20 @@ def buffers_gate(plans: Mapping[str, Any], limit: float | None) -> verdict.Gate:
              f"vs {plans['legacy']['median_buffers'] or 0:.0f} buffers)")
     details = {"pairs": pairs, "more_buffers": plans.get("paired_more", 0)}
     if limit is None:
-        return verdict.Gate("buffers", "info", ratio, None, shown,
+        return Gate("buffers", "info", ratio, None, shown,
                     f"new path touches {ratio:.2f}× the buffers of legacy (not gated)",
                     details=details)
     if ratio > limit:
         if pairs < MIN_PAIRED:
-            return verdict.Gate("buffers", "inconclusive", ratio, limit, f"{shown} > {limit:g}×",
+            return Gate("buffers", "inconclusive", ratio, limit, f"{shown} > {limit:g}×",
                         f"new path touched {ratio:.2f}× the shared buffers of legacy, but in "
                         f"only {pairs} paired sample{'' if pairs == 1 else 's'} (need "
                         f"{MIN_PAIRED}); run `rollout shadow` again", details=details,
                         lacking=True)
-        return verdict.Gate("buffers", "fail", ratio, limit, f"{shown} > {limit:g}×",
+        return Gate("buffers", "fail", ratio, limit, f"{shown} > {limit:g}×",
                     f"new path touches {ratio:.2f}× the shared buffers of legacy (median "
                     f"of {pairs} parameter sets explained on both paths)", details=details)
-    return verdict.Gate("buffers", "pass", ratio, limit, f"{shown} ≤ {limit:g}×",
+    return Gate("buffers", "pass", ratio, limit, f"{shown} ≤ {limit:g}×",
                 f"buffers per execution {ratio:.2f}× legacy (median of {pairs} pairs)",
                 details=details)
 
@@ -184,14 +184,14 @@ def generic_summary(checks: Sequence[Mapping[str, Any]], limit: float) -> dict[s
                      "mode")}
 
 
-def generic_gate(generic: Mapping[str, Any], limit: float) -> verdict.Gate:
-    """Replaces ``verdict._generic_gate``."""
+def generic_gate(generic: Mapping[str, Any], limit: float) -> Gate:
+    """The generic-plan gate: the new path's generic plan against its custom plans."""
     if not generic["checks"]:
-        return verdict.Gate("generic_plan", "info", None, limit, "not checked",
+        return Gate("generic_plan", "info", None, limit, "not checked",
                     "no generic-plan check for this stage")
     worst = generic["worst_new_ratio"]
     if worst is None:
-        return verdict.Gate("generic_plan", "info", None, limit, "new path not checked",
+        return Gate("generic_plan", "info", None, limit, "new path not checked",
                     "no generic-plan check of the new path succeeded (only legacy was "
                     "checked)")
     bad = generic["regressions"]
@@ -204,14 +204,14 @@ def generic_gate(generic: Mapping[str, Any], limit: float) -> verdict.Gate:
                    f"{b['generic_buffers']:.0f} vs {b['custom_buffers']:.0f} buffers")
             parts.append(f"{b['tenant']} ({b['ratio']:.1f}×, {b['runs_beyond']} of "
                          f"{len(b['generic_runs'])} runs beyond the limit, {why})")
-        return verdict.Gate("generic_plan", "fail", worst, limit, shown,
+        return Gate("generic_plan", "fail", worst, limit, shown,
                     f"new path's generic plan is consistently far slower than its custom "
                     f"plan for {', '.join(parts)} (as psycopg runs it after 5 executions)",
                     details={"regressions": [_brief(b) for b in bad]})
     doubtful = [u for u in generic["unconfirmed"] if u["runs"] < MIN_RUNS]
     if doubtful:
         tenants = ", ".join(str(u["tenant"]) for u in doubtful)
-        return verdict.Gate("generic_plan", "inconclusive", worst, limit, shown,
+        return Gate("generic_plan", "inconclusive", worst, limit, shown,
                     f"new path's generic plan looked slower for {tenants} in a single run "
                     "per mode (a check recorded before store version 10); one run decides "
                     "nothing: run `rollout shadow` again to repeat it", lacking=True)
@@ -220,7 +220,7 @@ def generic_gate(generic: Mapping[str, Any], limit: float) -> verdict.Gate:
         tenants = ", ".join(str(u["tenant"]) for u in generic["unconfirmed"])
         aside = (f"; slower runs for {tenants} were not consistent, or the plans and "
                  "buffers were the same (timing noise)")
-    return verdict.Gate("generic_plan", "pass", worst, limit, shown,
+    return Gate("generic_plan", "pass", worst, limit, shown,
                 "generic plans of the new path hold up for every checked tenant" + aside)
 
 
@@ -309,7 +309,7 @@ def _settings(value: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in (value or {}).items()}
 
 
-def perturbation_gate(summary: Mapping[str, Any], hints: Sequence[str] = ()) -> verdict.Gate:
+def perturbation_gate(summary: Mapping[str, Any], hints: Sequence[str] = ()) -> Gate:
     """NO-GO when, for the same parameters, new's result changes with the plan and legacy's
     does not; INCONCLUSIVE when both change (the comparison then rests on today's plans);
     a pass otherwise, saying what legacy or row order did. ``hints`` are the static reasons
@@ -318,11 +318,11 @@ def perturbation_gate(summary: Mapping[str, Any], hints: Sequence[str] = ()) -> 
     counts = summary.get("counts") or {}
     n = summary.get("samples", 0)
     if not n:
-        return verdict.Gate(name, "info", None, 0, "not checked",
+        return Gate(name, "info", None, 0, "not checked",
                     "no plan perturbation for this stage (an older run, an A/A run, or "
                     "large results compared by streaming or checksum)")
     if not summary.get("compared"):
-        return verdict.Gate(name, "info", None, 0, "not compared",
+        return Gate(name, "info", None, 0, "not compared",
                     f"plan perturbation ran for {n} parameter set{'s' if n != 1 else ''} but "
                     "no path ran under both plans (failures)")
     shown = (f"{counts.get('blamed', 0)} of {n} parameter sets: new alone changes with the "
@@ -337,12 +337,12 @@ def perturbation_gate(summary: Mapping[str, Any], hints: Sequence[str] = ()) -> 
         where = f"tenant {first['tenant']}, " if first.get("tenant") is not None else ""
         how = (f"under {exposed['setting']} ({settings})" if settings
                else "when run again under the same plan")
-        return verdict.Gate(name, "fail", counts["blamed"], 0, shown,
+        return Gate(name, "fail", counts["blamed"], 0, shown,
                     f"new returns different rows/order for the same parameters ({where}"
                     f"{_params(first['params'])}) {how}: {cause}; legacy returned the same "
                     "result under every plan tried", details=details)
     if counts.get("both"):
-        return verdict.Gate(name, "inconclusive", counts["both"], 0, shown,
+        return Gate(name, "inconclusive", counts["both"], 0, shown,
                     f"both paths return different results under another plan for "
                     f"{counts['both']} of {n} parameter sets: legacy is nondeterministic too, "
                     "so a match today rests on today's plans (fix legacy's ORDER BY, or "
@@ -354,7 +354,7 @@ def perturbation_gate(summary: Mapping[str, Any], hints: Sequence[str] = ()) -> 
     if counts.get("order_only"):
         notes.append(f"new's row order changes with the plan for {counts['order_only']} "
                      "parameter sets, which the compare rules ignore")
-    return verdict.Gate(name, "pass", 0, 0, shown,
+    return Gate(name, "pass", 0, 0, shown,
                 f"new returns the same result under every plan tried ({n} parameter sets, "
                 f"{len(summary.get('settings') or ())} planner settings)"
                 + (f"; {'; '.join(notes)}" if notes else ""), details=details)

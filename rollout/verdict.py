@@ -13,17 +13,17 @@ from __future__ import annotations
 import shlex
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from scipy import stats
 
 from . import plan_checks
 from .flags import Flag
+from .gates import Gate as Gate  # re-exported: business and tests build gates from here
 from .model import (
     EnvironmentEvent,
     Failures,
-    GateResult,
     IncompleteRun,
     Judgement,
     Latency,
@@ -52,34 +52,6 @@ T = TypeVar("T")
 
 GO, NO_GO, INCONCLUSIVE = "GO", "NO-GO", "INCONCLUSIVE"
 EXIT_CODES = {GO: 0, NO_GO: 1, INCONCLUSIVE: 3}
-
-
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    status: str  # "pass" | "fail" | "inconclusive" | "info"
-    figure: Any
-    threshold: Any
-    display: str
-    reason: str
-    confidence: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-    lacking: bool = False
-    """Undecided for want of evidence (too few samples, nothing compared), not for doubt:
-    another source's pass outweighs it (``combine``)."""
-
-    def result(self) -> GateResult:
-        """The gate as a report shows it."""
-        return GateResult(self.name, self.status,
-                          None if self.status == "info" else self.status == "pass",
-                          self.figure, self.threshold, self.confidence, self.display,
-                          self.reason, self.details)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The gate's JSON form (``model_json``)."""
-        body = to_json(self.result())
-        assert isinstance(body, dict)
-        return body
 
 
 SOURCES = ("offline", "online")

@@ -18,15 +18,6 @@ from .conftest import REPO
 PACKAGE = "rollout"
 ROOT = REPO / PACKAGE
 
-# Edges that close a cycle and wait for a change in their own module, each listed so any new
-# cycle still fails the test (and a fixed one must leave the list: see the last test).
-KNOWN_EDGES: dict[tuple[str, str], str] = {
-    ("rollout.plan_checks", "rollout.verdict"):
-        "plan_checks uses verdict's gate helpers while verdict imports plan_checks: the shared "
-        "helpers belong in a module both import",
-}
-
-
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -137,23 +128,9 @@ def test_the_graph_sees_the_package() -> None:
 
 
 def test_no_import_cycles() -> None:
-    g = graph()
-    for source, target in KNOWN_EDGES:
-        g[source].discard(target)
-    found = cycles(g)
+    found = cycles(graph())
     assert found == [], "import cycles among rollout modules: " + "; ".join(
         " <-> ".join(c) for c in found)
-
-
-@pytest.mark.parametrize("edge", sorted(KNOWN_EDGES), ids=" -> ".join)
-def test_known_edges_still_close_a_cycle(edge: tuple[str, str]) -> None:
-    """A known edge that no longer closes a cycle must leave the list, so it cannot come
-    back unnoticed."""
-    g = graph()
-    source, target = edge
-    assert target in g[source], f"gone, remove from KNOWN_EDGES: {edge}"
-    assert any(source in c and target in c for c in cycles(g)), \
-        f"no longer in a cycle, remove from KNOWN_EDGES: {edge}"
 
 
 @pytest.mark.parametrize("source,expected", [

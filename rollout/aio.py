@@ -72,8 +72,8 @@ from .execute import (
     AsyncExtendedCursor,
     Limits,
     acommand,
-    acommit_and_reset,
     areset_session,
+    aserve,
     begin_sql,
     cancel_of,
     escaped,
@@ -274,14 +274,14 @@ class AsyncRollout(RunnerCore):
                     with self._request_watch(conn, until) as watch:
                         start = time.perf_counter_ns()
                         # our cursor, whatever the pool: one statement, extended protocol;
-                        # on the runner's pool in autocommit (its own transaction), else
-                        # committed with the session reset in one round trip (an error
-                        # leaves it to the pool's rollback and full reset)
-                        cur = await AsyncExtendedCursor(conn).execute(sql, args)
+                        # on the runner's pool in autocommit (its own transaction) and in
+                        # one round trip with the session reset (a pipeline), else
+                        # committed with the reset in a second one (an error leaves it to
+                        # the pool's rollback and full reset)
+                        cur = await aserve(conn, sql, args)
                         res = cur.pgresult
                         rows = (await cur.fetchall() if res is not None and res.nfields
                                 else None)
-                        await acommit_and_reset(conn)
                         elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:

@@ -41,6 +41,7 @@ import psycopg
 from psycopg import generators, pq
 from psycopg import sql as pgsql
 from psycopg._cursor_base import BaseCursor
+from psycopg._pipeline_base import BasePipeline
 from psycopg._preparing import PrepareManager
 from psycopg._queries import PostgresQuery
 from psycopg.rows import Row
@@ -85,6 +86,12 @@ ESCAPED_MESSAGE = ("the statement ended the toolkit's transaction (transaction c
                    "allowed in flag SQL)")
 
 
+class _PipelineProbe:
+    """Enough of a connection to build a ``BasePipeline`` and look at it (``_check_psycopg``)."""
+
+    pgconn = None
+
+
 def _check_psycopg() -> None:
     """The extended-protocol guarantee rests on a private psycopg method; refuse to import
     with a psycopg whose method changed rather than silently lose the guarantee."""
@@ -92,6 +99,10 @@ def _check_psycopg() -> None:
     if "force_extended" not in params or "binary" not in params:
         raise ImportError(f"psycopg {psycopg.__version__}: BaseCursor._execute_send changed; "
                           "pg-rollout needs psycopg >=3.2,<3.4")
+    for name in ("_enqueue_sync", "command_queue", "result_queue", "pgconn"):
+        if not hasattr(BasePipeline(_PipelineProbe()), name):  # type: ignore[arg-type]
+            raise ImportError(f"psycopg {psycopg.__version__}: BasePipeline changed; "
+                              "pg-rollout needs psycopg >=3.2,<3.4")
     manager = PrepareManager()
     if not (callable(getattr(manager, "clear", None)) and hasattr(manager, "_to_flush")):
         raise ImportError(f"psycopg {psycopg.__version__}: PrepareManager changed; "
@@ -99,6 +110,9 @@ def _check_psycopg() -> None:
 
 
 _check_psycopg()
+
+PIPELINE = psycopg.Pipeline.is_supported()
+"""libpq has pipeline mode (14 and later): the served path's one round trip (``serve``)."""
 
 
 class ExtendedCursor(psycopg.Cursor[Row]):
@@ -247,11 +261,17 @@ RESET_CHECKED = (RESET_SESSION.replace(b"; DEALLOCATE ALL", b"")
                  + b"; SELECT name, from_sql FROM pg_prepared_statements")
 """The session reset that keeps psycopg's prepared statements, reading them to check them."""
 COMMIT_AND_RESET = b"COMMIT; " + RESET_CHECKED
-"""How the runners end a served query: its transaction committed and the session reset in
-the same round trip (``commit_and_reset``), so the pool's reset has nothing left to do.
+"""How a served query ends on a connection outside autocommit (a pool passed in): its
+transaction committed and the session reset in one round trip (``commit_and_reset``), so the
+pool's reset has nothing left to do; in autocommit ``serve`` sends the same reset with the
+statement itself.
 psycopg's prepared statements stay (planning a query again on every request would cost more
 than the query, a service's plans are psycopg's defaults): the server's list is read in the
 same round trip, and anything not exactly psycopg's own drops them all (``prepared_intact``)."""
+
+RESET_STATEMENTS = tuple(s.strip() for s in RESET_CHECKED.split(b";"))
+"""``RESET_CHECKED`` one statement at a time: a pipeline sends each with the extended
+protocol, which takes one statement per message."""
 
 _RESET: weakref.WeakSet[Any] = weakref.WeakSet()
 """Connections whose session was reset by their last statement (``commit_and_reset``) and
@@ -277,6 +297,81 @@ async def acommit_and_reset(conn: psycopg.AsyncConnection[Any]) -> None:
         await acommand(conn, b"DEALLOCATE ALL")
         forget_prepared(conn)
     _RESET.add(conn)
+
+
+def serve(conn: psycopg.Connection[Any], query: bytes, params: Mapping[str, Any]
+          ) -> psycopg.Cursor[Any]:
+    """Run the served statement (``ExtendedCursor``: one statement, extended protocol), then
+    reset the session and check the prepared statements (``commit_and_reset``); return the
+    cursor, its result complete. In autocommit (the runners' request pool) all of it goes in
+    one round trip: a pipeline holding the statement and a Sync, so it is its own
+    transaction, committed or failed before anything else runs (psycopg sends no Sync
+    between statements of a pipeline, even in autocommit: without this one a failure would
+    abort the reset and the reset's failure roll back the served write), then the reset and
+    the check and their Sync. A failed statement raises as it would alone; the connection is
+    then not marked reset, so the pool's full reset runs at its next checkout. Outside
+    autocommit (a pool passed in): the statement, then ``commit_and_reset``."""
+    if not (conn.autocommit and PIPELINE):
+        cur = ExtendedCursor(conn).execute(query, params)
+        commit_and_reset(conn)
+        return cur
+    with conn.pipeline() as pipeline:
+        cur = ExtendedCursor(conn).execute(query, params)
+        _queue_reset(pipeline)
+        check = ExtendedCursor(conn).execute(CHECK_PREPARED, prepare=False)
+    rows = _checked(conn, check)
+    if rows is None:
+        return cur  # not marked: the pool's full reset runs at the next checkout
+    if not prepared_intact(conn, rows):
+        command(conn, b"DEALLOCATE ALL")
+        forget_prepared(conn)
+    _RESET.add(conn)
+    return cur
+
+
+async def aserve(conn: psycopg.AsyncConnection[Any], query: bytes, params: Mapping[str, Any]
+                 ) -> psycopg.AsyncCursor[Any]:
+    """The asyncio twin of ``serve``."""
+    if not (conn.autocommit and PIPELINE):
+        cur = await AsyncExtendedCursor(conn).execute(query, params)
+        await acommit_and_reset(conn)
+        return cur
+    async with conn.pipeline() as pipeline:
+        cur = await AsyncExtendedCursor(conn).execute(query, params)
+        _queue_reset(pipeline)
+        check = await AsyncExtendedCursor(conn).execute(CHECK_PREPARED, prepare=False)
+    rows = _checked(conn, check)
+    if rows is None:
+        return cur  # not marked: the pool's full reset runs at the next checkout
+    if not prepared_intact(conn, rows):
+        await acommand(conn, b"DEALLOCATE ALL")
+        forget_prepared(conn)
+    _RESET.add(conn)
+    return cur
+
+
+CHECK_PREPARED = RESET_STATEMENTS[-1]
+
+
+def _queue_reset(pipeline: Any) -> None:
+    """Queue a Sync (ending the served statement's transaction) and the reset statements
+    but the check, as psycopg queues its own commands in a pipeline (``_exec_command``):
+    a cursor each would cost more Python than the reset costs the server."""
+    pipeline._enqueue_sync()
+    send, commands, results = (pipeline.pgconn.send_query_params, pipeline.command_queue,
+                               pipeline.result_queue)
+    for statement in RESET_STATEMENTS[:-1]:
+        commands.append(functools.partial(send, statement, None))
+        results.append(None)
+
+
+def _checked(conn: Any, check: Any) -> list[tuple[bytes, ...]] | None:
+    """The server's prepared statements as the pipeline's check read them; None unless the
+    pipeline completed (every result read, the session idle)."""
+    res = check.pgresult
+    if res is None or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return None
+    return _last_rows([res])
 
 
 def _ending(conn: Any) -> bytes:

@@ -47,9 +47,9 @@ from .execute import (
     Limits,
     cancel_of,
     command,
-    commit_and_reset,
     failure,
     reset_session,
+    serve,
     set_local,
 )
 from .execute import execute as _execute
@@ -176,14 +176,14 @@ class Rollout(RunnerCore):
                     with self._request_watch(conn, until) as watch:
                         start = time.perf_counter_ns()
                         # our cursor, whatever the pool: one statement, extended protocol;
-                        # on the runner's pool in autocommit (its own transaction), else
-                        # committed with the session reset in one round trip (an error
-                        # leaves it to the pool's rollback and full reset)
-                        cur = ExtendedCursor(conn).execute(sql, args)
+                        # on the runner's pool in autocommit (its own transaction) and in
+                        # one round trip with the session reset (a pipeline), else
+                        # committed with the reset in a second one (an error leaves it to
+                        # the pool's rollback and full reset)
+                        cur = serve(conn, sql, args)
                         res = cur.pgresult
                         rows = (cur.fetchall() if res is not None and res.nfields
                                 else None)
-                        commit_and_reset(conn)
                         elapsed = time.perf_counter_ns() - start
                 break
             except psycopg.Error as exc:

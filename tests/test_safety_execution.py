@@ -686,3 +686,72 @@ def test_stalled_store_exits_the_cli_with_one_line(
     assert len(result.err.strip().splitlines()) == 1, result.err
     assert "the store did not answer within 1 s" in result.err
     assert [s for s, _ in runs(shop)] == ["running"]
+
+
+# -- the served path's one round trip (execute.serve: a pipeline) --------------------------
+
+LOCK_THEN_FAIL = (b"WITH l AS MATERIALIZED (SELECT pg_advisory_lock(4242) AS x)"
+                  b" SELECT 1 / (SELECT count(*) - 1 FROM l)")
+"""One statement that takes a session advisory lock, then fails (division by zero)."""
+
+
+def _advisory_locks(dsn: str, pid: int) -> int:
+    with psycopg.connect(dsn) as other:
+        row = other.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND pid = %s", [pid]).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_failed_served_statement_raises_and_the_reset_still_runs_in_its_pipeline(
+        shop: str) -> None:
+    from rollout.execute import _already_reset, serve
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            serve(conn, LOCK_THEN_FAIL, {})
+        # the reset ran in the same round trip, after the failed statement's own Sync
+        assert _advisory_locks(shop, conn.info.backend_pid) == 0
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # not marked reset: the pool's full reset runs at the next checkout
+        assert not _already_reset(conn)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+async def _aserve_fails(dsn: str) -> tuple[int, bool]:
+    from rollout.execute import _already_reset, aserve
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await aserve(conn, LOCK_THEN_FAIL, {})
+        return _advisory_locks(dsn, conn.info.backend_pid), _already_reset(conn)
+
+
+def test_the_async_served_path_holds_the_same(shop: str) -> None:
+    import asyncio
+
+    assert asyncio.run(_aserve_fails(shop)) == (0, False)
+
+
+def test_a_served_write_commits_on_its_own_before_the_reset(shop: str) -> None:
+    from rollout.execute import _already_reset, serve
+
+    with psycopg.connect(shop, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(77)")
+        cur = serve(conn, b"INSERT INTO items VALUES (9100, 'acme', 1, 1, 'x') RETURNING id", {})
+        assert cur.fetchall() == [(9100,)]
+        assert _advisory_locks(shop, conn.info.backend_pid) == 0  # the reset ran
+        assert _already_reset(conn)  # and the pool's reset at checkout has nothing to do
+    with psycopg.connect(shop) as other:
+        assert other.execute("SELECT count(*) FROM items WHERE id = 9100").fetchone() == (1,)
+
+
+def test_psycopg_sends_no_sync_between_statements_of_an_autocommit_pipeline(shop: str) -> None:
+    """Why ``serve`` queues a Sync after the served statement: without it, psycopg's pipeline
+    runs every statement up to the next Sync in one implicit transaction, even in
+    autocommit, so a later failure rolls back an earlier write."""
+    with psycopg.connect(shop, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+            conn.execute("INSERT INTO items VALUES (9101, 'acme', 1, 1, 'x')")
+            conn.execute("SELECT 1 / (SELECT count(*) FROM pg_database WHERE false)")
+        assert conn.execute("SELECT count(*) FROM items WHERE id = 9101").fetchone() == (0,)

@@ -47,6 +47,7 @@ NAMES: dict[str, str] = {
     "aio": "runner",  # the module: from .aio import AsyncRollout
     "acommit_and_reset": "commit_and_reset",
     "areset_session": "reset_session",
+    "aserve": "serve",
     "aregrow": "regrow",
     "check_login_async": "check_login",
     "enter_async_context": "enter_context",

@@ -29,6 +29,7 @@ from . import (
     perturb,
     recorder,
     scale,
+    served_path,
     service,
     stats_scale,
 )
@@ -52,6 +53,7 @@ BENCHMARKS: tuple[tuple[str, Run, Table], ...] = (
     (ingest.NAME, ingest.run, ingest.table),
     (perturb.NAME, perturb.run, perturb.table),
     (scale.NAME, scale.run, scale.table),
+    (served_path.NAME, served_path.run, served_path.table),
     # last: it stops and starts the benchmark's database server
     (service.NAME, service.run, service.table),
 )

@@ -282,8 +282,9 @@ def commit_and_reset(conn: psycopg.Connection[Any]) -> None:
     """Commit the served query's transaction and reset the session in one round trip,
     keeping psycopg's prepared statements if they are intact (else a second round trip
     drops them all). If it fails, the connection is not marked and the pool's reset runs in
-    full. On the runners' request pool the served query ran in autocommit (one statement,
-    its own transaction: no BEGIN and COMMIT round trips), so there is nothing to commit."""
+    full. The runners' request pool, in autocommit, sends all of it with the statement
+    instead (``serve``); this is the path of a connection in a transaction (a pool passed in,
+    ``rollout.sqlalchemy``'s engine), where it also commits."""
     rows = command(conn, _ending(conn))
     if not prepared_intact(conn, rows):
         command(conn, b"DEALLOCATE ALL")

@@ -154,9 +154,9 @@ def pool_configs(*, pool_size: int, shadow_pool_size: int, cursor_factory: Any,
     would cost more than the query): a served query goes through ``execute.serve``, whose
     ending (in the same pipeline, one round trip) checks the server's prepared statements
     are exactly psycopg's own and drops them all if flag SQL made or replaced one. It is in
-    autocommit: a served query is one statement, its
-    own transaction, with no BEGIN and COMMIT round trips; ``run()`` turns it off for the
-    callables, which own their transactions. The request pool resets a connection at
+    autocommit: a served query is one statement, its own transaction, with no BEGIN and
+    COMMIT round trips; ``run()`` turns it off for the callables, which own their
+    transactions. The request pool resets a connection at
     checkout (``check=``), not on return: psycopg_pool would hand every return to a worker
     task first, a hop on each request; ``reset`` finds the connections a served query already
     reset and does nothing (no round trip), and resets in full any other (a ``run()``

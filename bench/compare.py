@@ -12,9 +12,9 @@ from typing import Any
 
 import psycopg
 
-from rollout.checksum import checksum_compare
-from rollout.flags import CompareRules
-from rollout.streaming import stream_pair
+from rollout.flags.model import CompareRules
+from rollout.run.checksum import checksum_compare
+from rollout.run.streaming import stream_pair
 
 from .database import BenchDB, say
 

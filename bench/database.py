@@ -19,9 +19,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from rollout.connection import connect, start_embedded
 from rollout.demo_data import load_demo
-from rollout.workspace import Workspace
+from rollout.flags.workspace import Workspace
+from rollout.store.connection import connect, start_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository root: its ``flags/`` are the example flags the benchmarks run."""

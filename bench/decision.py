@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import rollout
 from rollout import Workspace
-from rollout.flags import Flag
-from rollout.targeting import Context, Stage
+from rollout.flags.model import Flag
+from rollout.flags.targeting import Context, Stage
 
 NAME = "decision"
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rollout.connection import connect
-from rollout.observations import COLUMNS, Observation
-from rollout.store import Store
+from rollout.store.connection import connect
+from rollout.store.observations import COLUMNS, Observation
+from rollout.store.store import Store
 
 from .database import BenchDB, say
 
@@ -74,7 +74,7 @@ def run(db: BenchDB) -> dict[str, Any]:
     return {
         "name": NAME,
         "description": f"{PROCESSES} processes each recording {ROWS_PER_PROCESS:,} online "
-                       "observations with rollout.recorder.Recorder into the partitioned "
+                       "observations with rollout.online.recorder.Recorder into the partitioned "
                        "rollout.observations at once, against one process's bare COPY of the "
                        f"same {total:,} rows in batches of {BATCH}, in the same run",
         "method": "each side starts from an emptied table; the recorders' processes (spawned, "
@@ -159,7 +159,7 @@ def _recorders(ctx: Any, dsn: str) -> dict[str, Any]:
 
 def _service(dsn: str, process: int, start: Event, results: Any) -> None:
     """One service: its observations built, then recorded as fast as it can once started."""
-    from rollout.recorder import Recorder
+    from rollout.online.recorder import Recorder
 
     try:
         rows = observations(process)

@@ -6,8 +6,8 @@ import sys
 import time
 
 from rollout import Context, Workspace
-from rollout.runtime import FlagStates
-from rollout.state import FlagState
+from rollout.flags.runtime import FlagStates
+from rollout.flags.state import FlagState
 
 
 def main(dsn: str, root: str, flag_name: str) -> int:

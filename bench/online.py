@@ -13,11 +13,11 @@ from typing import Any
 
 from rollout import Context, Rollout
 from rollout.commands import Session, flag_resume, flag_set
-from rollout.connection import connect
-from rollout.flags import Flag
-from rollout.recorder import Recorder, RecorderStats
-from rollout.shadow import draw_plan
-from rollout.state import read_state
+from rollout.flags.model import Flag
+from rollout.flags.state import read_state
+from rollout.online.recorder import Recorder, RecorderStats
+from rollout.run.shadow import draw_plan
+from rollout.store.connection import connect
 
 from .database import BenchDB, say
 

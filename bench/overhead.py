@@ -13,14 +13,14 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from rollout.connection import connect
-from rollout.deadline import WATCHDOG
-from rollout.execute import guard
-from rollout.flags import Flag
-from rollout.locks import LockWaitSampler
-from rollout.observations import Observation
-from rollout.shadow import BATCH, RunOptions, RunSummary, draw_plan, run_pair
-from rollout.store import Store
+from rollout.flags.model import Flag
+from rollout.run.deadline import WATCHDOG
+from rollout.run.execute import guard
+from rollout.run.locks import LockWaitSampler
+from rollout.run.shadow import BATCH, RunOptions, RunSummary, draw_plan, run_pair
+from rollout.store.connection import connect
+from rollout.store.observations import Observation
+from rollout.store.store import Store
 
 from .database import BenchDB, say
 
@@ -156,7 +156,7 @@ class _Runner:
     (both executions with lock-wait sampling, comparison, the Observation; held locks listed
     for the first pairs), the summary counters,
     and ``Store.write_observations`` every ``BATCH`` pairs and for the rest at the end.
-    Keep this in step with ``rollout.shadow.run_shadow``.
+    Keep this in step with ``rollout.run.shadow.run_shadow``.
     """
 
     def __init__(self, flag: Flag, conn: psycopg.Connection[Any], store: Store, seed: int,

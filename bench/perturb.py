@@ -12,9 +12,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from rollout.connection import connect
-from rollout.shadow import RunOptions, run_shadow, target_tenants
-from rollout.store import Store
+from rollout.run.shadow import RunOptions, run_shadow, target_tenants
+from rollout.store.connection import connect
+from rollout.store.store import Store
 
 from .database import BenchDB, say
 

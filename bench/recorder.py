@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rollout.connection import connect
-from rollout.observations import COLUMNS, Observation
-from rollout.recorder import Recorder
-from rollout.store import Store
+from rollout.online.recorder import Recorder
+from rollout.store.connection import connect
+from rollout.store.observations import COLUMNS, Observation
+from rollout.store.store import Store
 
 from .database import BenchDB, say
 

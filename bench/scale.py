@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg
 
-from rollout.connection import connect
-from rollout.flags import Flag
-from rollout.store import Store
+from rollout.flags.model import Flag
+from rollout.store.connection import connect
+from rollout.store.store import Store
 
 from .database import REPO, BenchDB, say
 

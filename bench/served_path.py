@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from rollout.execute import (
+from rollout.run.execute import (
     AsyncExtendedCursor,
     acommit_and_reset,
     areset_session,

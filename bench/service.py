@@ -54,9 +54,9 @@ from typing import IO, Any
 from psycopg.conninfo import conninfo_to_dict
 
 from rollout.commands import Session, flag_kill, flag_resume, flag_set
-from rollout.connection import connect, stop_embedded, with_user
-from rollout.shadow import draw_plan
-from rollout.state import read_state
+from rollout.flags.state import read_state
+from rollout.run.shadow import draw_plan
+from rollout.store.connection import connect, stop_embedded, with_user
 
 from .database import REPO, BenchDB, say
 from .service_app import DSN_VAR, FLAG, WORKSPACE_VAR
@@ -157,7 +157,7 @@ def run(db: BenchDB) -> dict[str, Any]:
                     "as the runner's request pool, psycopg's defaults otherwise: statements "
                     "prepared after 5 executions, 30 s checkout timeout)",
             "bare_safe": "the same on a bare pool configured as docs/online.md asks of a pool "
-                         "passed to the runner: reset=rollout.execute.areset_session on every "
+                         "passed to the runner: reset=rollout.run.execute.areset_session on every "
                          "return, prepare_threshold=None (the runner's own pool "
                          "configuration, without the runner)",
             "serve_only": "AsyncRollout.query with shadow_workers=0: decide, serve, hand off "

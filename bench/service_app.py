@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from rollout import AsyncRollout, Context, RequestTimeout, Workspace
-from rollout.execute import areset_session
+from rollout.run.execute import areset_session
 
 DSN_VAR = "ROLLOUT_BENCH_SERVICE_DSN"
 WORKSPACE_VAR = "ROLLOUT_BENCH_SERVICE_WORKSPACE"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout import stats
+from rollout.judge import stats
 
 from .database import BenchDB, say
 

@@ -8,12 +8,12 @@ from ._version import __version__
 from .errors import ConnectionFailed, FlagFileError, InputError, RolloutError, StoreError
 
 if TYPE_CHECKING:
-    from ._online import RequestTimeout, RunnerStats
-    from .aio import AsyncRollout
-    from .flags import Flag
-    from .runner import Rollout
-    from .targeting import Context, Decision
-    from .workspace import Workspace
+    from .flags.model import Flag
+    from .flags.targeting import Context, Decision
+    from .flags.workspace import Workspace
+    from .online.aio import AsyncRollout
+    from .online.core import RequestTimeout, RunnerStats
+    from .online.runner import Rollout
 
 __all__ = [
     "AsyncRollout",
@@ -40,21 +40,21 @@ def __getattr__(name: str) -> Any:
     the import graph (tests/test_import_graph.py) sees it."""
     value: Any
     if name == "Rollout":
-        from .runner import Rollout as value
+        from .online.runner import Rollout as value
     elif name == "AsyncRollout":
-        from .aio import AsyncRollout as value
+        from .online.aio import AsyncRollout as value
     elif name == "RequestTimeout":
-        from ._online import RequestTimeout as value
+        from .online.core import RequestTimeout as value
     elif name == "RunnerStats":
-        from ._online import RunnerStats as value
+        from .online.core import RunnerStats as value
     elif name == "Flag":
-        from .flags import Flag as value
+        from .flags.model import Flag as value
     elif name == "Context":
-        from .targeting import Context as value
+        from .flags.targeting import Context as value
     elif name == "Decision":
-        from .targeting import Decision as value
+        from .flags.targeting import Decision as value
     elif name == "Workspace":
-        from .workspace import Workspace as value
+        from .flags.workspace import Workspace as value
     else:
         # AttributeError lets `from rollout import scratch` fall back to the submodule.
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,10 +12,10 @@ from urllib.parse import quote
 
 from . import commands
 from .errors import EXIT_USAGE, InputError, RolloutError
-from .workspace import Workspace
+from .flags.workspace import Workspace
 
 if TYPE_CHECKING:
-    from .report import WrittenReport
+    from .report.build import WrittenReport
 
 COMMENT_LIMIT = 65_536
 """GitHub's limit on a comment's body, in characters."""

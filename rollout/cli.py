@@ -17,7 +17,6 @@ import psycopg
 
 from . import commands
 from ._version import __version__
-from .connection import SHADOW_LOGIN, redact, service_uri
 from .errors import (
     EXIT_INCONCLUSIVE,
     EXIT_INTERNAL,
@@ -28,12 +27,13 @@ from .errors import (
     RolloutError,
     Terminated,
 )
-from .state import FlagState
+from .flags.state import FlagState
+from .store.connection import SHADOW_LOGIN, redact, service_uri
 
 # `rollout flag kill` must start at once in an incident: runs, reports and verdicts (scipy,
 # numpy, jinja2, rich) are imported by the commands that need them, never at start-up.
 if TYPE_CHECKING:
-    from .shadow import Progress
+    from .run.shadow import Progress
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="apply without asking")
     p.set_defaults(run=_rollback)
 
-    from .watch import add_parser as add_watch_parser  # light: no scipy or numpy at import
+    from .watch.loop import add_parser as add_watch_parser  # light: no scipy or numpy at import
 
     add_watch_parser(sub, common)
     return parser
@@ -444,7 +444,7 @@ def _check(session: commands.Session, args: argparse.Namespace) -> int:
 def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
     if args.lock_interval < 0 or args.plans < 0:
         raise InputError("--lock-interval and --plans cannot be negative")
-    from .shadow import RunOptions
+    from .run.shadow import RunOptions
 
     options = RunOptions(lock_interval=args.lock_interval / 1000 or None, plan_samples=args.plans)
     with _progress(f"{args.flag}") as bar:
@@ -460,7 +460,7 @@ def _shadow(session: commands.Session, args: argparse.Namespace) -> int:
 
 
 def _report(session: commands.Session, args: argparse.Namespace) -> int:
-    from .verdict import verdict_exit_code
+    from .judge.verdict import verdict_exit_code
 
     formats = (None if args.format is None else
                [f.strip() for f in args.format.split(",") if f.strip()])

@@ -7,24 +7,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .connection import Target, redact
 from .errors import InputError, Refused
-from .flags import Flag
-from .session import Say as Say  # re-exported: Session lives below the commands, so
-from .session import Session as Session  # lower modules can use it; callers look here
-from .state import Event, FlagState, change, events, read_all, read_state
-from .store import Store
-from .targeting import Context
+from .flags.model import Flag
+from .flags.state import Event, FlagState, change, events, read_all, read_state
+from .flags.targeting import Context
+from .run.session import Say as Say  # re-exported: Session lives below the commands, so
+from .run.session import Session as Session  # lower modules can use it; callers look here
+from .store.connection import Target, redact
+from .store.store import Store
 
 # Only what the flag-state commands need is imported above: `rollout flag kill` must start
 # at once in an incident. The runs, reports (scipy, numpy, jinja2) and rollbacks are
 # imported by the commands that use them.
 if TYPE_CHECKING:
-    from .prune import Pruned
-    from .report import WrittenReport
-    from .rollback import Applied
-    from .shadow import Progress, RunOptions, RunSummary
-    from .watch import Holder, Outcome
+    from .report.build import WrittenReport
+    from .rollback.verify import Applied
+    from .run.shadow import Progress, RunOptions, RunSummary
+    from .store.prune import Pruned
+    from .watch.loop import Holder, Outcome
 
 def init(directory: Path, role: str | None = None) -> list[Path]:
     from .scaffold import init_workspace
@@ -38,8 +38,8 @@ def check(session: Session, names: Sequence[str] = (), database: bool = False,
     ``warnings`` (when given) receives lines that do not fail the check: orderings that do
     not determine ties, ORDER BY items the new path dropped (``dbcheck.determinism_warnings``,
     unique keys from the catalog with ``database``)."""
-    from .dbcheck import check_flag, determinism_warnings, order_problems
-    from .rollback import static_problems
+    from .rollback.verify import static_problems
+    from .run.check import check_flag, determinism_warnings, order_problems
 
     ws = session.load(strict=False)
     problems = [str(e) for e in ws.errors]
@@ -72,7 +72,7 @@ def shadow(session: Session, flag_name: str, *, stage: str | None = None,
            progress: Progress | None = None) -> RunSummary:
     """Offline shadow run of one flag's stage (``aa``: legacy against itself, to calibrate
     noise); observations land in the store."""
-    from .shadow import RunOptions, run_shadow, target_tenants
+    from .run.shadow import RunOptions, run_shadow, target_tenants
 
     opts = options or RunOptions()
     opts = replace(opts, seed=seed if seed is not None else opts.seed, aa=aa or opts.aa)
@@ -93,7 +93,7 @@ def report(session: Session, flag_name: str, *, stage: str | None = None,
            formats: Sequence[str] | None = None, out: Path | None = None) -> WrittenReport:
     """Judge a stage and write its report files (``formats``: default all); the verdict
     decides the exit code."""
-    from .report import FORMATS, write_report
+    from .report.build import FORMATS, write_report
 
     ws = session.load()
     flag = ws.flag(flag_name)
@@ -140,7 +140,7 @@ def flag_list(session: Session) -> list[tuple[Flag, FlagState]]:
 def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview:
     ws = session.load()
     flag = ws.flag(name)
-    from .watch import holder
+    from .watch.loop import holder
 
     with session.store() as store:
         st = read_state(store.conn, flag.name)
@@ -148,7 +148,7 @@ def flag_show(session: Session, name: str, resolve: bool = True) -> FlagOverview
         watcher = holder(store.conn, flag.name)
     targeted: dict[str, list[str]] = {}
     if resolve and st.started and not st.killed and st.stage and flag.tenants_sql:
-        from .shadow import fetch_tenants
+        from .run.shadow import fetch_tenants
 
         with session.runner(ws, f"run params.tenants of {flag.name}") as conn:
             tenants = fetch_tenants(conn, flag)
@@ -163,7 +163,7 @@ def watch(session: Session, flags: Sequence[str], *, once: bool = False,
           stop: Any = None) -> list[Outcome]:
     """Judge the flags' live stages every interval until ``stop`` (a threading.Event) is
     set, or once; abort or promote as their ``analysis:`` blocks say (docs/watch.md)."""
-    from .watch import watch as run_watch
+    from .watch.loop import watch as run_watch
 
     return run_watch(session, flags, once=once, stop=stop)
 
@@ -294,7 +294,7 @@ def rollback_verify(session: Session, name: str, say: Say | None = None) -> dict
 
 
 def _verification(session: Session, flag: Flag, say: Say | None) -> dict[str, Any]:
-    from .rollback import verification_for
+    from .rollback.verify import verification_for
 
     with session.store() as store:
         return verification_for(flag, session.target_dsn, store.conn, say, fresh=True)
@@ -304,7 +304,7 @@ def rollback_apply(session: Session, name: str, *, actor: str, reason: str | Non
                    progress: Callable[[int, int, Any], None] | None = None) -> Applied:
     """Kill the flag (audited), then run its rollback script on the target; the outcome is
     audited too. A failure stops at the failing statement."""
-    from .rollback import apply, require_script
+    from .rollback.verify import apply, require_script
 
     flag = session.load().flag(name)
     script = require_script(flag)
@@ -341,7 +341,7 @@ class ServerStatus:
 
 
 def server_status(session: Session) -> ServerStatus:
-    from .connection import embedded_status, running_embedded
+    from .store.connection import embedded_status, running_embedded
 
     data = session.workspace / ".rollout" / "pgdata"
     state = embedded_status(data)
@@ -351,7 +351,7 @@ def server_status(session: Session) -> ServerStatus:
 def server_stop(session: Session) -> bool | None:
     """Stop the workspace's embedded server: True when stopped, False when it was not
     running, None when the workspace has none."""
-    from .connection import embedded_status, stop_embedded
+    from .store.connection import embedded_status, stop_embedded
 
     data = session.workspace / ".rollout" / "pgdata"
     return None if embedded_status(data) is None else stop_embedded(data)
@@ -361,8 +361,8 @@ def prune(session: Session, older_than: str, *, force: bool = False,
           dry_run: bool = False) -> Pruned:
     """Drop the store's observations older than ``older_than`` (``30d``, ``4w``), whole days
     at a time; the evidence behind a stage's latest report stays unless ``force``."""
-    from .prune import parse_age
-    from .prune import prune as run_prune
+    from .store.prune import parse_age
+    from .store.prune import prune as run_prune
 
     age = parse_age(older_than)  # before any connection: bad input changes nothing
     with session.store() as store:

@@ -12,7 +12,7 @@ import psycopg
 from .commands import Session, report, shadow
 from .demo_data import DEMO_TABLES, load_demo
 from .errors import InputError
-from .shadow import Progress
+from .run.shadow import Progress
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ Anything else that escapes the CLI is a bug of ours: one line, exit ``EXIT_INTER
 sysexits' EX_SOFTWARE), never the exit code of bad input; ``ROLLOUT_DEBUG=1`` shows the
 traceback.
 
-Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.verdict``.
+Verdict exit codes (0 GO, 1 NO-GO, 3 INCONCLUSIVE) are not errors; see ``rollout.judge.verdict``.
 Commands that answer a yes/no question about evidence use the same three (``rollout
 rollback --verify``: 0 verified, 1 not; ``--dry-run``: 0 verified, 3 not known to be safe).
 """

@@ -8,7 +8,7 @@ from importlib.abc import Traversable
 from pathlib import Path
 
 from .errors import InputError
-from .privileges import setup_sql
+from .run.privileges import setup_sql
 
 GITIGNORE = "# pg-rollout: generated reports and the embedded server's data\nreports/*\n" \
             "!reports/.gitkeep\n.rollout/\n"

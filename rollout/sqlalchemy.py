@@ -10,7 +10,7 @@ the extended protocol, SET LOCAL timeouts, read-only reads, always rolled back, 
 deadline), the observations, the metrics and the reports are the same code.
 
 Why wrap rather than re-implement: the safety of the background path lives in psycopg_pool's
-configuration and in ``rollout.execute``; an SQLAlchemy pool configured to match would be a
+configuration and in ``rollout.run.execute``; an SQLAlchemy pool configured to match would be a
 second copy to keep in step. So a flag's SQL shadows on the runner's psycopg shadow pool as
 it always does, and a ``run()`` callable gets an SQLAlchemy ``Connection`` over a connection
 *lent* from that same pool: a shadow engine with ``NullPool`` whose ``creator`` is the pool's
@@ -27,16 +27,16 @@ committed with the session reset in the same round trip, and the rows come back 
 SQLAlchemy ``Row`` objects. A callable gets an engine connection; what it leaves
 uncommitted is rolled back, as SQLAlchemy's own ``engine.connect()`` block does.
 
-Layout: ``rollout/_sqlalchemy_aio.py`` (``AsyncSQLAlchemyRollout``) is the source,
-``rollout/_sqlalchemy_sync.py`` (``SQLAlchemyRollout``) is generated from it by
-``tools/async_to_sync.py``, and ``rollout/_sqlalchemy_common.py`` holds what both use.
+Layout: ``rollout/online/_sqlalchemy_aio.py`` (``AsyncSQLAlchemyRollout``) is the source,
+``rollout/online/_sqlalchemy_sync.py`` (``SQLAlchemyRollout``) is generated from it by
+``tools/async_to_sync.py``, and ``rollout/online/_sqlalchemy_common.py`` holds what both use.
 """
 
 from __future__ import annotations
 
-from ._sqlalchemy_aio import AsyncSQLAlchemyRollout
-from ._sqlalchemy_common import connect_args, database_error, plain
-from ._sqlalchemy_sync import SQLAlchemyRollout
+from .online._sqlalchemy_aio import AsyncSQLAlchemyRollout
+from .online._sqlalchemy_common import connect_args, database_error, plain
+from .online._sqlalchemy_sync import SQLAlchemyRollout
 
 __all__ = ["AsyncSQLAlchemyRollout", "SQLAlchemyRollout", "connect_args", "database_error",
            "plain"]

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from rollout.connection import start_embedded, stop_embedded
+from rollout.store.connection import start_embedded, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 

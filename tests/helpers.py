@@ -22,11 +22,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from rollout.cli import main
 from rollout.commands import Session, flag_set
-from rollout.execute import guard
-from rollout.observations import Observation
-from rollout.plans import GENERIC_RUNS, generic_check
-from rollout.store import Store
-from rollout.workspace import Workspace
+from rollout.flags.workspace import Workspace
+from rollout.run.execute import guard
+from rollout.run.plans import GENERIC_RUNS, generic_check
+from rollout.store.observations import Observation
+from rollout.store.store import Store
 from tests.conftest import flag_yaml
 
 
@@ -205,7 +205,7 @@ def record(dsn: str, root: Path, name: str, since: datetime, pairs: int, *, slow
 
 def restart_server(server_dsn: str) -> None:
     """Restart the embedded test server (its socket directory is its data directory)."""
-    from rollout._embedded import binaries
+    from rollout.store._embedded import binaries
 
     data = Path(str(conninfo_to_dict(server_dsn).get("host", "")))
     if not (data / "PG_VERSION").is_file():

@@ -1,4 +1,4 @@
-"""Reports for the render tests, built from model objects (rollout.model), and the helpers
+"""Reports for the render tests, built from model objects (rollout.judge.model), and the helpers
 every report test shares: rendering a model or a stored body, the page's visible text, the
 schema check, a real shadow run and its report.
 
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from rollout.model import (
+from rollout.judge.model import (
     Environment,
     Failures,
     GateResult,
@@ -40,10 +40,10 @@ from rollout.model import (
     Timeline,
     TimelineStage,
 )
-from rollout.model_index import IndexPage
-from rollout.model_json import read, report_from_json, to_json
-from rollout.model_record import Json
-from rollout.render import render_html, render_index, render_markdown
+from rollout.judge.model_json import read, report_from_json, to_json
+from rollout.judge.model_record import Json
+from rollout.report.model_index import IndexPage
+from rollout.report.render import render_html, render_index, render_markdown
 from tests.conftest import REPO
 from tests.helpers import run_cli
 

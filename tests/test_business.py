@@ -12,16 +12,16 @@ import numpy as np
 import psycopg
 import pytest
 
-from rollout.business import (
+from rollout.flags.model import Flag
+from rollout.flags.workspace import Workspace
+from rollout.judge.business import (
     SUB_WINDOWS,
     business_gate,
     business_impact,
     relative_change,
     stage_business,
 )
-from rollout.flags import Flag
-from rollout.store import Store
-from rollout.workspace import Workspace
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker
 from tests.helpers import (
     FAILED,

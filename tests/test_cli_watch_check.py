@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from rollout.state import read_state
+from rollout.flags.state import read_state
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import analysis_flag, record, run_cli, start
 

@@ -8,9 +8,9 @@ import psycopg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout.compare import compare
-from rollout.flags import CompareRules
-from rollout.results import ResultSet
+from rollout.flags.model import CompareRules
+from rollout.run.compare import compare
+from rollout.run.results import ResultSet
 
 INT4, FLOAT8, TEXT, NUMERIC = 23, 701, 25, 1700
 

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout.checksum import checksum_compare
-from rollout.compare import compare
-from rollout.flags import CompareRules
-from rollout.results import ResultSet
-from rollout.streaming import stream_pair
+from rollout.flags.model import CompareRules
+from rollout.run.checksum import checksum_compare
+from rollout.run.compare import compare
+from rollout.run.results import ResultSet
+from rollout.run.streaming import stream_pair
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli
 

@@ -14,8 +14,8 @@ import pytest
 
 from rollout import Context, Rollout
 from rollout.commands import Session, flag_set
-from rollout.observations import Observation
-from rollout.store import Store
+from rollout.store.observations import Observation
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import EQUIVALENT, restart_server, run_cli, shadowed, table_checksums
 

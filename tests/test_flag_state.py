@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from rollout import Context, Workspace
-from rollout.runtime import FlagStates
+from rollout.flags.runtime import FlagStates
 from tests.conftest import WorkspaceMaker
 from tests.helpers import DIFFERENT, EQUIVALENT, Result, run_cli, wait_for
 

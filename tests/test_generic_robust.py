@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.plan_checks import buffers_gate, generic_gate, generic_summary, plans_summary
-from rollout.plans import GENERIC_RUNS
+from rollout.judge.plan_checks import buffers_gate, generic_gate, generic_summary, plans_summary
+from rollout.run.plans import GENERIC_RUNS
 from tests.conftest import tasks as tasks  # re-exported: other modules import the fixture here
 from tests.helpers import LIMIT, OUTLIER, SLOW_GENERIC, checks, table_checksums
 

@@ -121,7 +121,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_package() -> None:
     g = graph()
-    assert "rollout.cli" in g and "rollout.render" in g
+    assert "rollout.cli" in g and "rollout.report.render" in g
     assert "rollout.commands" in g["rollout.cli"]
     # a function-level import counts too
     assert any(g.values())
@@ -145,3 +145,45 @@ def test_edges(source: str, expected: set[str], tmp_path: Path) -> None:
     path.write_text(source)
     assert edges("rollout.m", path, {"rollout", "rollout.a", "rollout.b", "rollout.m"}) \
         == expected
+
+
+STAGES = ("store", "flags", "run", "online", "judge", "rollback", "report", "watch")
+"""The packages in the order of the flow (docs/architecture.md): a module imports only from
+its own package and from the packages before it. ``errors`` and ``_version`` sit below every
+stage; the face (``rollout/__init__``, ``cli``, ``commands``, ``ci``, ``demo``, the
+``sqlalchemy`` integration, ...) above."""
+BASE = ("rollout.errors", "rollout._version")
+
+
+def stage(module: str) -> int:
+    if module in BASE:
+        return -1
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else len(STAGES)
+
+
+def test_imports_point_down_the_flow() -> None:
+    g = graph()
+    upward = sorted(f"{source} -> {target}" for source, targets in g.items()
+                    for target in targets if stage(target) > stage(source))
+    assert upward == [], "imports against the flow: " + "; ".join(upward)
+
+
+def test_every_stage_is_a_package_and_the_face_stays_small() -> None:
+    """A new module finds its stage: only the face's modules stand beside the packages."""
+    for name in STAGES:
+        assert (ROOT / name / "__init__.py").is_file(), name
+    face = sorted(p.stem for p in ROOT.glob("*.py"))
+    assert face == ["__init__", "_version", "ci", "cli", "commands", "demo", "demo_data",
+                    "errors", "scaffold", "sqlalchemy"]
+
+
+@pytest.mark.parametrize("source,target,upward", [
+    ("rollout.run.execute", "rollout.store.connection", False),
+    ("rollout.store.store", "rollout.run.plans", True),
+    ("rollout.judge.verdict", "rollout", True),
+    ("rollout.cli", "rollout.report.build", False),
+    ("rollout.flags.state", "rollout.errors", False),
+], ids=["down", "up", "to-the-face", "face-down", "to-base"])
+def test_stage_order(source: str, target: str, upward: bool) -> None:
+    assert (stage(target) > stage(source)) is upward

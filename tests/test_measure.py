@@ -14,12 +14,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from rollout import Workspace
 from rollout.commands import Session, report, shadow
-from rollout.execute import execute
-from rollout.locks import LockWaitSampler
-from rollout.plans import read_generic_checks
-from rollout.shadow import RunOptions, run_pair, run_shadow
-from rollout.store import Store
-from rollout.verdict import judge
+from rollout.judge.verdict import judge
+from rollout.run.execute import execute
+from rollout.run.locks import LockWaitSampler
+from rollout.run.plans import read_generic_checks
+from rollout.run.shadow import RunOptions, run_pair, run_shadow
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import backends_waiting, wait_for
 

@@ -14,7 +14,7 @@ import pytest
 
 from rollout import AsyncRollout, Context, Rollout
 from rollout.commands import Session, flag_kill, flag_set
-from rollout.recorder import Recorder
+from rollout.online.recorder import Recorder
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.test_shadow import EQUIVALENT, WRITE, checksum
 
@@ -255,7 +255,7 @@ def test_recorder_batch_lands_exactly_once(online: tuple[str, Path]) -> None:
     dsn, _ = online
     from datetime import UTC, datetime
 
-    from rollout.observations import Observation
+    from rollout.store.observations import Observation
 
     obs = [Observation(datetime.now(UTC), "eq", "pilot", "h", "acme", "shadow", "legacy", {},
                        1, 2, 3, 3, None, None, None, None, True, None, source="online")
@@ -278,7 +278,7 @@ def test_recorder_batch_lands_exactly_once(online: tuple[str, Path]) -> None:
 def test_recorder_buffers_then_drops_when_the_store_is_down(shop: str) -> None:
     from datetime import UTC, datetime
 
-    from rollout.observations import Observation
+    from rollout.store.observations import Observation
 
     gone = shop.replace("dbname=", "dbname=gone_")
     rec = Recorder(gone, max_buffer=10, retry_delay=0.05)

@@ -17,8 +17,8 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
 from rollout import AsyncRollout, Context, Rollout
-from rollout._online import RECONNECT_TIMEOUT_S, RequestTimeout, RunnerStats
 from rollout.commands import Session, flag_set
+from rollout.online.core import RECONNECT_TIMEOUT_S, RequestTimeout, RunnerStats
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import table_checksums
 from tests.test_online import EQ_LEGACY, LEGACY, PATIENT, legacy_rows

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from rollout import Context, Rollout
-from rollout._admission import BUDGET_BURST_S, SHADOW_BUDGET, Budget
 from rollout.commands import Session, flag_set
+from rollout.online._admission import BUDGET_BURST_S, SHADOW_BUDGET, Budget
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli, table_checksums
 

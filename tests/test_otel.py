@@ -23,7 +23,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from rollout import AsyncRollout, Context, Rollout
 from rollout.commands import Session, flag_set
-from rollout.otel import operation_name, sqlstate_class
+from rollout.online.otel import operation_name, sqlstate_class
 from tests.conftest import REPO, WorkspaceMaker, flag_yaml
 from tests.helpers import table_checksums, wait_for
 
@@ -131,7 +131,7 @@ def test_every_instrument_after_real_queries(online: tuple[str, Path]) -> None:
     # background: each shadowed request ran the new path, and legacy again beside it (paired)
     for path in ("new", "legacy"):
         assert total(op, rollout__flag="eq", rollout__side="background", rollout__path=path) == 10
-    execs = found["rollout.shadow.executions"]
+    execs = found["rollout.run.shadow.executions"]
     assert total(execs, rollout__flag="boom", rollout__path="new", error__type="22") == 4
     assert total(execs, rollout__flag="boom", rollout__path="legacy") == 4
     assert total(execs, rollout__flag="eq") == 20
@@ -156,7 +156,7 @@ def test_every_instrument_after_real_queries(online: tuple[str, Path]) -> None:
     assert total(found["rollout.mismatches"], rollout__flag="wrong", rollout__mode="ab") == wrong
     assert total(found["rollout.mismatches"], rollout__flag="eq") == 0
 
-    dropped = found["rollout.shadow.dropped"]
+    dropped = found["rollout.run.shadow.dropped"]
     assert stats.dropped_rate_limited > 0
     assert total(dropped, rollout__flag="capped",
                  rollout__drop_reason="rate_limited") == stats.dropped_rate_limited
@@ -315,7 +315,7 @@ def test_async_runner_records_the_same_instruments(online: tuple[str, Path]) -> 
     op = found["db.client.operation.duration"]
     assert total(op, rollout__flag="eq", rollout__side="served") == 6
     assert total(op, rollout__flag="eq", rollout__side="background") == 12
-    assert total(found["rollout.shadow.executions"], rollout__flag="boom",
+    assert total(found["rollout.run.shadow.executions"], rollout__flag="boom",
                  error__type="22") == 6
     assert total(found["db.client.connection.wait_time"],
                  db__client__connection__pool__name="rollout-shadow") == 12

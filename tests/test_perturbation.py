@@ -9,12 +9,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from rollout import perturb
 from rollout.commands import Session, shadow
-from rollout.execute import execute, guard, set_local_settings
-from rollout.flags import Flag
-from rollout.plan_checks import perturbation_gate, perturbation_summary
-from rollout.verdict import Gate
+from rollout.flags.model import Flag
+from rollout.judge.plan_checks import perturbation_gate, perturbation_summary
+from rollout.judge.verdict import Gate
+from rollout.run import perturb
+from rollout.run.execute import execute, guard, set_local_settings
 from tests.conftest import WorkspaceMaker
 from tests.helpers import table_checksums
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from rollout.store import (
+from rollout.store.store import (
     DEFAULT_PARTITION,
     Store,
     create_partition,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rollout.render._sql import highlight_sql
+from rollout.report.render._sql import highlight_sql
 from tests.report_builder import (
     NEW_SQL,
     QUOTES,

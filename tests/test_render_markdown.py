@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import re
 
-from rollout.render._md_escape import md_code, md_fence
+from rollout.report.render._md_escape import md_code, md_fence
 from tests.report_builder import (
     HAZARDS,
     QUOTES,

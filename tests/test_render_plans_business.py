@@ -15,18 +15,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from rollout.business import business_gate
-from rollout.model_json import report_from_json, to_json
-from rollout.plan_checks import (
+from rollout.flags.workspace import Workspace
+from rollout.judge.business import business_gate
+from rollout.judge.model_json import report_from_json, to_json
+from rollout.judge.plan_checks import (
     generic_gate,
     generic_summary,
     perturbation_gate,
     perturbation_summary,
 )
-from rollout.report import write_index
-from rollout.store import Store
-from rollout.watch import watch
-from rollout.workspace import Workspace
+from rollout.report.build import write_index
+from rollout.store.store import Store
+from rollout.watch.loop import watch
 from tests.conftest import WorkspaceMaker
 from tests.helpers import run_cli, table_checksums
 from tests.report_builder import (
@@ -351,7 +351,7 @@ def test_the_timeline_shows_the_latest_20_intervals_and_counts_the_rest() -> Non
 
 
 def analysis_interval(i: int, decision: str = "continue", text: str = "") -> dict[str, Any]:
-    """One ``watch.analysis_history`` entry, ``i`` minutes before the newest."""
+    """One ``store.history.analysis_history`` entry, ``i`` minutes before the newest."""
     at = f"2026-11-28T{10 - (i + 59) // 60 + 0:02d}:{(60 - i) % 60:02d}:00+00:00"
     return {
         "analysis_id": f"00000000-0000-4000-8000-{i:012d}", "at": at, "stage": "canary" + text,

@@ -1,4 +1,4 @@
-"""The typed report model and its one JSON reader and writer (rollout.model_json)."""
+"""The typed report model and its one JSON reader and writer (rollout.judge.model_json)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rollout.model import GateResult, Latency, PathFailures, Report
-from rollout.model_json import (
+from rollout.judge.model import GateResult, Latency, PathFailures, Report
+from rollout.judge.model_json import (
     SCHEMA_RESOURCE,
     ReportSchemaError,
     read,
@@ -18,7 +18,7 @@ from rollout.model_json import (
     report_json,
     to_json,
 )
-from rollout.plans import PlanShape, shape
+from rollout.run.plans import PlanShape, shape
 from tests.report_builder import go_report, schema_v1_body
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from rollout.commands import Session, flag_set
-from rollout.store import Store
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker
 from tests.helpers import run_cli, table_checksums
 from tests.report_builder import schema_errors
@@ -26,7 +26,7 @@ NOTHING = "no running service recorded pool figures for this stage"
 def snapshot(at: datetime, runner: uuid.UUID, flags: list[str], pool: str, *, requests: int,
              queued: int = 0, wait_ms: int = 0, errors: int = 0, returns_bad: int = 0,
              lost: int = 0, size: int | None = None) -> tuple[Any, ...]:
-    """A row as rollout/_online.py ``_snapshot_pools`` builds it from ``pop_stats``."""
+    """A row as rollout/online/core.py ``_snapshot_pools`` builds it from ``pop_stats``."""
     return (at, runner, sorted(flags), pool, requests, queued, wait_ms, errors, returns_bad,
             lost, size)
 

@@ -14,14 +14,14 @@ import numpy as np
 import psycopg
 import pytest
 
-from rollout import figures
-from rollout.flags import Flag
-from rollout.observations import COLUMNS, Observation
-from rollout.report import _window, build_report
-from rollout.store import Store
-from rollout.summaries import PoolSignal
-from rollout.verdict import judge, judge_evidence
-from rollout.workspace import Workspace
+from rollout.flags.model import Flag
+from rollout.flags.workspace import Workspace
+from rollout.judge import figures
+from rollout.judge.summaries import PoolSignal
+from rollout.judge.verdict import judge, judge_evidence
+from rollout.report.build import _window, build_report
+from rollout.store.observations import COLUMNS, Observation
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker
 from tests.helpers import table_checksums
 from tests.test_shadow import EQUIVALENT

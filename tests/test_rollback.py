@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from rollout import Workspace
-from rollout.fingerprint import fingerprint
-from rollout.rollback import verify
+from rollout.rollback.fingerprint import fingerprint
+from rollout.rollback.verify import verify
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli
 

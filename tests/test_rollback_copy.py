@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from rollout.rollback import apply
+from rollout.rollback.verify import apply
 
 SCRIPT = """\
 CREATE TABLE restored (id int PRIMARY KEY, note text);

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 def test_restart_then_exit(server_dsn):
     """A restart (as the restart tests do) gives the server a new postmaster pid."""
-    from rollout._embedded import binaries
+    from rollout.store._embedded import binaries
 
     data = Path(str(conninfo_to_dict(server_dsn)["host"]))
     (Path(os.environ["INNER_OUT"])).write_text(str(data))

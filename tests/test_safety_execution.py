@@ -22,13 +22,13 @@ import pytest
 
 from rollout import Context, Rollout
 from rollout.commands import Session, flag_set
-from rollout.connection import connect
 from rollout.errors import ConnectionFailed, InputError, Terminated
-from rollout.execute import Limits
-from rollout.flags import Flag
-from rollout.shadow import RunOptions, RunSummary, run_shadow, target_tenants
-from rollout.store import Store
-from rollout.workspace import Workspace
+from rollout.flags.model import Flag
+from rollout.flags.workspace import Workspace
+from rollout.run.execute import Limits
+from rollout.run.shadow import RunOptions, RunSummary, run_shadow, target_tenants
+from rollout.store.connection import connect
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli, table_checksums, wait_for
 
@@ -105,7 +105,7 @@ def advisory_locks(dsn: str) -> int:
 
 def test_the_extended_protocol_refuses_a_second_statement(shop: str) -> None:
     """The mechanism itself: fails if psycopg changes how the cursor sends queries."""
-    from rollout.execute import ExtendedCursor, ExtendedServerCursor, guard
+    from rollout.run.execute import ExtendedCursor, ExtendedServerCursor, guard
 
     with psycopg.connect(shop, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.SyntaxError, match="cannot insert multiple commands"):
@@ -283,7 +283,7 @@ def test_params_tenants_that_writes_persists_nothing(
     with connect(shop, autocommit=True) as conn:
         with pytest.raises(InputError, match="params.tenants: cannot execute INSERT"):
             target_tenants(flag, "everyone", conn)
-        from rollout.shadow import fetch_tenants  # what `rollout flag show` resolves with
+        from rollout.run.shadow import fetch_tenants  # what `rollout flag show` resolves with
 
         with pytest.raises(InputError, match="params.tenants: cannot execute INSERT"):
             fetch_tenants(conn, flag)
@@ -437,7 +437,7 @@ def test_the_watchdog_cuts_only_a_connection_still_open() -> None:
     descriptor may be another socket's by now) is left alone."""
     import socket
 
-    from rollout.deadline import BROKEN, WATCHDOG
+    from rollout.run.deadline import BROKEN, WATCHDOG
 
     for alive in (True, False):
         ours_, peer = socket.socketpair()
@@ -653,13 +653,13 @@ def test_stalled_store_exits_the_cli_with_one_line(
     """`rollout shadow` with the store's backend stopped mid-run: exit 2, one line."""
     import functools
 
-    import rollout.shadow
+    import rollout.run.shadow
 
     root, _ = loaded(make_workspace)
-    # the CLI builds its RunOptions from rollout.shadow when the command runs
-    monkeypatch.setattr(rollout.shadow, "RunOptions", functools.partial(
+    # the CLI builds its RunOptions from rollout.run.shadow when the command runs
+    monkeypatch.setattr(rollout.run.shadow, "RunOptions", functools.partial(
         RunOptions, limits=SHORT, store_timeout_s=1.0))
-    pair = rollout.shadow.run_pair
+    pair = rollout.run.shadow.run_pair
     stopped_pid: list[int] = []
 
     def stopping_pair(*args: Any, **kwargs: Any) -> Any:
@@ -674,7 +674,7 @@ def test_stalled_store_exits_the_cli_with_one_line(
             stopped_pid.append(int(row[0]))
         return pair(*args, **kwargs)
 
-    monkeypatch.setattr(rollout.shadow, "run_pair", stopping_pair)
+    monkeypatch.setattr(rollout.run.shadow, "run_pair", stopping_pair)
     try:
         result = run_cli(capsys, "shadow", "f", "--samples", "6", "--workspace", root,
                          "--dsn", shop)
@@ -705,7 +705,7 @@ def _advisory_locks(dsn: str, pid: int) -> int:
 
 def test_a_failed_served_statement_raises_and_the_reset_still_runs_in_its_pipeline(
         shop: str) -> None:
-    from rollout.execute import _already_reset, serve
+    from rollout.run.execute import _already_reset, serve
 
     with psycopg.connect(shop, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
@@ -719,7 +719,7 @@ def test_a_failed_served_statement_raises_and_the_reset_still_runs_in_its_pipeli
 
 
 async def _aserve_fails(dsn: str) -> tuple[int, bool]:
-    from rollout.execute import _already_reset, aserve
+    from rollout.run.execute import _already_reset, aserve
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
@@ -734,7 +734,7 @@ def test_the_async_served_path_holds_the_same(shop: str) -> None:
 
 
 def test_a_served_write_commits_on_its_own_before_the_reset(shop: str) -> None:
-    from rollout.execute import _already_reset, serve
+    from rollout.run.execute import _already_reset, serve
 
     with psycopg.connect(shop, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(77)")

@@ -396,7 +396,12 @@ def test_workspace_settings(make_workspace: WorkspaceMaker,
 
 def test_scripts_split_by_the_parser() -> None:
     from rollout.errors import InputError
-    from rollout.sqlscript import acts_beyond_database, destroys_data, non_transactional, split
+    from rollout.flags.sqlscript import (
+        acts_beyond_database,
+        destroys_data,
+        non_transactional,
+        split,
+    )
 
     script = textwrap.dedent("""\
         -- undo the reporting function
@@ -449,7 +454,7 @@ SCRIPT_VECTORS = [
 def test_script_statements_are_read_from_parse_trees(
     sql: str, transaction: str | None, destroys: str | None, sequences: bool,
 ) -> None:
-    from rollout.sqlscript import destroys_data, non_transactional, split, uses_sequences
+    from rollout.flags.sqlscript import destroys_data, non_transactional, split, uses_sequences
 
     [stmt] = split(sql + ";")
     assert (non_transactional(stmt), destroys_data(stmt), uses_sequences(stmt)) == (
@@ -457,7 +462,7 @@ def test_script_statements_are_read_from_parse_trees(
 
 
 def test_row_2_statements_are_named_as_reaching_beyond_the_database() -> None:
-    from rollout.sqlscript import acts_beyond_database, split
+    from rollout.flags.sqlscript import acts_beyond_database, split
 
     script = textwrap.dedent("""\
         CREATE ROLE intruder LOGIN;

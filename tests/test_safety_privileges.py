@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rollout.connection import SHADOW_LOGIN, stop_embedded
-from rollout.privileges import inspect, setup_sql
+from rollout.run.privileges import inspect, setup_sql
+from rollout.store.connection import SHADOW_LOGIN, stop_embedded
 
 from .conftest import WorkspaceMaker, flag_yaml
 from .helpers import run_cli, table_checksums

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 
 from rollout import Context, Rollout
-from rollout.observations import Observation
-from rollout.recorder import Recorder
+from rollout.online.recorder import Recorder
+from rollout.store.observations import Observation
 
 from .conftest import WorkspaceMaker, flag_yaml
 
@@ -57,9 +57,9 @@ def test_online_request_with_a_nul_tenant_loses_no_later_observation(
     legacy = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
     root: Path = make_workspace({"eq": flag_yaml("eq", legacy, legacy)})
     with psycopg.connect(shop, autocommit=True) as conn:
-        from rollout.state import change
-        from rollout.store import Store
-        from rollout.workspace import Workspace
+        from rollout.flags.state import change
+        from rollout.flags.workspace import Workspace
+        from rollout.store.store import Store
 
         flag = Workspace.load(root).flag("eq")
         Store.open(conn)

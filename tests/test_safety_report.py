@@ -20,14 +20,14 @@ import pytest
 
 from rollout.commands import Session, shadow
 from rollout.errors import InputError
-from rollout.execute import Limits
-from rollout.flags import Flag
-from rollout.observations import Observation
-from rollout.report import build_report, write_report
-from rollout.shadow import RunOptions
-from rollout.store import Store
-from rollout.verdict import judge
-from rollout.workspace import Workspace
+from rollout.flags.model import Flag
+from rollout.flags.workspace import Workspace
+from rollout.judge.verdict import judge
+from rollout.report.build import build_report, write_report
+from rollout.run.execute import Limits
+from rollout.run.shadow import RunOptions
+from rollout.store.observations import Observation
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli, table_checksums
 from tests.report_builder import html_page, markdown_comment, schema_errors, visible_text

@@ -20,8 +20,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from rollout import Workspace, scratch
-from rollout.rollback import verify
+from rollout import Workspace
+from rollout.rollback import scratch
+from rollout.rollback.verify import verify
 from tests.conftest import REPO, WorkspaceMaker, flag_yaml
 from tests.helpers import run_cli, table_checksums
 
@@ -313,7 +314,7 @@ def test_a_killed_runs_scratch_server_is_removed_by_the_next_verification(
     accounts: str, make_workspace: WorkspaceMaker
 ) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom rollout import scratch\n"
+        [sys.executable, "-c", "import sys, time\nfrom rollout.rollback import scratch\n"
          "print(scratch.server().folder, flush=True)\ntime.sleep(600)\n"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -11,9 +11,9 @@ from functools import cache
 import numpy as np
 import pytest
 
-from rollout.flags import Analysis, CompareRules, Flag, Gates, LatencyGate, Query, Rollback
-from rollout.observations import Observation
-from rollout.sequential import (
+from rollout.flags.model import Analysis, CompareRules, Flag, Gates, LatencyGate, Query, Rollback
+from rollout.flags.targeting import Stage, Target
+from rollout.judge.sequential import (
     MIN_PAIRS,
     Moments,
     latency_test,
@@ -22,9 +22,9 @@ from rollout.sequential import (
     mismatch_test,
     noise_upper,
 )
-from rollout.targeting import Stage, Target
-from rollout.verdict import judge
-from rollout.watch import Evidence, History, assess
+from rollout.judge.verdict import judge
+from rollout.store.observations import Observation
+from rollout.watch.loop import Evidence, History, assess
 
 STAGES = 100
 INTERVALS = 24 * 60  # a day of one-minute intervals

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from rollout.connection import SHADOW_LOGIN, start_embedded, stop_embedded
+from rollout.store.connection import SHADOW_LOGIN, start_embedded, stop_embedded
 from tests.helpers import run_cli
 
 

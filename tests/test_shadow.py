@@ -8,12 +8,12 @@ import psycopg
 import pytest
 
 from rollout.commands import Session, shadow
-from rollout.connection import connect
 from rollout.errors import InputError
-from rollout.observations import COLUMNS
-from rollout.shadow import run_shadow
-from rollout.store import Store
-from rollout.workspace import Workspace
+from rollout.flags.workspace import Workspace
+from rollout.run.shadow import run_shadow
+from rollout.store.connection import connect
+from rollout.store.observations import COLUMNS
+from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
 from tests.helpers import DIFFERENT, EQUIVALENT, WRITE, run_cli
 from tests.helpers import items_checksum as checksum

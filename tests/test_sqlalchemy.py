@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from rollout import Context
 from rollout.commands import Session, flag_set
 from rollout.errors import UnsafeRole
+from rollout.flags.workspace import Workspace
 from rollout.sqlalchemy import AsyncSQLAlchemyRollout, SQLAlchemyRollout
-from rollout.workspace import Workspace
 from tests.conftest import REPO, WorkspaceMaker, flag_yaml
 from tests.helpers import table_checksums
 

@@ -9,16 +9,16 @@ import psycopg
 import pytest
 
 from rollout.commands import Session
-from rollout.dbcheck import determinism_warnings, unique_keys
-from rollout.determinism import dropped_order, hazards
 from rollout.errors import InputError
-from rollout.sqlscript import (
+from rollout.flags.determinism import dropped_order, hazards
+from rollout.flags.sqlscript import (
     acts_beyond_database,
     destroys_data,
     non_transactional,
     split,
     uses_sequences,
 )
+from rollout.run.check import determinism_warnings, unique_keys
 from tests.conftest import WorkspaceMaker
 from tests.helpers import table_checksums
 
@@ -202,7 +202,7 @@ def test_a_query_this_parser_cannot_read_is_a_warning_not_a_crash(
     f = Session(root, dsn=orders).load().flags["odd"]
     from dataclasses import replace
 
-    from rollout.flags import Query
+    from rollout.flags.model import Query
     odd = replace(f, new=Query("SELECT id FROM orders ORDER BY id FETCH NEXT ROWS SKIPPED",
                                "inline"))
     with psycopg.connect(orders, autocommit=True) as conn:

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from rollout.stats import hodges_lehmann, mann_whitney_greater, quantile_ratio_ci, samples_needed
+from rollout.judge.stats import (
+    hodges_lehmann,
+    mann_whitney_greater,
+    quantile_ratio_ci,
+    samples_needed,
+)
 
 # Hollander & Wolfe (1973), p. 69: permeability constants of the human chorioamnion, the
 # example of R's wilcox.test documentation: W = 35, one-sided p-value 0.1272.

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats as sps
 
-from rollout import stats
-from rollout.stats import (
+from rollout.judge import stats
+from rollout.judge.stats import (
     Shift,
     _hodges_lehmann_exact,
     _hodges_lehmann_select,

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from rollout.errors import StoreError
-from rollout.store import Store, migrate, migrations
+from rollout.store.store import Store, migrate, migrations
 
 
 def test_migrations_are_idempotent(db: str) -> None:

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rollout.observations import Observation
-from rollout.store import (
+from rollout.store.observations import Observation
+from rollout.store.store import (
     DAYS_AHEAD,
     DEFAULT_PARTITION,
     OBSERVATIONS_SQL,
@@ -200,8 +200,8 @@ def test_a_partition_that_cannot_be_created_costs_no_row(db: str) -> None:
 CHILD = """\
 import json, os, sys
 from datetime import UTC, datetime, timedelta
-from rollout.observations import Observation
-from rollout.recorder import Recorder
+from rollout.store.observations import Observation
+from rollout.online.recorder import Recorder
 
 proc, n = int(sys.argv[1]), int(sys.argv[2])
 now = datetime.now(UTC)

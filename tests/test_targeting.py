@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from rollout.targeting import BUCKETS, Context, Stage, Target, bucket, decide
+from rollout.flags.targeting import BUCKETS, Context, Stage, Target, bucket, decide
 
 # Published test vectors (docs/flags.md), computed independently with
 # `printf %s "flag/key" | sha1sum`: first 16 hex digits as an integer, mod 100,000.

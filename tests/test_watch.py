@@ -24,12 +24,12 @@ import pytest
 
 from rollout.commands import flag_set, flag_show
 from rollout.errors import FlagFileError
-from rollout.history import analysis_history
-from rollout.notify import Notifier
-from rollout.state import read_state
-from rollout.store import Store
-from rollout.watch import Watcher, add_parser, holder, run, watch
-from rollout.workspace import Workspace
+from rollout.flags.state import read_state
+from rollout.flags.workspace import Workspace
+from rollout.store.history import analysis_history
+from rollout.store.store import Store
+from rollout.watch.loop import Watcher, add_parser, holder, run, watch
+from rollout.watch.notify import Notifier
 from tests.conftest import REPO, WorkspaceMaker
 from tests.helpers import (
     analysis_flag,
@@ -321,7 +321,7 @@ def test_sigterm_mid_interval_finishes_it_and_exits_0(
     blocker = psycopg.connect(shop)
     blocker.execute("LOCK TABLE rollout.watch_intervals IN SHARE MODE")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "rollout.watch", "slow", "--workspace",
+    proc = subprocess.Popen([sys.executable, "-m", "rollout.watch.loop", "slow", "--workspace",
                              str(root), "--dsn", shop], env=env, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -351,7 +351,7 @@ def test_sigterm_mid_interval_finishes_it_and_exits_0(
 def test_bad_flags_are_one_line_and_exit_2(
     shop: str, make_workspace: WorkspaceMaker, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from rollout.watch import main
+    from rollout.watch.loop import main
 
     root = make_workspace({"ok": analysis_flag("ok")})
     assert main(["nope", "--workspace", str(root), "--dsn", shop, "--once"]) == 2
@@ -379,7 +379,7 @@ def test_an_analysis_block_loads() -> None:
 def _load(text: str, root: Path) -> Any:
     import tempfile
 
-    from rollout.flagfile import load_flag
+    from rollout.flags.flagfile import load_flag
 
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)

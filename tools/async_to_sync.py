@@ -27,8 +27,8 @@ import tokenize
 from pathlib import Path
 
 PAIRS: tuple[tuple[str, str], ...] = (
-    ("rollout/aio.py", "rollout/runner.py"),
-    ("rollout/_sqlalchemy_aio.py", "rollout/_sqlalchemy_sync.py"),
+    ("rollout/online/aio.py", "rollout/online/runner.py"),
+    ("rollout/online/_sqlalchemy_aio.py", "rollout/online/_sqlalchemy_sync.py"),
 )
 """(async source, generated sync target), paths from the repository root."""
 

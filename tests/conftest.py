@@ -9,6 +9,7 @@ import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -16,6 +17,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from rollout.store.connection import start_embedded, stop_embedded
+
+if TYPE_CHECKING:
+    from tests.chromium import DevTools
+
+# The shared modules assert too: rewritten like the tests, a failure there shows its values.
+pytest.register_assert_rewrite("tests.chromium", "tests.helpers", "tests.report_builder")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,3 +203,19 @@ def orders(db: str) -> str:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(ORDERS.encode())
     return db
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
+    """A headless Chromium for the module's tests (tests/chromium.py); they skip when
+    ``tests.chromium.BROWSER`` is None."""
+    from tests.chromium import BROWSER, DevTools
+
+    assert BROWSER is not None
+    home = tmp_path_factory.mktemp("chromium")
+    devtools = DevTools(BROWSER, home / "profile", home / "chromium.log")
+    try:
+        devtools.send("Browser.getVersion")
+        yield devtools
+    finally:
+        devtools.close()

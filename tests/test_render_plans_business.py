@@ -27,8 +27,35 @@ from rollout.judge.plan_checks import (
 from rollout.report.build import write_index
 from rollout.store.store import Store
 from rollout.watch.loop import watch
+from tests.chromium import (
+    BROWSER,
+    DevTools,
+    assert_clean,
+    assert_verdict_on_first_screen,
+    visit,
+)
 from tests.conftest import WorkspaceMaker
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import (
+    FAILED,
+    FULL,
+    LIMIT,
+    NO_TIE_BREAK,
+    OUTLIER,
+    SLOW_GENERIC,
+    analysis_flag,
+    business_flag,
+    change_stage,
+    check_yaml,
+    checks,
+    flag_file,
+    quiet,
+    record,
+    record_checkouts,
+    run_cli,
+    session,
+    start,
+    table_checksums,
+)
 from tests.report_builder import (
     canary_report,
     html_page,
@@ -40,20 +67,6 @@ from tests.report_builder import (
     timeline_report,
     visible_text,
 )
-from tests.test_browser import (
-    BROWSER,
-    DevTools,
-    assert_clean,
-    assert_verdict_on_first_screen,
-    visit,
-)
-from tests.test_browser import browser as browser  # the module's Chromium, for the last test
-from tests.test_business import FAILED, business_flag, change_stage, check_yaml, record_checkouts
-from tests.test_generic_robust import LIMIT, OUTLIER, SLOW_GENERIC, checks
-from tests.test_generic_robust import tasks as tasks  # the skewed table's fixture
-from tests.test_perturbation import FULL, NO_TIE_BREAK, flag_file
-from tests.test_perturbation import orders as orders  # the tied orders' fixture
-from tests.test_watch import analysis_flag, quiet, record, session, start
 
 EVIL = "<img src=x onerror=alert(1)>"
 NEW_HEADINGS = ("plan-determinism", "Plan determinism", "buffers-paired", "Every run",

@@ -13,8 +13,15 @@ import pytest
 
 from rollout import Context, Rollout
 from rollout.commands import Session, flag_set
+from tests.chromium import (
+    BROWSER,
+    DevTools,
+    assert_clean,
+    assert_verdict_on_first_screen,
+    visit,
+)
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli
+from tests.helpers import EQUIVALENT, run_cli
 from tests.report_builder import (
     html_page,
     make_report,
@@ -24,15 +31,6 @@ from tests.report_builder import (
     section,
     visible_text,
 )
-from tests.test_browser import (
-    BROWSER,
-    DevTools,
-    assert_clean,
-    assert_verdict_on_first_screen,
-    visit,
-)
-from tests.test_browser import browser as browser  # the module's Chromium, for the last test
-from tests.test_shadow import EQUIVALENT
 
 LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 # The same rows, but 20 ms slower for groups above 50: offline shadow runs sample the

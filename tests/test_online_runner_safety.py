@@ -18,9 +18,16 @@ from rollout import AsyncRollout, Context, Rollout, Workspace
 from rollout.commands import Session, flag_kill, flag_set
 from rollout.errors import InputError
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
-from tests.test_online import EQ_LEGACY, LEGACY, PATIENT, legacy_rows, online_observations
-from tests.test_shadow import EQUIVALENT
+from tests.helpers import (
+    EQ_LEGACY,
+    EQUIVALENT,
+    LEGACY,
+    PATIENT,
+    legacy_rows,
+    online_observations,
+    run_cli,
+    table_checksums,
+)
 
 NAP = ("SELECT id, val FROM items, pg_sleep(0.1) WHERE tenant = %(tenant)s"
        " AND grp = %(grp)s ORDER BY id")

@@ -339,8 +339,7 @@ def checks(dsn: str, query: str, status: str = "open", runs: int = GENERIC_RUNS
     return out
 
 
-# -- copies of helpers other test modules share (tests/test_online.py, test_perturbation.py,
-# test_store_partitions.py define them too; their importers should import them from here) --
+# -- the online flags' legacy query, tied orders (the `orders` fixture), observation rows ----
 
 LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from rollout.judge.plan_checks import buffers_gate, generic_gate, generic_summary, plans_summary
 from rollout.run.plans import GENERIC_RUNS
-from tests.conftest import tasks as tasks  # re-exported: other modules import the fixture here
 from tests.helpers import LIMIT, OUTLIER, SLOW_GENERIC, checks, table_checksums
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,8 @@ from rollout.judge.verdict import Gate
 from rollout.run import perturb
 from rollout.run.execute import execute, guard, set_local_settings
 from tests.conftest import WorkspaceMaker
-from tests.helpers import table_checksums
+from tests.helpers import FULL, NO_TIE_BREAK, flag_file, table_checksums
 
-# Orders of three tenants; a customer often has two orders on its latest day. The index
-# serves "latest order per customer" walked backwards, which breaks ties by id descending.
-ORDERS = """
-CREATE TABLE orders (id integer PRIMARY KEY, tenant text NOT NULL, customer integer NOT NULL,
-                     placed date NOT NULL, total numeric(10, 2) NOT NULL);
-INSERT INTO orders
-SELECT n, (ARRAY['acme', 'globex', 'initech'])[1 + n % 3], (n / 3) % 400,
-       date '2024-01-01' + ((n * 7) % 30), (n % 97) + 0.5
-FROM generate_series(1, 30000) AS n;
-CREATE INDEX orders_latest ON orders (tenant, customer, placed, id);
-CREATE INDEX orders_recent ON orders (tenant, placed, id);
-ANALYZE orders;
-"""
-
-FULL = ("SELECT DISTINCT ON (customer) customer, id, total FROM orders"
-        " WHERE tenant = %(tenant)s ORDER BY customer DESC, placed DESC, id DESC")
-NO_TIE_BREAK = ("SELECT DISTINCT ON (customer) customer, id, total FROM orders"
-                " WHERE tenant = %(tenant)s ORDER BY customer DESC, placed DESC")
 # The same result written another way, fully ordered: GO.
 WINDOWED = ("SELECT customer, id, total FROM (SELECT customer, id, total, row_number() OVER"
             " (PARTITION BY customer ORDER BY placed DESC, id DESC) AS rn FROM orders"
@@ -44,38 +25,6 @@ LIMIT_FULL = ("SELECT id, placed FROM orders WHERE tenant = %(tenant)s"
               " ORDER BY placed DESC, id DESC LIMIT 20")
 LIMIT_TIES = ("SELECT id, placed FROM orders WHERE tenant = %(tenant)s"
               " ORDER BY placed DESC LIMIT 20")
-
-
-def flag_file(name: str, legacy: str, new: str, order: str = "strict") -> str:
-    return textwrap.dedent(f"""\
-        name: {name}
-        description: perturbation fixture {name}
-        owner: tests
-        kind: read
-        queries:
-          legacy: |
-            {legacy}
-          new: |
-            {new}
-        params:
-          sample: SELECT n AS k FROM generate_series(1, %(limit)s) AS n
-        compare:
-          order: {order}
-        stages:
-          - name: pilot
-            shadow: {{tenants: [acme, globex]}}
-        gates:
-          min_samples: 10
-        rollback:
-          none: no schema change
-        """)
-
-
-@pytest.fixture
-def orders(db: str) -> str:
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(ORDERS.encode())
-    return db
 
 
 def judged(root: Path, dsn: str, name: str, samples: int = 12

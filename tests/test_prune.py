@@ -20,8 +20,8 @@ from rollout.store.store import (
     partition_name,
 )
 
-from .helpers import run_cli
-from .test_store_partitions import checksum, obs, where_rows_are
+from .helpers import obs, run_cli, where_rows_are
+from .helpers import observations_checksum as checksum
 
 TODAY = datetime.now(UTC).date()
 

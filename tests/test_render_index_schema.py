@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import WorkspaceMaker
-from tests.helpers import run_cli
+from tests.helpers import DIFFERENT, EQUIVALENT, run_cli
 from tests.report_builder import (
     CONTRACT_KEYS,
     DOCS_PATH,
@@ -25,7 +25,6 @@ from tests.report_builder import (
     timeline_report,
     visible_text,
 )
-from tests.test_shadow import DIFFERENT, EQUIVALENT
 
 # --------------------------------------------------------------------------- workspace index
 

@@ -10,9 +10,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli
+from tests.helpers import DIFFERENT, EQUIVALENT, run_cli
 from tests.report_builder import CONTRACT_KEYS, shadow_and_report
-from tests.test_shadow import DIFFERENT, EQUIVALENT
 
 
 def test_go_report_has_contract_keys_and_rollback(

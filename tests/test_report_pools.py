@@ -15,10 +15,8 @@ import pytest
 from rollout.commands import Session, flag_set
 from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import EQUIVALENT, run_cli, shadowed, table_checksums
 from tests.report_builder import schema_errors
-from tests.test_environment_failures import shadowed
-from tests.test_shadow import EQUIVALENT
 
 NOTHING = "no running service recorded pool figures for this stage"
 

@@ -23,8 +23,7 @@ from rollout.report.build import _window, build_report
 from rollout.store.observations import COLUMNS, Observation
 from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker
-from tests.helpers import table_checksums
-from tests.test_shadow import EQUIVALENT
+from tests.helpers import EQUIVALENT, table_checksums
 
 LARGE = 200_000
 MEMORY_BUDGET_MB = 120

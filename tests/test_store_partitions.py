@@ -17,7 +17,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from rollout.store.observations import Observation
 from rollout.store.store import (
     DAYS_AHEAD,
     DEFAULT_PARTITION,
@@ -33,22 +32,8 @@ from rollout.store.store import (
 )
 
 from .conftest import REPO, WorkspaceMaker, flag_yaml
-from .helpers import run_cli
-
-COLUMNS_V8 = (
-    "id, run_id, batch_id, observed_at, flag, stage, sql_hash, tenant, decision, first_path,"
-    " params, legacy_ns, new_ns, legacy_rows, new_rows, legacy_sqlstate, new_sqlstate,"
-    " legacy_error, new_error, matched, diff, source, mode, legacy_lock_wait_ns,"
-    " new_lock_wait_ns, locks, served_ns")
-
-
-def checksum(conn: psycopg.Connection[Any], where: str = "true") -> tuple[int, str]:
-    """Count and md5 of every column of every observation, in id order."""
-    row = conn.execute(
-        f"SELECT count(*), coalesce(md5(string_agg(row({COLUMNS_V8})::text, '|' ORDER BY id)),"
-        f" '') FROM rollout.observations WHERE {where}").fetchone()
-    assert row is not None
-    return int(row[0]), str(row[1])
+from .helpers import obs, run_cli, where_rows_are
+from .helpers import observations_checksum as checksum
 
 
 def store_at_version_8(conn: psycopg.Connection[Any]) -> None:
@@ -70,18 +55,6 @@ def kind(conn: psycopg.Connection[Any], table: str) -> str | None:
                        " ON n.oid = c.relnamespace WHERE n.nspname = 'rollout'"
                        " AND c.relname = %s", [table]).fetchone()
     return None if row is None else str(row[0])
-
-
-def where_rows_are(conn: psycopg.Connection[Any], where: str = "true") -> dict[str, int]:
-    return {str(t): int(n) for t, n in conn.execute(
-        f"SELECT tableoid::regclass::text, count(*) FROM rollout.observations WHERE {where}"
-        " GROUP BY 1")}
-
-
-def obs(at: datetime, *, flag: str = "f", stage: str = "pilot", sql_hash: str = "h",
-        params: dict[str, Any] | None = None, **kw: Any) -> Observation:
-    return Observation(at, flag, stage, sql_hash, "acme", "shadow", "legacy", params or {},
-                       1000, 900, 3, 3, None, None, None, None, True, None, **kw)
 
 
 TODAY = datetime.now(UTC).date()

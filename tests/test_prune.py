@@ -77,10 +77,13 @@ def test_prune_drops_only_whole_days_older_than_the_cutoff(
     names = state(db)[1]
     assert partition_name(TODAY - timedelta(days=31)) not in names
     assert partition_name(TODAY - timedelta(days=30)) in names  # not wholly older yet
-    # every younger row untouched, the old ones gone, the far-future row kept
-    assert state(db, f"observed_at >= '{day_start(TODAY - timedelta(days=30))}'")[0] == younger
+    # every younger row untouched, the old ones gone, the far-future row kept; "old" is
+    # before the first day kept: the kept day's own rows are older than now() - 30 days
+    # from noon on, and stay with their day
+    first_kept = day_start(TODAY - timedelta(days=30))
+    assert state(db, f"observed_at >= '{first_kept}'")[0] == younger
     with psycopg.connect(db, autocommit=True) as conn:
-        assert where_rows_are(conn, "observed_at < now() - interval '30 days'") == {}
+        assert where_rows_are(conn, f"observed_at < '{first_kept}'") == {}
         assert where_rows_are(conn, "observed_at > now() + interval '1 year'") == {
             f"rollout.{DEFAULT_PARTITION}": 1}
     # nothing left to do

@@ -1,8 +1,10 @@
 """Static checks from PostgreSQL's own parser: scripts split right, hazards per statement
-kind, and `rollout check` warnings for results that hang on ties."""
+kind, and `rollout check` warnings for results that hang on ties; and, read with ast, test
+modules that share only through tests/helpers.py and the like, never each other."""
 
 from __future__ import annotations
 
+import ast
 import textwrap
 
 import psycopg
@@ -19,7 +21,7 @@ from rollout.flags.sqlscript import (
     uses_sequences,
 )
 from rollout.run.check import determinism_warnings, unique_keys
-from tests.conftest import WorkspaceMaker
+from tests.conftest import REPO, WorkspaceMaker
 from tests.helpers import table_checksums
 
 CORPUS = textwrap.dedent(r"""
@@ -224,3 +226,59 @@ def test_hostile_relation_names_are_only_looked_up(orders: str) -> None:
         found = hazards('SELECT id FROM "orders; DROP TABLE orders" ORDER BY id LIMIT 1', keys)
         assert found == []
     assert table_checksums(orders) == before
+
+
+# -- test modules import no other test module ------------------------------------------------
+
+
+def is_test_module(dotted: str, level: int) -> bool:
+    """``tests.test_x`` (absolute) or ``.test_x`` (relative, ``level`` dots) names a test
+    module; ``tests.helpers``, ``.conftest`` and the like do not."""
+    parts = dotted.split(".") if dotted else []
+    if level:
+        return bool(parts) and parts[0].startswith("test_")
+    return len(parts) > 1 and parts[0] == "tests" and parts[1].startswith("test_")
+
+
+def imported_test_modules(source: str) -> list[str]:
+    """The test modules ``source`` imports, anywhere in it (a function body, ``if
+    TYPE_CHECKING:``), written as imported: ``tests.test_x`` or ``.test_x``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if is_test_module(a.name, 0)]
+        elif isinstance(node, ast.ImportFrom):
+            dots, module = "." * node.level, node.module or ""
+            if is_test_module(module, node.level):
+                found.append(dots + module)
+                continue
+            # `from tests import test_x` and `from . import test_x` import the module by name
+            members = [f"{module}.{a.name}" if module else a.name for a in node.names]
+            found += [dots + m for m in members if is_test_module(m, node.level)]
+    return found
+
+
+@pytest.mark.parametrize("source, imported", [
+    ("from tests.test_shadow import EQUIVALENT\n", ["tests.test_shadow"]),
+    ("from .test_store_partitions import checksum, obs\n", [".test_store_partitions"]),
+    ("from tests import test_online\n", ["tests.test_online"]),
+    ("from . import helpers, test_watch, test_ci\n", [".test_watch", ".test_ci"]),
+    ("import tests.test_browser as b\n", ["tests.test_browser"]),
+    ("def f() -> None:\n    from tests.test_business import FAILED\n", ["tests.test_business"]),
+    ("from tests.test_browser import browser as browser  # a fixture\n", ["tests.test_browser"]),
+    ("from tests.helpers import EQUIVALENT\nfrom .conftest import REPO\n"
+     "from tests.report_builder import make_report\nfrom tests import helpers\n"
+     "import testing_tools\nfrom rollout.run import test_hooks\n", []),
+])
+def test_an_import_of_a_test_module_is_found(source: str, imported: list[str]) -> None:
+    assert imported_test_modules(source) == imported
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules share through tests/helpers.py, report_builder.py, chromium.py and
+    conftest.py: a test module read alone says what its tests depend on, and changing or
+    removing one never breaks another."""
+    files = sorted((REPO / "tests").glob("*.py"))
+    assert len(files) > 10 and any(f.name == "test_shadow.py" for f in files)
+    offenders = {f.name: found for f in files if (found := imported_test_modules(f.read_text()))}
+    assert offenders == {}, f"test modules imported by other files of tests/: {offenders}"

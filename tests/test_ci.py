@@ -11,9 +11,8 @@ import pytest
 
 from rollout.ci import COMMENT_LIMIT, INVALID, CiResult, Outcome, comment
 from tests.conftest import flag_yaml
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import LEGACY, run_cli, table_checksums
 
-LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 WRONG = LEGACY.replace("ORDER BY id", "AND val > 0 ORDER BY id")
 
 

@@ -16,9 +16,8 @@ from rollout import Context, Rollout
 from rollout.commands import Session, flag_set
 from rollout.online._admission import BUDGET_BURST_S, SHADOW_BUDGET, Budget
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import run_cli, table_checksums
+from tests.helpers import PATIENT, run_cli, table_checksums
 
-PATIENT = "online:\n  max_lag_ms: 600000\n"
 TENANT = "%(tenant)s"
 # A little CPU and a little waiting, the same for both spellings: equivalent paths.
 WORK = "(SELECT count(*) FROM generate_series(1, 3000)) > 0"

@@ -25,10 +25,8 @@ from rollout import AsyncRollout, Context, Rollout
 from rollout.commands import Session, flag_set
 from rollout.online.otel import operation_name, sqlstate_class
 from tests.conftest import REPO, WorkspaceMaker, flag_yaml
-from tests.helpers import table_checksums, wait_for
+from tests.helpers import LEGACY, PATIENT, table_checksums, wait_for
 
-LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
-PATIENT = "online:\n  max_lag_ms: 600000\n"
 # the new path locks a row a test holds: lock_timeout (55P03), a lock-wait incident
 LOCKING = flag_yaml("locking", "UPDATE items SET val = val WHERE id = -1 RETURNING id",
                     "UPDATE items SET val = val WHERE id = 1 RETURNING id", kind="write",

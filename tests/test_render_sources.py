@@ -21,7 +21,7 @@ from tests.chromium import (
     visit,
 )
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import EQUIVALENT, run_cli
+from tests.helpers import EQUIVALENT, LEGACY, PATIENT, run_cli
 from tests.report_builder import (
     html_page,
     make_report,
@@ -32,7 +32,6 @@ from tests.report_builder import (
     visible_text,
 )
 
-LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 # The same rows, but 20 ms slower for groups above 50: offline shadow runs sample the
 # fixture's groups (0-9) and see no difference; the online traffic below asks for groups
 # 60+ and sees the new path slower. The sleep is an uncorrelated scalar subquery, so
@@ -42,8 +41,6 @@ SLOW_ONLINE = (
     " AND (SELECT 1 FROM pg_sleep(CASE WHEN %(grp)s::int > 50 THEN 0.02 ELSE 0 END)) = 1"
     " ORDER BY id"
 )
-# Every shadow job counts on a loaded machine (online.max_lag_ms would drop waiting ones).
-PATIENT = "online:\n  max_lag_ms: 600000\n"
 FLAGS = {
     "split": flag_yaml("split", LEGACY, SLOW_ONLINE, extra=PATIENT),
     "unpaired": flag_yaml("unpaired", LEGACY, LEGACY + " ",

@@ -29,10 +29,8 @@ from rollout.run.shadow import RunOptions
 from rollout.store.observations import Observation
 from rollout.store.store import Store
 from tests.conftest import WorkspaceMaker, flag_yaml
-from tests.helpers import EQUIVALENT, run_cli, table_checksums
+from tests.helpers import EQUIVALENT, LEGACY, run_cli, table_checksums
 from tests.report_builder import html_page, markdown_comment, schema_errors, visible_text
-
-LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
 
 
 def load(root: Path, name: str) -> Flag:

@@ -24,10 +24,8 @@ from rollout.errors import UnsafeRole
 from rollout.flags.workspace import Workspace
 from rollout.sqlalchemy import AsyncSQLAlchemyRollout, SQLAlchemyRollout
 from tests.conftest import REPO, WorkspaceMaker, flag_yaml
-from tests.helpers import table_checksums
+from tests.helpers import LEGACY, PATIENT, table_checksums
 
-LEGACY = "SELECT id, val FROM items WHERE tenant = %(tenant)s AND grp = %(grp)s ORDER BY id"
-PATIENT = "online:\n  max_lag_ms: 600000\n"
 INSERT = "INSERT INTO items VALUES (9001, 'acme', 1, 1, 'injected')"
 FLAGS = {
     "eq": flag_yaml("eq", LEGACY, LEGACY.replace("ORDER BY id", "ORDER BY 1"), extra=PATIENT),

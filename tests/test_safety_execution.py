@@ -755,3 +755,73 @@ def test_psycopg_sends_no_sync_between_statements_of_an_autocommit_pipeline(shop
             conn.execute("INSERT INTO items VALUES (9101, 'acme', 1, 1, 'x')")
             conn.execute("SELECT 1 / (SELECT count(*) FROM pg_database WHERE false)")
         assert conn.execute("SELECT count(*) FROM items WHERE id = 9101").fetchone() == (0,)
+
+
+# -- execute and its asyncio twin aexecute: the same rules, the same results ---------------
+
+TWIN_CASES: dict[str, tuple[str, bool, str | None]] = {
+    # name: (SQL, write, the SQLSTATE expected; None: it ran)
+    "read": ("SELECT id, val FROM items WHERE id <= 3 ORDER BY id", False, None),
+    "write rolled back": ("UPDATE items SET val = val + 1 WHERE id <= 3 RETURNING id", True, None),
+    "write refused read-only": ("UPDATE items SET val = val + 1 WHERE id <= 3", False, "25006"),
+    "two statements": (f"SELECT 1; {INSERT}", True, "42601"),
+    "commit": ("COMMIT", True, "25000"),
+    "advisory lock": ("SELECT pg_advisory_lock(4242)", False, None),
+    "statement timeout": ("SELECT pg_sleep(5)", False, "57014"),
+}
+
+
+LEFT = ("SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        " AND pid = pg_backend_pid()), current_setting('statement_timeout')")
+"""What an execution could leave on its session: advisory locks, a changed timeout."""
+
+
+def run_twins(dsn: str, sql: str, write: bool) -> list[tuple[Any, ...]]:
+    """``execute`` then ``aexecute`` on the same statement, each on a connection of its own:
+    (the result but its timing, the result set, what the session holds after: ``LEFT``)."""
+    import asyncio
+
+    from rollout.run.execute import aexecute, execute
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        result, rs = execute(conn, sql, {}, write=write, limits=SHORT, capture_locks=True)
+        sync = (replace(result, ns=None), rs, conn.execute(LEFT).fetchone())
+
+    async def main() -> tuple[Any, ...]:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            result, rs = await aexecute(aconn, sql, {}, write=write, limits=SHORT,
+                                        capture_locks=True)
+            left = await (await aconn.execute(LEFT)).fetchone()
+        return (replace(result, ns=None), rs, left)
+
+    return [sync, asyncio.run(main())]
+
+
+@pytest.mark.parametrize("name", sorted(TWIN_CASES))
+def test_execute_and_aexecute_keep_the_same_rules(shop: str, name: str) -> None:
+    sql, write, sqlstate = TWIN_CASES[name]
+    before = table_checksums(shop)
+    sync, asyncio_twin = run_twins(shop, sql, write)
+    assert sync == asyncio_twin
+    result, rs, left = sync
+    assert result.sqlstate == sqlstate, result
+    assert (rs is None) == (sqlstate is not None)
+    with psycopg.connect(shop) as fresh:
+        assert left == (0, fresh.execute("SHOW statement_timeout").fetchone()[0])  # type: ignore[index]
+    assert table_checksums(shop) == before
+
+
+def test_execute_and_aexecute_raise_a_client_side_error(shop: str) -> None:
+    import asyncio
+
+    from rollout.run.execute import aexecute, execute
+
+    with psycopg.connect(shop, autocommit=True) as conn, pytest.raises(psycopg.ProgrammingError):
+        execute(conn, "SELECT %(missing)s", {}, write=False)
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(shop, autocommit=True) as aconn:
+            await aexecute(aconn, "SELECT %(missing)s", {}, write=False)
+
+    with pytest.raises(psycopg.ProgrammingError):
+        asyncio.run(main())

@@ -12,6 +12,9 @@ psycopg's approach, by tokens rather than by AST so comments and layout survive:
    and the names of ``NAMES`` become their sync twins. Strings and comments are untouched.
 3. ``ruff`` sorts the imports and drops the ones only the async code used.
 
+A module holding both twins of a function (``TWINS``) gets its sync function from the async
+one by step 2, in place; the sync function keeps its own docstring.
+
 ``--check`` writes nothing and exits 1 naming every target that differs from what the
 source generates (a test runs it); without it, the targets are written.
 """
@@ -19,6 +22,7 @@ source generates (a test runs it); without it, the targets are written.
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import re
 import subprocess
@@ -32,6 +36,11 @@ PAIRS: tuple[tuple[str, str], ...] = (
 )
 """(async source, generated sync target), paths from the repository root."""
 
+TWINS: tuple[tuple[str, str, str], ...] = (
+    ("rollout/run/execute.py", "aexecute", "execute"),
+)
+"""(module, async function, the sync function generated from it in the same module)."""
+
 NAMES: dict[str, str] = {
     "AConn": "Conn",
     "AsyncConnection": "Connection",
@@ -40,10 +49,13 @@ NAMES: dict[str, str] = {
     "AsyncExitStack": "ExitStack",
     "AsyncExtendedCursor": "ExtendedCursor",
     "AsyncRollout": "Rollout",
+    "ATransaction": "Transaction",
     "AsyncSQLAlchemyRollout": "SQLAlchemyRollout",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
+    "_aheld_locks": "held_locks",
     "acommand": "command",
+    "aexecute": "execute",
     "aio": "runner",  # the module: from .aio import AsyncRollout
     "acommit_and_reset": "commit_and_reset",
     "areset_session": "reset_session",
@@ -100,8 +112,9 @@ def unmark(text: str, source: str) -> str:
     return "".join(out)
 
 
-def retoken(text: str) -> str:
-    """Step 2: rewrite tokens, keeping every other character where it was."""
+def retoken(text: str, names: dict[str, str] = NAMES) -> str:
+    """Step 2: rewrite tokens, keeping every other character where it was; ``names`` are the
+    async names and their sync twins."""
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     lines = text.splitlines(keepends=True)
     starts = [0]
@@ -143,8 +156,8 @@ def retoken(text: str) -> str:
                 edits.append((at(sep.start), at(after.start), "("))
             else:
                 edits.append((at(sep.start), at(sep.start), "("))
-        elif tok.string in NAMES:
-            edits.append((at(tok.start), at(tok.end), NAMES[tok.string]))
+        elif tok.string in names:
+            edits.append((at(tok.start), at(tok.end), names[tok.string]))
     edits += _realign(significant, edits, starts)
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]
@@ -208,12 +221,52 @@ def generate(source_text: str, source: str, target: str) -> str:
     return HEADER.format(source=source) + tidy(retoken(unmark(source_text, source)), target)
 
 
+def twin(text: str, module: str, afunc: str, func: str) -> str:
+    """``text`` (the module at ``module``) with the top-level function ``func`` replaced by
+    what the async function ``afunc`` generates, ``func``'s own docstring kept."""
+    tree = ast.parse(text, module)
+    found = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef,
+                                                            ast.AsyncFunctionDef))}
+    if afunc not in found or func not in found:
+        raise SourceError(f"{module}: needs top-level functions {afunc} and {func}")
+    lines = text.splitlines(keepends=True)
+    (a_start, a_end), (s_start, s_end) = _span(found[afunc]), _span(found[func])
+    a_doc, s_doc = _docstring(found[afunc], module), _docstring(found[func], module)
+    source = lines[a_start:a_doc[0]] + lines[s_doc[0]:s_doc[1]] + lines[a_doc[1]:a_end]
+    generated = retoken("".join(source), {**NAMES, afunc: func})
+    return "".join(lines[:s_start]) + generated + "".join(lines[s_end:])
+
+
+def _span(node: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[int, int]:
+    """The function's lines (decorators included), as a slice of the module's lines."""
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    return start - 1, node.end_lineno or node.lineno
+
+
+def _docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, module: str) -> tuple[int, int]:
+    """The lines of the function's docstring (on lines of its own), as a slice."""
+    first = node.body[0]
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+            and isinstance(first.value.value, str)) or first.lineno == node.lineno:
+        raise SourceError(f"{module}:{node.lineno}: {node.name} needs a docstring of its own "
+                          "lines")
+    return first.lineno - 1, first.end_lineno or first.lineno
+
+
+def _outputs(root: Path) -> dict[str, tuple[str, str]]:
+    """Every generated file: {target: (its source, the text the source generates)}."""
+    out = {target: (source, generate((root / source).read_text(), source, target))
+           for source, target in PAIRS}
+    for module, afunc, func in TWINS:
+        text = out[module][1] if module in out else (root / module).read_text()
+        out[module] = (f"{module}:{afunc}", twin(text, module, afunc, func))
+    return out
+
+
 def stale(root: Path = ROOT) -> list[str]:
     """The targets under ``root`` that differ from what their sources generate."""
-    return [target for source, target in PAIRS
-            if not (root / target).exists()
-            or (root / target).read_text() != generate((root / source).read_text(), source,
-                                                        target)]
+    return [target for target, (_, text) in _outputs(root).items()
+            if not (root / target).exists() or (root / target).read_text() != text]
 
 
 def main(argv: list[str]) -> int:
@@ -222,15 +275,14 @@ def main(argv: list[str]) -> int:
                         help="write nothing; exit 1 when a generated file is stale")
     args = parser.parse_args(argv)
     try:
+        outputs = _outputs(ROOT)
         if args.check:
             old = stale()
             for target in old:
-                source = dict((t, s) for s, t in PAIRS)[target]
                 print(f"{target} is stale: run python tools/async_to_sync.py "
-                      f"(it is generated from {source})", file=sys.stderr)
+                      f"(it is generated from {outputs[target][0]})", file=sys.stderr)
             return 1 if old else 0
-        for source, target in PAIRS:
-            text = generate((ROOT / source).read_text(), source, target)
+        for target, (source, text) in outputs.items():
             (ROOT / target).write_text(text)
             print(f"{target}: generated from {source}")
     except (SourceError, OSError, tokenize.TokenError, SyntaxError) as exc:

@@ -58,25 +58,17 @@ from ..flags.targeting import Context
 from ..flags.workspace import Workspace
 from ..run import deadline
 from ..run.execute import (
-    END,
     AsyncExtendedCursor,
     Limits,
     acommand,
+    aexecute,
     areset_session,
     aserve,
-    begin_sql,
     cancel_of,
-    escaped,
     failure,
-    ours,
-    result_set,
     set_local,
 )
 from ..run.privileges import check_login_async, with_role
-
-# <sync>
-# from ..run.execute import execute as _execute
-# </sync>
 from ..store.observations import PathResult
 from ._admission import SHADOW_BUDGET
 from ._observe import Ran, ShadowJob
@@ -105,35 +97,6 @@ async def _autocommit_again(conn: AConn) -> None:
         await conn.set_autocommit(True)
 
 
-# <async>
-async def _execute(conn: AConn, sql: str, params: Mapping[str, Any], *, write: bool,
-                   limits: Limits, isolation: str) -> tuple[PathResult, Any]:
-    """The asyncio twin of ``rollout.run.execute.execute`` (which the sync runner calls): one
-    statement, always rolled back, SET LOCAL timeouts, under the client deadline."""
-    watch = None
-    try:
-        with deadline.watch(conn.cancel, conn.pgconn.socket, limits.deadline_s,
-                            limits.grace_s, alive=lambda: not conn.closed) as watch:
-            await acommand(conn, begin_sql(limits, write=write, isolation=isolation))
-            try:
-                start = time.perf_counter_ns()
-                cur = await AsyncExtendedCursor(conn).execute(sql.encode(), params)
-                res = cur.pgresult
-                rows = await cur.fetchall() if res is not None and res.nfields else None
-                elapsed = time.perf_counter_ns() - start
-                left = not ours(conn)
-            finally:
-                if not conn.closed:
-                    await acommand(conn, END)
-    except psycopg.Error as exc:
-        return failure(exc, watch), None
-    if left:
-        return escaped(), None
-    rs = result_set(res, rows, cur.rowcount)
-    return PathResult(elapsed, len(rows) if rows is not None else cur.rowcount), rs
-
-
-# </async>
 class AsyncRollout(RunnerCore):
     """Decide, serve, shadow, record: the library entry point (``AsyncRollout`` for asyncio
     code, ``Rollout`` for sync code).
@@ -425,7 +388,7 @@ class AsyncRollout(RunnerCore):
                 ran: dict[str, tuple[PathResult, Any]] = {}
                 for path in order:
                     if job.call is None:
-                        ran[path] = await _execute(conn, self._sql(job, path),
+                        ran[path] = await aexecute(conn, self._sql(job, path),
                                                    job.params or {}, write=f.kind == "write",
                                                    limits=limits, isolation=f.isolation)
                     else:

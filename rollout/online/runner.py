@@ -37,12 +37,12 @@ from ..run.execute import (
     Limits,
     cancel_of,
     command,
+    execute,
     failure,
     reset_session,
     serve,
     set_local,
 )
-from ..run.execute import execute as _execute
 from ..run.privileges import check_login, with_role
 from ..store.observations import PathResult
 from ._admission import SHADOW_BUDGET
@@ -301,9 +301,9 @@ class Rollout(RunnerCore):
                 ran: dict[str, tuple[PathResult, Any]] = {}
                 for path in order:
                     if job.call is None:
-                        ran[path] = _execute(conn, self._sql(job, path),
-                                             job.params or {}, write=f.kind == "write",
-                                             limits=limits, isolation=f.isolation)
+                        ran[path] = execute(conn, self._sql(job, path),
+                                            job.params or {}, write=f.kind == "write",
+                                            limits=limits, isolation=f.isolation)
                     else:
                         ran[path] = self._call(conn, f.kind == "read",
                                                job.callable_for(path), limits)

@@ -48,7 +48,7 @@ from psycopg.rows import Row
 
 from ..store.observations import PathResult
 from . import deadline
-from .locks import LockWaitSampler, held_locks
+from .locks import _HELD, LockWaitSampler, held_locks
 from .results import ResultSet
 
 ISOLATION_LEVELS = {
@@ -409,25 +409,55 @@ async def areset_session(conn: psycopg.AsyncConnection[Any]) -> None:
         forget_prepared(conn)
 
 
+def _end_text(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bytes | None:
+    """The round trip that ends an execution on ``conn`` (rollback, advisory locks released,
+    prepared statements dropped or read to be checked); None when there is no way back (a
+    command still running, its results never read)."""
+    status = conn.pgconn.transaction_status
+    if status == pq.TransactionStatus.ACTIVE:
+        return None  # a command still running (its results never read): no way back
+    aborted = status == pq.TransactionStatus.INERROR
+    # Unlocking first, inside the open transaction, saves the implicit transaction a
+    # statement after ROLLBACK would need; an aborted transaction must roll back first.
+    if conn.prepare_threshold is None:  # nothing of psycopg's to keep: drop everything
+        return END if aborted else END_IN_TRANSACTION
+    return END_CHECKED if aborted else END_CHECKED_IN_TRANSACTION
+
+
+def _keeps(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+           rows: list[tuple[bytes, ...]]) -> bool:
+    """After the end's round trip: may psycopg's prepared statements stay?"""
+    return conn.prepare_threshold is None or prepared_intact(conn, rows)
+
+
 def end(conn: psycopg.Connection[Any]) -> bool:
     """Roll back and release advisory locks. True when the connection is left unusable and
     must be closed (by the caller, once its deadline is released: closing frees the socket's
     descriptor, which the watchdog must never touch after that)."""
     if conn.closed:
         return False
-    status = conn.pgconn.transaction_status
-    if status == pq.TransactionStatus.ACTIVE:
-        return True  # a command still running (its results never read): no way back
-    aborted = status == pq.TransactionStatus.INERROR
+    text = _end_text(conn)
+    if text is None:
+        return True
     try:
-        # Unlocking first, inside the open transaction, saves the implicit transaction a
-        # statement after ROLLBACK would need; an aborted transaction must roll back first.
-        if conn.prepare_threshold is None:  # nothing of psycopg's to keep: drop everything
-            command(conn, END if aborted else END_IN_TRANSACTION)
-            return False
-        rows = command(conn, END_CHECKED if aborted else END_CHECKED_IN_TRANSACTION)
-        if not prepared_intact(conn, [(r[0], r[1]) for r in rows]):
+        if not _keeps(conn, command(conn, text)):
             command(conn, b"DEALLOCATE ALL")
+            forget_prepared(conn)
+    except psycopg.Error:
+        return True
+    return False
+
+
+async def aend(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """The asyncio twin of ``end``."""
+    if conn.closed:
+        return False
+    text = _end_text(conn)
+    if text is None:
+        return True
+    try:
+        if not _keeps(conn, await acommand(conn, text)):
+            await acommand(conn, b"DEALLOCATE ALL")
             forget_prepared(conn)
     except psycopg.Error:
         return True
@@ -449,16 +479,12 @@ def bounded(conn: psycopg.Connection[Any], limits: Limits
                           limits.deadline_s, limits.grace_s, alive=lambda: not conn.closed)
 
 
-class Transaction:
-    """One execution's transaction: BEGIN with SET LOCAL timeouts, always ROLLBACK (and
-    advisory locks released). With ``whole`` all of it runs under one client-side deadline,
-    registered before BEGIN is sent so ``watch`` tells a cut connection even when BEGIN is
-    what blocked; else the caller bounds each round trip with ``bounded``. Flag SQL inside
-    goes through ``ExtendedCursor(conn)``. A class, not a generator: it is on the hot path."""
+class _Transaction:
+    """What ``Transaction`` and ``ATransaction`` share: everything but the round trips."""
 
     __slots__ = ("conn", "limits", "write", "isolation", "whole", "watch")
 
-    def __init__(self, conn: psycopg.Connection[Any], limits: Limits, *, write: bool,
+    def __init__(self, conn: Any, limits: Limits, *, write: bool,
                  isolation: str = "read committed", whole: bool = True) -> None:
         self.conn = conn
         self.limits = limits
@@ -467,14 +493,40 @@ class Transaction:
         self.whole = whole
         self.watch: deadline.Watch | None = None
 
-    def __enter__(self) -> Transaction:
+    def _watch(self) -> bytes:
+        """The opening round trip's text (an unknown isolation level raises here, before
+        anything is registered); then the whole execution's deadline, registered before
+        BEGIN is sent so ``watch`` tells a cut connection even when BEGIN is what blocked."""
         conn, limits = self.conn, self.limits
+        opening = begin_sql(limits, write=self.write, isolation=self.isolation)
         if self.whole:
             self.watch = deadline.WATCHDOG.watch(cancel_of(conn, limits.grace_s),
                                                  conn.pgconn.socket, limits.deadline_s,
                                                  limits.grace_s, alive=lambda: not conn.closed)
+        return opening
+
+    def _release(self, unusable: bool) -> bool:
+        """Release the deadline; whether the connection must now be closed (after the
+        release: closing frees the descriptor the watchdog would otherwise touch)."""
+        if self.watch is not None:
+            deadline.WATCHDOG.release(self.watch)
+        return unusable and not self.conn.closed
+
+
+class Transaction(_Transaction):
+    """One execution's transaction: BEGIN with SET LOCAL timeouts, always ROLLBACK (and
+    advisory locks released). With ``whole`` all of it runs under one client-side deadline,
+    registered before BEGIN is sent so ``watch`` tells a cut connection even when BEGIN is
+    what blocked; else the caller bounds each round trip with ``bounded``. Flag SQL inside
+    goes through ``ExtendedCursor(conn)``. A class, not a generator: it is on the hot path."""
+
+    __slots__ = ()
+    conn: psycopg.Connection[Any]
+
+    def __enter__(self) -> Transaction:
+        opening = self._watch()
         try:
-            command(conn, begin_sql(limits, write=self.write, isolation=self.isolation))
+            command(self.conn, opening)
         except BaseException:
             self._end()
             raise
@@ -488,10 +540,36 @@ class Transaction:
         try:
             unusable = end(self.conn)
         finally:
-            if self.watch is not None:
-                deadline.WATCHDOG.release(self.watch)
-            if unusable and not self.conn.closed:
+            if self._release(unusable):
                 self.conn.close()
+
+
+class ATransaction(_Transaction):
+    """The asyncio twin of ``Transaction`` (``async with``); flag SQL inside goes through
+    ``AsyncExtendedCursor(conn)``."""
+
+    __slots__ = ()
+    conn: psycopg.AsyncConnection[Any]
+
+    async def __aenter__(self) -> ATransaction:
+        opening = self._watch()
+        try:
+            await acommand(self.conn, opening)
+        except BaseException:
+            await self._end()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._end()
+
+    async def _end(self) -> None:
+        unusable = True
+        try:
+            unusable = await aend(self.conn)
+        finally:
+            if self._release(unusable):
+                await self.conn.close()
 
 
 def ours(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -532,6 +610,84 @@ def closed() -> PathResult:
                       "lost it)")
 
 
+def _failed(exc: psycopg.Error, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+            watch: deadline.Watch | None, sampler: LockWaitSampler | None,
+            pid: int) -> PathResult:
+    """A database error as the execution's result; a client-side problem (missing
+    parameter...) is the caller's input error and raises again."""
+    if (exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError)
+            and not conn.closed):
+        if sampler is not None:
+            sampler.end(pid)
+        raise exc
+    waited, waits = sampler.end(pid) if sampler is not None else (None, [])
+    return replace(failure(exc, watch), lock_wait_ns=waited, waits=tuple(waits) or None)
+
+
+def _escaped(sampler: LockWaitSampler | None, pid: int) -> PathResult:
+    if sampler is not None:
+        sampler.end(pid)
+    return escaped()
+
+
+def _succeeded(elapsed: int, rows: list[tuple[Any, ...]] | None, rowcount: int,
+               held: tuple[tuple[str, str], ...] | None, sampler: LockWaitSampler | None,
+               pid: int) -> PathResult:
+    waited, waits = sampler.end(pid) if sampler is not None else (None, [])
+    count = len(rows) if rows is not None else rowcount
+    return PathResult(elapsed, count, lock_wait_ns=waited, locks=held,
+                      waits=tuple(waits) or None)
+
+
+async def _aheld_locks(conn: psycopg.AsyncConnection[Any]) -> tuple[tuple[str, str], ...]:
+    """The asyncio twin of ``locks.held_locks``."""
+    cur = await AsyncExtendedCursor(conn).execute(_HELD)
+    return tuple((str(r), str(m)) for r, m in await cur.fetchall())
+
+
+async def aexecute(
+    conn: psycopg.AsyncConnection[Any],
+    query: str,
+    params: Mapping[str, Any],
+    *,
+    write: bool,
+    limits: Limits | None = None,
+    sampler: LockWaitSampler | None = None,
+    execution: int = 0,
+    capture_locks: bool = False,
+    isolation: str = "read committed",
+    settings: PlannerSettings = (),
+    prepare: bool | None = None,
+) -> tuple[PathResult, ResultSet | None]:
+    """The asyncio twin of ``execute`` (the source ``tools/async_to_sync.py`` generates
+    ``execute`` from: edit this one and run the script)."""
+    if conn.closed:
+        return closed(), None
+    pid = conn.info.backend_pid
+    held = None
+    tx = ATransaction(conn, limits or Limits(), write=write, isolation=isolation)
+    try:
+        async with tx:
+            if settings:
+                await acommand(conn, set_local_settings(settings))
+            cur = AsyncExtendedCursor(conn)
+            if sampler is not None:
+                sampler.begin(pid, execution)
+            start = time.perf_counter_ns()
+            await cur.execute(query.encode(), params, prepare=prepare)
+            res = cur.pgresult
+            rows = await cur.fetchall() if res is not None and res.nfields else None
+            elapsed = time.perf_counter_ns() - start
+            if not ours(conn):
+                return _escaped(sampler, pid), None
+            result = result_set(res, rows, cur.rowcount)
+            if capture_locks:
+                held = await _aheld_locks(conn)
+    except psycopg.Error as exc:
+        return _failed(exc, conn, tx.watch, sampler, pid), None
+    return _succeeded(elapsed, rows, cur.rowcount, held, sampler, pid), result
+
+
 def execute(
     conn: psycopg.Connection[Any],
     query: str,
@@ -556,7 +712,8 @@ def execute(
     own planner settings, ``set_local_settings``) are set with SET LOCAL in the same
     transaction before the statement, outside the timing (``rollout.run.perturb``).
     ``prepare=False`` keeps psycopg from preparing the statement (a cached plan would
-    ignore planner settings).
+    ignore planner settings). Generated from ``aexecute`` by ``tools/async_to_sync.py``
+    (this docstring aside): edit that one and run the script.
     """
     if conn.closed:
         return closed(), None
@@ -576,26 +733,13 @@ def execute(
             rows = cur.fetchall() if res is not None and res.nfields else None
             elapsed = time.perf_counter_ns() - start
             if not ours(conn):
-                if sampler is not None:
-                    sampler.end(pid)
-                return escaped(), None
-            rowcount = cur.rowcount
-            result = result_set(res, rows, rowcount)
+                return _escaped(sampler, pid), None
+            result = result_set(res, rows, cur.rowcount)
             if capture_locks:
                 held = held_locks(conn)
     except psycopg.Error as exc:
-        if (exc.sqlstate is None and not isinstance(exc, psycopg.OperationalError)
-                and not conn.closed):
-            if sampler is not None:
-                sampler.end(pid)
-            raise  # a client-side problem (missing parameter...) is the caller's input error
-        waited, waits = sampler.end(pid) if sampler is not None else (None, [])
-        return (replace(failure(exc, tx.watch), lock_wait_ns=waited, waits=tuple(waits) or None),
-                None)
-    waited, waits = sampler.end(pid) if sampler is not None else (None, [])
-    count = len(rows) if rows is not None else rowcount
-    return PathResult(elapsed, count, lock_wait_ns=waited, locks=held,
-                      waits=tuple(waits) or None), result
+        return _failed(exc, conn, tx.watch, sampler, pid), None
+    return _succeeded(elapsed, rows, cur.rowcount, held, sampler, pid), result
 
 
 def fetch(conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any],

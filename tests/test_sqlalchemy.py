@@ -273,5 +273,8 @@ def test_the_docs_fastapi_example_runs(online: tuple[str, Path],
         stats = ro.get_stats()
         assert stats.decisions == {"shadow": 3}
     assert table_checksums(dsn) == before
-    # the lifespan's close() finished the shadows and flushed their observations
-    assert [o[:2] for o in observations(dsn, "items-by-group")] == [("shadow", True)] * 3
+    # the lifespan's close() finished the shadows and flushed their observations; the default
+    # shadow budget (2 % of wall time) may drop a job on a loaded host, and says so
+    shadowed = 3 - stats.dropped_budget
+    assert shadowed >= 1
+    assert [o[:2] for o in observations(dsn, "items-by-group")] == [("shadow", True)] * shadowed

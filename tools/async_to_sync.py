@@ -53,7 +53,7 @@ NAMES: dict[str, str] = {
     "AsyncSQLAlchemyRollout": "SQLAlchemyRollout",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
-    "_aheld_locks": "held_locks",
+    "aheld_locks": "held_locks",
     "acommand": "command",
     "aexecute": "execute",
     "aio": "runner",  # the module: from .aio import AsyncRollout

@@ -48,7 +48,7 @@ from psycopg.rows import Row
 
 from ..store.observations import PathResult
 from . import deadline
-from .locks import _HELD, LockWaitSampler, held_locks
+from .locks import LockWaitSampler, aheld_locks, held_locks
 from .results import ResultSet
 
 ISOLATION_LEVELS = {
@@ -639,12 +639,6 @@ def _succeeded(elapsed: int, rows: list[tuple[Any, ...]] | None, rowcount: int,
                       waits=tuple(waits) or None)
 
 
-async def _aheld_locks(conn: psycopg.AsyncConnection[Any]) -> tuple[tuple[str, str], ...]:
-    """The asyncio twin of ``locks.held_locks``."""
-    cur = await AsyncExtendedCursor(conn).execute(_HELD)
-    return tuple((str(r), str(m)) for r, m in await cur.fetchall())
-
-
 async def aexecute(
     conn: psycopg.AsyncConnection[Any],
     query: str,
@@ -682,7 +676,7 @@ async def aexecute(
                 return _escaped(sampler, pid), None
             result = result_set(res, rows, cur.rowcount)
             if capture_locks:
-                held = await _aheld_locks(conn)
+                held = await aheld_locks(conn)
     except psycopg.Error as exc:
         return _failed(exc, conn, tx.watch, sampler, pid), None
     return _succeeded(elapsed, rows, cur.rowcount, held, sampler, pid), result

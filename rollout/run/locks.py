@@ -127,3 +127,9 @@ class LockWaitSampler:
 def held_locks(conn: psycopg.Connection[Any]) -> tuple[tuple[str, str], ...]:
     """(relation, mode) of the locks this session holds now, inside its transaction."""
     return tuple((str(r), str(m)) for r, m in conn.execute(_HELD).fetchall())
+
+
+async def aheld_locks(conn: psycopg.AsyncConnection[Any]) -> tuple[tuple[str, str], ...]:
+    """The asyncio twin of ``held_locks``."""
+    cur = await conn.execute(_HELD)
+    return tuple((str(r), str(m)) for r, m in await cur.fetchall())

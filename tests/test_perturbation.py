@@ -10,8 +10,8 @@ import pytest
 
 from rollout.commands import Session, shadow
 from rollout.flags.model import Flag
+from rollout.judge.gates import Gate
 from rollout.judge.plan_checks import perturbation_gate, perturbation_summary
-from rollout.judge.verdict import Gate
 from rollout.run import perturb
 from rollout.run.execute import execute, guard, set_local_settings
 from tests.conftest import WorkspaceMaker

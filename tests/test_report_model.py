@@ -18,7 +18,8 @@ from rollout.judge.model_json import (
     report_json,
     to_json,
 )
-from rollout.run.plans import PlanShape, shape
+from rollout.run.plan_shape import PlanShape
+from rollout.run.plans import shape
 from tests.report_builder import go_report, schema_v1_body
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from ..run import execute
 from ..run.privileges import require_least_privilege
 from ..store.connection import connect, scrub
 from ..store.store import Store
-from .verdict import Gate
+from .gates import Gate
 
 SUB_WINDOWS = 6
 """Each side of the change is split into this many sub-windows: one value of the metric

@@ -21,7 +21,7 @@ from scipy import stats
 from ..flags.model import Flag
 from ..store.observations import Observation
 from . import plan_checks
-from .gates import Gate as Gate  # re-exported: business and tests build gates from here
+from .gates import Gate
 from .model import (
     EnvironmentEvent,
     Failures,
@@ -40,13 +40,13 @@ from .summaries import (
     MIN_LATENCY_PAIRS,
     PoolSignal,
     environment_failures,
+    failure_class,
     failures_summary,
     latency_summary,
     locks_summary,
     noise_summary,
     tenants_summary,
 )
-from .summaries import failure_class as failure_class  # re-exported: reports classify too
 
 T = TypeVar("T")
 

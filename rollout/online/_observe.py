@@ -10,7 +10,8 @@ from typing import Any
 
 from ..flags.model import Flag
 from ..flags.targeting import Context, Decision
-from ..run.compare import MASK, ResultSet, compare
+from ..run.compare import MASK, compare
+from ..run.results import ResultSet
 from ..store.observations import Observation, PathResult
 
 Ran = Mapping[str, tuple[PathResult, Any]]

@@ -25,8 +25,8 @@ from ..flags.model import Flag
 from ..flags.runtime import FlagStates
 from ..flags.state import FlagState
 from ..flags.targeting import Context, Decision
-from ..run.compare import ResultSet
 from ..run.execute import Limits
+from ..run.results import ResultSet
 from ..store.observations import Observation, PathResult
 from ._admission import SHADOW_BUDGET, Admission, Budget
 from ._observe import Ran, ShadowJob, observe, served_observation

@@ -11,7 +11,6 @@ from ..flags.model import Flag
 from ..flags.statements import UNORDERED_LIMIT, SqlError, parse, to_parseable, unordered_limit
 from .execute import fetch
 from .prepare import describe
-from .prepare import to_positional as to_positional  # re-exported for plans.py
 
 
 def check_flag(conn: psycopg.Connection[Any], flag: Flag) -> list[str]:

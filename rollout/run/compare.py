@@ -17,8 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..flags.model import CompareRules
-from .results import ResultSet as ResultSet  # re-exported: execute's output, compared here
-from .results import Row
+from .results import ResultSet, Row
 
 MASK = "***"
 FLOAT_OIDS = {700, 701}

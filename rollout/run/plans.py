@@ -19,10 +19,10 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
-from ..store.observations import PlanSample as PlanSample  # re-exported: plans make them
-from .check import to_positional
+from ..store.observations import PlanSample
 from .execute import ExtendedCursor, Limits, Transaction, ours
-from .plan_shape import PlanShape as PlanShape  # re-exported: plans are where shapes come from
+from .plan_shape import PlanShape
+from .prepare import to_positional
 
 STATEMENT = "rollout_plan_check"
 

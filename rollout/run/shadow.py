@@ -17,7 +17,7 @@ from ..errors import ConnectionFailed, InputError, StoreStalled, interruption
 from ..flags.model import Flag
 from ..flags.targeting import Context
 from ..store.connection import connect, redact
-from ..store.observations import Observation, PathResult
+from ..store.observations import Observation, PathResult, PlanSample
 from ..store.store import Store
 from . import deadline
 from .checksum import checksum_compare
@@ -26,7 +26,7 @@ from .execute import Limits, bounded, cancel_of, execute, fetch, guard
 from .locks import LockWaitSampler
 from .perturb import DEFAULT_BUDGET, DEFAULT_SAMPLES, choose, perturb_sample
 from .perturb import write as write_perturbations
-from .plans import PlanSample, explain, generic_check, write_generic_checks
+from .plans import explain, generic_check, write_generic_checks
 from .streaming import stream_pair
 
 BATCH = 500

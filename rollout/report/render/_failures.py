@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ...judge.model import EnvironmentEvent, Failures, PathFailures
-from ...judge.verdict import failure_class
+from ...judge.summaries import failure_class
 from ._format import as_int, counts_text, number
 
 # Condition names for the SQLSTATEs a shadow run is most likely to meet.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -122,6 +123,11 @@ def test_every_instrument_after_real_queries(online: tuple[str, Path]) -> None:
 
     op = found["db.client.operation.duration"]
     assert all(a["db.system.name"] == "postgresql" and a["db.namespace"] for a, _ in op)
+    # instrument names are what dashboards query: each one as docs/observability.md names it
+    lines = (REPO / "docs" / "observability.md").read_text().splitlines()
+    table = [line.split("|")[1] for line in lines if line.startswith("| `")]
+    documented = {name for cell in table for name in re.findall(r"`([\w.]+)`", cell)}
+    assert sorted(set(found) - documented) == []
     assert {a["db.operation.name"] for a, _ in op} == {"SELECT", "UPDATE"}
     # served: one point per successful request, with its decision
     assert total(op, rollout__flag="eq", rollout__side="served", rollout__decision="shadow") == 10
@@ -129,7 +135,7 @@ def test_every_instrument_after_real_queries(online: tuple[str, Path]) -> None:
     # background: each shadowed request ran the new path, and legacy again beside it (paired)
     for path in ("new", "legacy"):
         assert total(op, rollout__flag="eq", rollout__side="background", rollout__path=path) == 10
-    execs = found["rollout.run.shadow.executions"]
+    execs = found["rollout.shadow.executions"]
     assert total(execs, rollout__flag="boom", rollout__path="new", error__type="22") == 4
     assert total(execs, rollout__flag="boom", rollout__path="legacy") == 4
     assert total(execs, rollout__flag="eq") == 20
@@ -154,7 +160,7 @@ def test_every_instrument_after_real_queries(online: tuple[str, Path]) -> None:
     assert total(found["rollout.mismatches"], rollout__flag="wrong", rollout__mode="ab") == wrong
     assert total(found["rollout.mismatches"], rollout__flag="eq") == 0
 
-    dropped = found["rollout.run.shadow.dropped"]
+    dropped = found["rollout.shadow.dropped"]
     assert stats.dropped_rate_limited > 0
     assert total(dropped, rollout__flag="capped",
                  rollout__drop_reason="rate_limited") == stats.dropped_rate_limited
@@ -313,7 +319,7 @@ def test_async_runner_records_the_same_instruments(online: tuple[str, Path]) -> 
     op = found["db.client.operation.duration"]
     assert total(op, rollout__flag="eq", rollout__side="served") == 6
     assert total(op, rollout__flag="eq", rollout__side="background") == 12
-    assert total(found["rollout.run.shadow.executions"], rollout__flag="boom",
+    assert total(found["rollout.shadow.executions"], rollout__flag="boom",
                  error__type="22") == 6
     assert total(found["db.client.connection.wait_time"],
                  db__client__connection__pool__name="rollout-shadow") == 12

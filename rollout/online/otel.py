@@ -146,10 +146,10 @@ class Metrics:
                         "its commit, a run() callable, a background execution",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
         self.shadow_executions = meter.create_counter(
-            "rollout.run.shadow.executions", unit="{execution}",
+            "rollout.shadow.executions", unit="{execution}",
             description="Executions on the shadow pool (shadow, verify, paired re-run)")
         self.dropped_jobs = meter.create_counter(
-            "rollout.run.shadow.dropped", unit="{job}",
+            "rollout.shadow.dropped", unit="{job}",
             description="Background jobs not run, by rollout.drop_reason")
         self.comparisons = meter.create_counter(
             "rollout.comparisons", unit="{comparison}",

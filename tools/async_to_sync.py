@@ -38,6 +38,11 @@ PAIRS: tuple[tuple[str, str], ...] = (
 
 TWINS: tuple[tuple[str, str, str], ...] = (
     ("rollout/run/execute.py", "aexecute", "execute"),
+    ("rollout/run/execute.py", "aserve", "serve"),
+    ("rollout/run/execute.py", "acommand", "command"),
+    ("rollout/run/execute.py", "acommit_and_reset", "commit_and_reset"),
+    ("rollout/run/execute.py", "areset_session", "reset_session"),
+    ("rollout/run/execute.py", "aend", "end"),
 )
 """(module, async function, the sync function generated from it in the same module)."""
 
@@ -45,6 +50,7 @@ NAMES: dict[str, str] = {
     "AConn": "Conn",
     "AsyncConnection": "Connection",
     "AsyncConnectionPool": "ConnectionPool",
+    "AsyncCursor": "Cursor",
     "AsyncEngine": "Engine",
     "AsyncExitStack": "ExitStack",
     "AsyncExtendedCursor": "ExtendedCursor",

@@ -223,7 +223,8 @@ def set_local_settings(settings: PlannerSettings) -> bytes:
     return "; ".join(parts).encode()
 
 
-def command(conn: psycopg.Connection[Any], text: bytes) -> list[tuple[bytes, ...]]:
+def command(conn: psycopg.Connection[Any], text: bytes
+            ) -> list[tuple[bytes, ...]]:
     """Run the toolkit's own SQL (one or more statements, never flag SQL) with the simple
     protocol, outside psycopg's statement cache; the last result's rows, as raw text."""
     with conn.lock:
@@ -293,6 +294,7 @@ def commit_and_reset(conn: psycopg.Connection[Any]) -> None:
 
 
 async def acommit_and_reset(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The asyncio twin of ``commit_and_reset``."""
     rows = await acommand(conn, _ending(conn))
     if not prepared_intact(conn, rows):
         await acommand(conn, b"DEALLOCATE ALL")
@@ -402,10 +404,11 @@ def reset_session(conn: psycopg.Connection[Any]) -> None:
 
 
 async def areset_session(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The asyncio twin of ``reset_session``."""
     if _already_reset(conn):
         return
     await acommand(conn, RESET_SESSION)
-    if conn.prepare_threshold is not None:
+    if conn.prepare_threshold is not None:  # a pool that prepares (one passed in)
         forget_prepared(conn)
 
 
